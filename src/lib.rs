@@ -1,0 +1,13 @@
+//! qrelay: a QUIC relay for real-time room messaging.
+//!
+//! Map of the crate:
+//! - [`protocol`]: wire types, limits, result codes and the codec (no I/O).
+//! - [`transport`]: the one QUIC transport configuration, TLS setup and framed stream reading.
+//! - [`auth`]: login tokens (HS256 JWTs).
+//! - [`certs`]: the development CA, server certificate and token secret under `certs/`.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod certs;
+pub mod protocol;
+pub mod transport;

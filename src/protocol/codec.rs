@@ -1,0 +1,426 @@
+//! Framing and encoding: a 4-byte big-endian length, then a bincode 2 body (standard config:
+//! little-endian, variable-length integers). Datagrams are a bare bincode body.
+
+use bincode::config::{Config, standard};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::limits::{MAX_DATAGRAM_BUDGET, MAX_SERVER_FRAME};
+
+/// Bytes in the length prefix of a stream frame.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// The bincode configuration of every body. The limit stops a hostile length field inside a
+/// body from allocating more than the largest legal frame.
+fn config() -> impl Config {
+    standard().with_limit::<MAX_SERVER_FRAME>()
+}
+
+/// Why bytes could not be decoded (or, rarely, a value encoded).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// A frame announced a body longer than the stream's bound.
+    #[error("frame of {len} bytes exceeds the {max}-byte bound")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The bound for this stream.
+        max: usize,
+    },
+    /// The body is not a valid encoding of the expected message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The body decoded but bytes were left over.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// A value could not be encoded (a bug: every wire type is encodable within the bounds).
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+/// Appends one frame (length prefix and body) holding `msg` to `out`.
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut BytesMut) -> Result<(), CodecError> {
+    let start = out.len();
+    out.put_u32(0);
+    let mut writer = out.writer();
+    let written = bincode::serde::encode_into_std_write(msg, &mut writer, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let out = writer.into_inner();
+    let len = u32::try_from(written).map_err(|_| CodecError::Encode("frame too long".into()))?;
+    out[start..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Encodes `msg` as a bare body (no length prefix), e.g. a datagram or a message that will be
+/// spliced into several frames.
+pub fn encode_body<T: Serialize>(msg: &T) -> Result<Bytes, CodecError> {
+    bincode::serde::encode_to_vec(msg, config())
+        .map(Bytes::from)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Takes one complete frame off the front of `buf` and decodes it.
+///
+/// Returns `Ok(None)` while the frame is incomplete (read more and call again). A length above
+/// `max` is refused before anything is allocated for the body.
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<T>, CodecError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge { len, max });
+    }
+    if buf.len() < FRAME_HEADER_LEN + len {
+        buf.reserve(FRAME_HEADER_LEN + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(FRAME_HEADER_LEN);
+    let body = buf.split_to(len);
+    decode_body(&body).map(Some)
+}
+
+/// Decodes a whole body; leftover bytes are an error.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - used));
+    }
+    Ok(value)
+}
+
+/// Decodes a datagram, refusing one longer than [`MAX_DATAGRAM_BUDGET`] unread.
+pub fn decode_datagram<T: DeserializeOwned>(datagram: &[u8]) -> Result<T, CodecError> {
+    if datagram.len() > MAX_DATAGRAM_BUDGET {
+        return Err(CodecError::TooLarge {
+            len: datagram.len(),
+            max: MAX_DATAGRAM_BUDGET,
+        });
+    }
+    decode_body(datagram)
+}
+
+/// The variant index of [`super::LaneEvent::Broadcasts`] in its bincode encoding.
+const BROADCASTS_VARIANT: u32 = 2;
+
+/// Appends a `LaneEvent::Broadcasts` frame built from messages that were each encoded once with
+/// [`encode_body`] (a `BroadcastMessage` body). The result is byte-for-byte what
+/// [`encode_frame`] gives for the same list, without encoding any message again: one encoding
+/// per broadcast is shared by every receiver's batch.
+pub fn encode_broadcast_batch(encoded: &[Bytes], out: &mut BytesMut) -> Result<(), CodecError> {
+    let start = out.len();
+    out.put_u32(0);
+    let mut writer = out.writer();
+    let cfg = standard();
+    bincode::encode_into_std_write(BROADCASTS_VARIANT, &mut writer, cfg)
+        .and_then(|_| bincode::encode_into_std_write(encoded.len() as u64, &mut writer, cfg))
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let out = writer.into_inner();
+    for message in encoded {
+        out.extend_from_slice(message);
+    }
+    let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN)
+        .map_err(|_| CodecError::Encode("batch too long".into()))?;
+    out[start..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+
+    fn user(id_len: usize, name_len: usize) -> User {
+        User {
+            id: "u".repeat(id_len),
+            name: "n".repeat(name_len),
+        }
+    }
+
+    fn max_payload() -> Bytes {
+        Bytes::from(vec![0xAB; MAX_PAYLOAD])
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, &mut buf).expect("encode");
+        let whole = buf.clone();
+        // Every strict prefix is incomplete, never an error.
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert_eq!(
+                decode_frame::<T>(&mut part, MAX_SERVER_FRAME),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        let decoded: T = decode_frame(&mut buf, MAX_SERVER_FRAME)
+            .expect("decode")
+            .expect("whole");
+        assert_eq!(decoded, msg);
+        assert!(buf.is_empty());
+    }
+
+    fn sample_requests() -> Vec<RequestFrame> {
+        let bodies = vec![
+            Request::Login {
+                room: "lobby".into(),
+                user: user(5, 5),
+                token: "t.o.k".into(),
+            },
+            Request::Logout {
+                room: "lobby".into(),
+            },
+            Request::Broadcast {
+                room: "lobby".into(),
+                payload: Bytes::from_static(b"hi"),
+            },
+            Request::Command {
+                room: "lobby".into(),
+                to: vec!["bob".into(), "carol".into()],
+                payload: Bytes::from_static(b"go"),
+            },
+            Request::RenewToken {
+                token: "new".into(),
+            },
+        ];
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| RequestFrame {
+                request: i as u32,
+                body,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for frame in sample_requests() {
+            round_trip(frame);
+        }
+    }
+
+    #[test]
+    fn control_frames_round_trip() {
+        let outcomes = vec![
+            Outcome::LoggedIn {
+                room_number: 7,
+                session: u32::MAX,
+            },
+            Outcome::Sent {
+                message_id: u64::MAX,
+            },
+            Outcome::Done,
+            Outcome::Refused {
+                code: ErrorCode::ROOM_FULL,
+                detail: "full".into(),
+            },
+        ];
+        for outcome in outcomes {
+            round_trip(ControlFrame::Reply(Reply {
+                request: 3,
+                outcome,
+            }));
+        }
+        round_trip(ControlFrame::TokenWillExpire {
+            expires_at_ms: 1_700_000_000_000,
+        });
+    }
+
+    #[test]
+    fn lane_frames_round_trip() {
+        round_trip(LaneHeader {
+            room: "r".repeat(MAX_ROOM_ID),
+            room_number: 1,
+        });
+        let member = Member {
+            session: 9,
+            user: user(3, 4),
+        };
+        round_trip(LaneEvent::UsersJoined(vec![member.clone(), member.clone()]));
+        round_trip(LaneEvent::UsersLeft(vec![member]));
+        let message = BroadcastMessage {
+            id: 1,
+            sent_at_ms: 2,
+            from: user(1, 1),
+            payload: max_payload(),
+        };
+        round_trip(LaneEvent::Broadcasts(vec![message]));
+        round_trip(LaneEvent::Command(CommandMessage {
+            id: 4,
+            sent_at_ms: 5,
+            from: user(2, 2),
+            payload: Bytes::from_static(b"x"),
+        }));
+        round_trip(LaneEvent::Closed {
+            code: ErrorCode::LOGGED_OUT,
+            detail: String::new(),
+        });
+    }
+
+    #[test]
+    fn datagrams_round_trip() {
+        let up = ClientDatagram::Barrage {
+            room_number: 1,
+            request: 2,
+            payload: max_payload(),
+        };
+        assert_eq!(
+            decode_datagram::<ClientDatagram>(&encode_body(&up).unwrap()),
+            Ok(up)
+        );
+        let down = ServerDatagram::Barrage(BarrageMessage {
+            room_number: 1,
+            id: 2,
+            sent_at_ms: 3,
+            sender: 4,
+            payload: max_payload(),
+        });
+        assert_eq!(
+            decode_datagram::<ServerDatagram>(&encode_body(&down).unwrap()),
+            Ok(down)
+        );
+    }
+
+    #[test]
+    fn worst_case_barrage_datagram_fits_budget() {
+        let down = ServerDatagram::Barrage(BarrageMessage {
+            room_number: u32::MAX,
+            id: u64::MAX,
+            sent_at_ms: u64::MAX,
+            sender: u32::MAX,
+            payload: max_payload(),
+        });
+        let len = encode_body(&down).unwrap().len();
+        assert!(
+            len <= MAX_DATAGRAM_BUDGET,
+            "server barrage datagram is {len} bytes"
+        );
+        let up = ClientDatagram::Barrage {
+            room_number: u32::MAX,
+            request: u32::MAX,
+            payload: max_payload(),
+        };
+        let len = encode_body(&up).unwrap().len();
+        assert!(
+            len <= MAX_DATAGRAM_BUDGET,
+            "client barrage datagram is {len} bytes"
+        );
+    }
+
+    #[test]
+    fn worst_case_frames_fit_their_bounds() {
+        let login = RequestFrame {
+            request: u32::MAX,
+            body: Request::Login {
+                room: "r".repeat(MAX_ROOM_ID),
+                user: user(MAX_USER_ID, MAX_USER_NAME),
+                token: "t".repeat(MAX_TOKEN),
+            },
+        };
+        let command = RequestFrame {
+            request: u32::MAX,
+            body: Request::Command {
+                room: "r".repeat(MAX_ROOM_ID),
+                to: vec!["u".repeat(MAX_USER_ID); MAX_COMMAND_TARGETS],
+                payload: max_payload(),
+            },
+        };
+        for frame in [login, command] {
+            assert!(encode_body(&frame).unwrap().len() <= MAX_REQUEST_FRAME);
+        }
+        let message = BroadcastMessage {
+            id: u64::MAX,
+            sent_at_ms: u64::MAX,
+            from: user(MAX_USER_ID, MAX_USER_NAME),
+            payload: max_payload(),
+        };
+        let batch = LaneEvent::Broadcasts(vec![message; MAX_BATCH]);
+        assert!(encode_body(&batch).unwrap().len() <= MAX_SERVER_FRAME);
+        let member = Member {
+            session: u32::MAX,
+            user: user(MAX_USER_ID, MAX_USER_NAME),
+        };
+        let users = LaneEvent::UsersJoined(vec![member; MAX_USERS_PER_UPDATE]);
+        assert!(encode_body(&users).unwrap().len() <= MAX_SERVER_FRAME);
+    }
+
+    #[test]
+    fn spliced_batch_equals_encoded_batch() {
+        let messages: Vec<BroadcastMessage> = (1..=MAX_BATCH as u64)
+            .map(|id| BroadcastMessage {
+                id: id * 1000,
+                sent_at_ms: 1_700_000_000_000 + id,
+                from: user(id as usize % 7 + 1, 300 - id as usize),
+                payload: Bytes::from(vec![id as u8; id as usize * 20]),
+            })
+            .collect();
+        for n in [0, 1, 2, MAX_BATCH] {
+            let encoded: Vec<Bytes> = messages[..n]
+                .iter()
+                .map(|m| encode_body(m).unwrap())
+                .collect();
+            let mut spliced = BytesMut::new();
+            encode_broadcast_batch(&encoded, &mut spliced).unwrap();
+            let mut direct = BytesMut::new();
+            encode_frame(&LaneEvent::Broadcasts(messages[..n].to_vec()), &mut direct).unwrap();
+            assert_eq!(spliced, direct, "batch of {n}");
+        }
+    }
+
+    #[test]
+    fn oversize_length_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert_eq!(
+            decode_frame::<RequestFrame>(&mut buf, MAX_REQUEST_FRAME),
+            Err(CodecError::TooLarge {
+                len: u32::MAX as usize,
+                max: MAX_REQUEST_FRAME
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut body = encode_body(&sample_requests()[1]).unwrap().to_vec();
+        body.push(0);
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(&body);
+        assert_eq!(
+            decode_frame::<RequestFrame>(&mut buf, MAX_REQUEST_FRAME),
+            Err(CodecError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for garbage in [
+            &[0xFFu8; 8][..],
+            &[0x00],
+            &[0x05, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF],
+            &[],
+        ] {
+            assert!(matches!(
+                decode_body::<RequestFrame>(garbage),
+                Err(CodecError::Malformed(_))
+            ));
+            assert!(decode_datagram::<ClientDatagram>(garbage).is_err());
+        }
+        // A string claiming 2^32 bytes inside a small body is refused, not allocated.
+        let mut huge = vec![0u8, 0u8, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF];
+        huge.extend_from_slice(b"abc");
+        assert!(decode_body::<RequestFrame>(&huge).is_err());
+        let oversize = vec![0u8; MAX_DATAGRAM_BUDGET + 1];
+        assert!(matches!(
+            decode_datagram::<ClientDatagram>(&oversize),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,214 @@
+//! Every message on the wire: control-stream requests and replies, room-lane events, datagrams.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ErrorCode;
+
+/// A user as other members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user ID (1 to 64 bytes, see [`super::check_user_id`]).
+    pub id: String,
+    /// The display name (1 to 256 bytes of UTF-8).
+    pub name: String,
+}
+
+/// A member of a room, as announced in user updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The server-wide session number of the member's connection; barrage datagrams name their
+    /// sender by this number.
+    pub session: u32,
+    /// Who the member is.
+    pub user: User,
+}
+
+/// A frame a client sends on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client; the reply echoes it.
+    pub request: u32,
+    /// What the client asks for.
+    pub body: Request,
+}
+
+/// What a client can ask for on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Log in to a room. The first login fixes the connection's user; later logins on the same
+    /// connection must name the same user ID.
+    Login {
+        /// The room to join.
+        room: String,
+        /// Who logs in.
+        user: User,
+        /// A JWT that grants this user this room (see docs/PROTOCOL.md, "Tokens").
+        token: String,
+    },
+    /// Leave a room; its lane ends with a `Closed { LOGGED_OUT }` event.
+    Logout {
+        /// The room to leave.
+        room: String,
+    },
+    /// Send a reliable, ordered message to every other member of the room.
+    Broadcast {
+        /// The room to send in.
+        room: String,
+        /// 1 to 1024 bytes.
+        payload: Bytes,
+    },
+    /// Send a reliable command to the listed members, or to every other member if `to` is empty.
+    Command {
+        /// The room to send in.
+        room: String,
+        /// Target user IDs; empty means everyone else in the room.
+        to: Vec<String>,
+        /// 1 to 1024 bytes.
+        payload: Bytes,
+    },
+    /// Replace the connection's token (before or after it expires) without reconnecting.
+    RenewToken {
+        /// The new JWT; it must name the same user.
+        token: String,
+    },
+}
+
+/// A frame the server sends on a client's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlFrame {
+    /// The answer to one request.
+    Reply(Reply),
+    /// The connection's token expires soon: renew it, or sends and logins will be refused.
+    TokenWillExpire {
+        /// When it expires, in milliseconds since the Unix epoch.
+        expires_at_ms: u64,
+    },
+}
+
+/// The answer to one request, or to one barrage datagram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request ID the client chose.
+    pub request: u32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The login succeeded; the room's lane is (or will be) open.
+    LoggedIn {
+        /// The server-wide number of the room, for barrage datagrams.
+        room_number: u32,
+        /// This connection's session number (as others see it in user updates).
+        session: u32,
+    },
+    /// The message was accepted and handed to every receiver's queue.
+    Sent {
+        /// Broadcast: the per-room sequence number (1, 2, 3, …). Barrage and command: a
+        /// per-room unique ID.
+        message_id: u64,
+    },
+    /// A logout or token renewal succeeded.
+    Done,
+    /// The request was refused.
+    Refused {
+        /// Why, as a documented code.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        detail: String,
+    },
+}
+
+/// The first frame on every room lane (server-opened unidirectional stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneHeader {
+    /// The room this lane carries.
+    pub room: String,
+    /// The room's server-wide number, as used in barrage datagrams.
+    pub room_number: u32,
+}
+
+/// An event on a room lane, in the room's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaneEvent {
+    /// Members joined (the first events on a lane list who was already there).
+    UsersJoined(Vec<Member>),
+    /// Members left.
+    UsersLeft(Vec<Member>),
+    /// Broadcast messages, in ID order, at most 50.
+    Broadcasts(Vec<BroadcastMessage>),
+    /// A custom command addressed to this receiver.
+    Command(CommandMessage),
+    /// The last event on a lane: the receiver is no longer in the room.
+    Closed {
+        /// Why ([`ErrorCode::LOGGED_OUT`], [`ErrorCode::KICKED_LOGGED_IN_ELSEWHERE`], …).
+        code: ErrorCode,
+        /// A human-readable explanation.
+        detail: String,
+    },
+}
+
+/// A broadcast message as receivers get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastMessage {
+    /// The per-room sequence number (1, 2, 3, …).
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Who sent it.
+    pub from: User,
+    /// 1 to 1024 bytes.
+    pub payload: Bytes,
+}
+
+/// A custom command as its receivers get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandMessage {
+    /// A per-room unique ID.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Who sent it.
+    pub from: User,
+    /// 1 to 1024 bytes.
+    pub payload: Bytes,
+}
+
+/// A datagram a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientDatagram {
+    /// Send a barrage message; the reply comes on the control stream with this request ID.
+    Barrage {
+        /// The room's number from the login reply.
+        room_number: u32,
+        /// Chosen by the client; the reply echoes it.
+        request: u32,
+        /// 1 to 1024 bytes.
+        payload: Bytes,
+    },
+}
+
+/// A datagram the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerDatagram {
+    /// One barrage message.
+    Barrage(BarrageMessage),
+}
+
+/// A barrage message as receivers get it; names are resolved from the lane's user updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BarrageMessage {
+    /// The room's server-wide number.
+    pub room_number: u32,
+    /// A per-room unique ID.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The sender's session number (see [`Member::session`]).
+    pub sender: u32,
+    /// 1 to 1024 bytes.
+    pub payload: Bytes,
+}

@@ -1,0 +1,162 @@
+//! QUIC and TLS setup shared by the server and the client: the one `transport_config()`,
+//! rustls configs with the qrelay ALPN, and framed reading from quinn streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, RecvStream, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::de::DeserializeOwned;
+
+use crate::protocol::{ALPN, CodecError, decode_frame};
+
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Which side a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The relay.
+    Server,
+    /// A client connection.
+    Client,
+}
+
+/// The QUIC transport parameters of every qrelay connection. quinn's defaults are sized for
+/// bulk transfer; a room relay moves small messages, so windows are capped to bound the
+/// memory one peer can make the other hold.
+pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
+    let mut config = TransportConfig::default();
+    // A peer that vanishes is dropped after this long without any packet.
+    config.max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok());
+    match side {
+        Side::Server => {
+            // Clients open exactly one bidirectional stream: the control stream.
+            config.max_concurrent_bidi_streams(VarInt::from_u32(1));
+            // Clients never open unidirectional streams; lanes are server-opened.
+            config.max_concurrent_uni_streams(VarInt::from_u32(0));
+            // Requests are at most 16 KiB frames; 64 KiB lets a few queue (default 1.25 MB).
+            config.stream_receive_window(VarInt::from_u32(64 * 1024));
+            // Connection-wide receive cap (quinn's default is unbounded).
+            config.receive_window(VarInt::from_u32(128 * 1024));
+            // Unacknowledged lane data per connection (default 10 MB): bounds the memory a slow
+            // receiver can pin in the server; a fan-out relay holds one per client.
+            config.send_window(256 * 1024);
+            // The server only answers on streams the client opened, never opens bidi ones.
+        }
+        Side::Client => {
+            // One lane per joined room, plus room for lanes still closing.
+            config.max_concurrent_uni_streams(VarInt::from_u32(64));
+            config.max_concurrent_bidi_streams(VarInt::from_u32(0));
+            // A lane frame can be 128 KiB (a full batch); the window must hold at least one.
+            config.stream_receive_window(VarInt::from_u32(256 * 1024));
+            config.receive_window(VarInt::from_u32(1024 * 1024));
+            config.send_window(128 * 1024);
+            // Keep-alives make an idle but healthy client survive the server's idle timeout.
+            config.keep_alive_interval(Some(idle_timeout / 3));
+        }
+    }
+    // Incoming barrage not yet read by the application; older datagrams are dropped past this.
+    config.datagram_receive_buffer_size(Some(64 * 1024));
+    // Outgoing barrage queued per connection: small, so a congested receiver gets barrage
+    // dropped (quinn drops the oldest) instead of delivered seconds late.
+    config.datagram_send_buffer_size(64 * 1024);
+    config
+}
+
+/// Builds the server's QUIC config from a certificate chain and key.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT would let a replayed request be delivered twice: keep it off.
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(Side::Server, idle_timeout)));
+    Ok(config)
+}
+
+/// Builds a client QUIC config that trusts `roots`.
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, rustls::Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(Side::Client, idle_timeout)));
+    Ok(config)
+}
+
+/// Why a frame could not be read from a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The bytes were not a valid frame.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The stream or connection failed.
+    #[error(transparent)]
+    Stream(#[from] quinn::ReadError),
+}
+
+/// Reads length-prefixed frames from one quinn receive stream.
+#[derive(Debug)]
+pub struct FrameReader {
+    stream: RecvStream,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameReader {
+    /// Wraps `stream`; frames longer than `max` are refused.
+    pub fn new(stream: RecvStream, max: usize) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// The next frame, or `Ok(None)` when the stream finished cleanly between frames.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        loop {
+            if let Some(frame) = decode_frame(&mut self.buf, self.max)? {
+                return Ok(Some(frame));
+            }
+            match self.stream.read_chunk(READ_CHUNK, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(ReadError::Truncated),
+            }
+        }
+    }
+
+    /// The underlying stream (to stop or reset it).
+    pub fn stream_mut(&mut self) -> &mut RecvStream {
+        &mut self.stream
+    }
+}
