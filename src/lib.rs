@@ -5,9 +5,11 @@
 //! - [`transport`]: the one QUIC transport configuration, TLS setup and framed stream reading.
 //! - [`auth`]: login tokens (HS256 JWTs).
 //! - [`certs`]: the development CA, server certificate and token secret under `certs/`.
+//! - [`client`]: the client library: connect, log in to rooms, send, receive events.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod protocol;
 pub mod transport;

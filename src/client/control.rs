@@ -1,0 +1,61 @@
+//! The reader of the control stream: replies to requests and token warnings.
+
+use std::sync::Arc;
+
+use quinn::RecvStream;
+use tokio::sync::mpsc;
+
+use crate::protocol::{ControlFrame, MAX_SERVER_FRAME, close};
+use crate::transport::{FrameReader, ReadError};
+
+use super::connection::Shared;
+use super::event::Event;
+
+/// Reads the control stream until the connection ends, then fails every waiting request.
+pub(crate) async fn read_control(
+    shared: Arc<Shared>,
+    recv: RecvStream,
+    events: mpsc::Sender<Event>,
+) {
+    let mut reader = FrameReader::new(recv, MAX_SERVER_FRAME);
+    let reason = loop {
+        match reader.next::<ControlFrame>().await {
+            Ok(Some(ControlFrame::Reply(reply))) => shared.complete(reply),
+            Ok(Some(ControlFrame::TokenWillExpire { expires_at_ms })) => {
+                tracing::info!(expires_at_ms, "token will expire");
+                deliver_now(&events, Event::TokenWillExpire { expires_at_ms });
+            }
+            Ok(None) => {
+                let reason = "the server ended the control stream";
+                shared.close(close::PROTOCOL_VIOLATION, reason);
+                break reason.to_owned();
+            }
+            Err(ReadError::Codec(e)) => {
+                shared.protocol_violation(&e, "control stream");
+                break format!("bad frame on the control stream: {e}");
+            }
+            Err(ReadError::Truncated) => {
+                let reason = "the control stream ended inside a frame";
+                shared.close(close::PROTOCOL_VIOLATION, reason);
+                break reason.to_owned();
+            }
+            Err(ReadError::Stream(e)) => break e.to_string(),
+        }
+    };
+    tracing::debug!(reason, "control stream closed");
+    shared.fail_all(reason);
+}
+
+/// Queues an event without making the control reader wait for a slow consumer (replies
+/// must keep flowing): if the queue is full, a small task delivers it later.
+fn deliver_now(events: &mpsc::Sender<Event>, event: Event) {
+    match events.try_send(event) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(event).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Counters of what the client received, dropped or could not match.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a client's counters (see [`super::Client::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Barrage messages delivered as events.
+    pub barrage_received: u64,
+    /// Barrage datagrams dropped because no open room lane has their room number (not logged
+    /// in, or the datagram overtook the lane header).
+    pub barrage_unknown_room: u64,
+    /// Barrage datagrams dropped because their sender is not a known member of the room (the
+    /// datagram overtook the user update, or the sender already left).
+    pub barrage_unknown_sender: u64,
+    /// Datagrams dropped because they did not decode.
+    pub datagrams_malformed: u64,
+    /// Replies that matched no waiting request (it had timed out).
+    pub late_replies: u64,
+}
+
+/// The live counters behind [`ClientStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) barrage_received: AtomicU64,
+    pub(crate) barrage_unknown_room: AtomicU64,
+    pub(crate) barrage_unknown_sender: AtomicU64,
+    pub(crate) datagrams_malformed: AtomicU64,
+    pub(crate) late_replies: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub(crate) fn snapshot(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            barrage_received: get(&self.barrage_received),
+            barrage_unknown_room: get(&self.barrage_unknown_room),
+            barrage_unknown_sender: get(&self.barrage_unknown_sender),
+            datagrams_malformed: get(&self.datagrams_malformed),
+            late_replies: get(&self.late_replies),
+        }
+    }
+}
