@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{ConnectionError, SendDatagramError, SendStream, VarInt, WriteError};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::protocol::{
     ClientDatagram, CodecError, Outcome, Reply, Request, RequestFrame, close, encode_body,
@@ -224,25 +224,37 @@ impl Shared {
     /// So a caller that is cancelled (a timeout around a request) never leaves half a frame
     /// on the stream, and the common case costs no task switch.
     async fn write_frame(&self, frame: Bytes) -> Result<(), ClientError> {
-        let mut stream = Arc::clone(&self.control).lock_owned().await;
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut written = 0;
-        while written < frame.len() {
-            match Pin::new(&mut *stream).poll_write(&mut cx, &frame[written..]) {
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(e)) => return Err(write_error(e)),
-                Poll::Pending => {
-                    let rest = frame.slice(written..);
-                    let task = tokio::spawn(async move { stream.write_all(&rest).await });
-                    return match task.await {
-                        Ok(result) => result.map_err(write_error),
-                        Err(e) => Err(ClientError::Disconnected(format!("writer failed: {e}"))),
-                    };
+        let stream = Arc::clone(&self.control).lock_owned().await;
+        match write_now(stream, frame)? {
+            None => Ok(()),
+            Some((mut stream, rest)) => {
+                let task = tokio::spawn(async move { stream.write_all(&rest).await });
+                match task.await {
+                    Ok(result) => result.map_err(write_error),
+                    Err(e) => Err(ClientError::Disconnected(format!("writer failed: {e}"))),
                 }
             }
         }
-        Ok(())
     }
+}
+
+/// Writes as much of `frame` as the stream takes without waiting. Returns the stream and
+/// the rest when flow control blocks.
+#[allow(clippy::type_complexity)]
+fn write_now(
+    mut stream: OwnedMutexGuard<SendStream>,
+    frame: Bytes,
+) -> Result<Option<(OwnedMutexGuard<SendStream>, Bytes)>, ClientError> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut written = 0;
+    while written < frame.len() {
+        match Pin::new(&mut *stream).poll_write(&mut cx, &frame[written..]) {
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(write_error(e)),
+            Poll::Pending => return Ok(Some((stream, frame.slice(written..)))),
+        }
+    }
+    Ok(None)
 }
 
 /// Locks a std mutex; a panic elsewhere while holding it does not make the state unusable

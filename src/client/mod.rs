@@ -397,3 +397,6 @@ fn unexpected(outcome: Outcome) -> ClientError {
         other => ClientError::Protocol(format!("unexpected reply {other:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests;

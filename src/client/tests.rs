@@ -1,0 +1,457 @@
+//! Loopback tests of the client against a scripted stand-in server (real QUIC sockets,
+//! in-memory certificates), for what the pure unit tests cannot reach: request matching,
+//! both orders of login reply and lane, barrage round trips, timeouts, disconnects.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{SendStream, VarInt};
+use serde::Serialize;
+
+use super::*;
+use crate::certs::DevPki;
+use crate::protocol::{
+    BarrageMessage, BroadcastMessage, ClientDatagram, ControlFrame, LaneEvent, LaneHeader,
+    MAX_REQUEST_FRAME, Member, Reply, RequestFrame, ServerDatagram, decode_datagram, encode_body,
+    encode_frame,
+};
+use crate::transport::{FrameReader, server_config};
+
+/// Every await in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("test step timed out")
+}
+
+fn user(id: &str) -> User {
+    User {
+        id: id.into(),
+        name: id.to_uppercase(),
+    }
+}
+
+/// The server side of one client connection.
+struct Peer {
+    conn: quinn::Connection,
+    control: SendStream,
+    requests: FrameReader,
+}
+
+impl Peer {
+    async fn request(&mut self) -> RequestFrame {
+        within(self.requests.next::<RequestFrame>())
+            .await
+            .expect("read request")
+            .expect("control stream open")
+    }
+
+    async fn reply(&mut self, request: u32, outcome: Outcome) {
+        send_frame(
+            &mut self.control,
+            &ControlFrame::Reply(Reply { request, outcome }),
+        )
+        .await;
+    }
+
+    async fn open_lane(&self, room: &str, room_number: u32) -> SendStream {
+        let mut lane = within(self.conn.open_uni()).await.expect("open lane");
+        let header = LaneHeader {
+            room: room.into(),
+            room_number,
+        };
+        send_frame(&mut lane, &header).await;
+        lane
+    }
+
+    async fn datagram(&self) -> ClientDatagram {
+        let bytes = within(self.conn.read_datagram()).await.expect("datagram");
+        decode_datagram(&bytes).expect("decode datagram")
+    }
+}
+
+async fn send_frame<T: Serialize>(stream: &mut SendStream, frame: &T) {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf).expect("encode");
+    within(stream.write_all(&buf)).await.expect("write frame");
+}
+
+/// Starts a stand-in server and connects a client as `alice`; returns the server side of
+/// the connection too.
+async fn pair(request_timeout: Duration) -> (Client, Events, quinn::Connection) {
+    let pki = DevPki::generate().expect("pki");
+    let (chain, key) = pki.server_identity().expect("identity");
+    let config = server_config(chain, key, DEFAULT_IDLE_TIMEOUT).expect("server config");
+    let server =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind server");
+    let mut config = ClientConfig::new(
+        server.local_addr().expect("addr"),
+        "localhost",
+        vec![pki.ca().expect("ca")],
+        user("alice"),
+    );
+    config.request_timeout = request_timeout;
+    let accepted = tokio::spawn(async move {
+        let incoming = within(server.accept()).await.expect("incoming");
+        within(async { incoming.await }).await.expect("handshake")
+    });
+    let (client, events) = within(Client::connect(config)).await.expect("connect");
+    let conn = within(accepted).await.expect("join");
+    (client, events, conn)
+}
+
+/// Accepts the client's control stream (visible once the client has written its first
+/// request).
+async fn accept(conn: quinn::Connection) -> Peer {
+    let (control, recv) = within(conn.accept_bi()).await.expect("control stream");
+    Peer {
+        conn,
+        control,
+        requests: FrameReader::new(recv, MAX_REQUEST_FRAME),
+    }
+}
+
+/// Logs the client in to `room` (number `room_number`), the lane opening before the reply
+/// when `lane_first`. Returns the lane.
+async fn login(
+    client: &Client,
+    conn: &quinn::Connection,
+    room: &str,
+    room_number: u32,
+    lane_first: bool,
+) -> (Peer, SendStream) {
+    let login = {
+        let client = client.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move { client.login_room(&room, "token").await })
+    };
+    let mut peer = accept(conn.clone()).await;
+    let frame = peer.request().await;
+    match &frame.body {
+        Request::Login {
+            room: r,
+            user: u,
+            token,
+        } => {
+            assert_eq!(
+                (r.as_str(), u, token.as_str()),
+                (room, &user("alice"), "token")
+            );
+        }
+        other => panic!("expected a login, got {other:?}"),
+    }
+    let outcome = Outcome::LoggedIn {
+        room_number,
+        session: 1,
+    };
+    let lane = if lane_first {
+        let lane = peer.open_lane(room, room_number).await;
+        peer.reply(frame.request, outcome).await;
+        lane
+    } else {
+        peer.reply(frame.request, outcome).await;
+        peer.open_lane(room, room_number).await
+    };
+    within(login).await.expect("join").expect("login");
+    (peer, lane)
+}
+
+#[tokio::test]
+async fn login_lane_events_broadcast_and_barrage() {
+    for lane_first in [true, false] {
+        let (client, mut events, conn) = pair(DEFAULT_REQUEST_TIMEOUT).await;
+        let (mut peer, mut lane) = login(&client, &conn, "lobby", 7, lane_first).await;
+        assert_eq!(client.rooms(), vec!["lobby".to_string()]);
+
+        let bob = Member {
+            session: 2,
+            user: user("bob"),
+        };
+        send_frame(&mut lane, &LaneEvent::UsersJoined(vec![bob.clone()])).await;
+        assert_eq!(
+            within(events.next()).await,
+            Some(Event::UsersJoined {
+                room: "lobby".into(),
+                users: vec![user("bob")]
+            })
+        );
+
+        // Broadcast: request and reply.
+        let send = {
+            let client = client.clone();
+            tokio::spawn(async move { client.send_broadcast_message("lobby", "hello").await })
+        };
+        let frame = peer.request().await;
+        assert_eq!(
+            frame.body,
+            Request::Broadcast {
+                room: "lobby".into(),
+                payload: Bytes::from_static(b"hello")
+            }
+        );
+        peer.reply(frame.request, Outcome::Sent { message_id: 1 })
+            .await;
+        assert_eq!(within(send).await.expect("join"), Ok(1));
+
+        // Broadcast received on the lane.
+        let message = BroadcastMessage {
+            id: 4,
+            sent_at_ms: 10,
+            from: user("bob"),
+            payload: Bytes::from_static(b"hi"),
+        };
+        send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message.clone()])).await;
+        assert_eq!(
+            within(events.next()).await,
+            Some(Event::Broadcasts {
+                room: "lobby".into(),
+                messages: vec![message]
+            })
+        );
+
+        // Barrage out: a datagram with the room number, answered on the control stream.
+        let send = {
+            let client = client.clone();
+            tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
+        };
+        let ClientDatagram::Barrage {
+            room_number,
+            request,
+            payload,
+        } = peer.datagram().await;
+        assert_eq!((room_number, payload.as_ref()), (7, &b"zap"[..]));
+        peer.reply(request, Outcome::Sent { message_id: 99 }).await;
+        assert_eq!(within(send).await.expect("join"), Ok(99));
+
+        // Barrage in: the sender's session is resolved to bob.
+        for id in [5, 6] {
+            let datagram = ServerDatagram::Barrage(BarrageMessage {
+                room_number: 7,
+                id,
+                sent_at_ms: 11,
+                sender: 2,
+                payload: Bytes::from_static(b"pew"),
+            });
+            peer.conn
+                .send_datagram(encode_body(&datagram).expect("encode"))
+                .expect("send datagram");
+        }
+        let mut received = Vec::new();
+        while received.len() < 2 {
+            match within(events.next()).await {
+                Some(Event::Barrages { room, messages }) => {
+                    assert_eq!(room, "lobby");
+                    received.extend(messages);
+                }
+                other => panic!("expected barrage, got {other:?}"),
+            }
+        }
+        assert!(received.iter().all(|m| m.from == user("bob")));
+        assert_eq!(client.stats().barrage_received, 2);
+
+        // Kicked: the room closes and the login is forgotten.
+        send_frame(
+            &mut lane,
+            &LaneEvent::Closed {
+                code: ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
+                detail: "elsewhere".into(),
+            },
+        )
+        .await;
+        lane.finish().expect("finish");
+        assert_eq!(
+            within(events.next()).await,
+            Some(Event::RoomClosed {
+                room: "lobby".into(),
+                code: ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
+                detail: "elsewhere".into()
+            })
+        );
+        assert!(client.rooms().is_empty());
+        assert_eq!(
+            client.send_barrage_message("lobby", "x").await,
+            Err(ClientError::NotLoggedIn("lobby".into()))
+        );
+        client.close().await;
+    }
+}
+
+#[tokio::test]
+async fn refusals_and_local_checks() {
+    let (client, _events, conn) = pair(DEFAULT_REQUEST_TIMEOUT).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, false).await;
+
+    // Caught locally: nothing reaches the server.
+    let invalid = client
+        .send_broadcast_message("lobby", vec![0u8; 1025])
+        .await;
+    assert_eq!(
+        invalid.map_err(|e| e.code()),
+        Err(ErrorCode::PAYLOAD_TOO_LARGE)
+    );
+    let empty = client.send_custom_command("lobby", "", &[]).await;
+    assert_eq!(empty.map_err(|e| e.code()), Err(ErrorCode::PAYLOAD_EMPTY));
+    let room = client.send_broadcast_message("bad room", "x").await;
+    assert_eq!(room.map_err(|e| e.code()), Err(ErrorCode::INVALID_ROOM_ID));
+    let targets = client.send_custom_command("lobby", "x", &["a b"]).await;
+    assert_eq!(
+        targets.map_err(|e| e.code()),
+        Err(ErrorCode::INVALID_TARGETS)
+    );
+
+    // Refused by the server.
+    let send = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_custom_command("lobby", "go", &["bob"]).await })
+    };
+    let frame = peer.request().await;
+    assert_eq!(
+        frame.body,
+        Request::Command {
+            room: "lobby".into(),
+            to: vec!["bob".into()],
+            payload: Bytes::from_static(b"go")
+        }
+    );
+    let refusal = Outcome::Refused {
+        code: ErrorCode::UNKNOWN_TARGET_USER,
+        detail: "no bob".into(),
+    };
+    peer.reply(frame.request, refusal).await;
+    assert_eq!(
+        within(send).await.expect("join"),
+        Err(ClientError::Refused {
+            code: ErrorCode::UNKNOWN_TARGET_USER,
+            detail: "no bob".into()
+        })
+    );
+
+    // Logout and token renewal.
+    let logout = {
+        let client = client.clone();
+        tokio::spawn(async move { client.logout_room("lobby").await })
+    };
+    let frame = peer.request().await;
+    assert_eq!(
+        frame.body,
+        Request::Logout {
+            room: "lobby".into()
+        }
+    );
+    peer.reply(frame.request, Outcome::Done).await;
+    assert_eq!(within(logout).await.expect("join"), Ok(()));
+    assert!(client.rooms().is_empty());
+    let renew = {
+        let client = client.clone();
+        tokio::spawn(async move { client.renew_token("new").await })
+    };
+    let frame = peer.request().await;
+    assert_eq!(
+        frame.body,
+        Request::RenewToken {
+            token: "new".into()
+        }
+    );
+    peer.reply(frame.request, Outcome::Done).await;
+    assert_eq!(within(renew).await.expect("join"), Ok(()));
+}
+
+#[tokio::test]
+async fn lost_barrage_times_out_and_late_reply_is_counted() {
+    let (client, _events, conn) = pair(Duration::from_millis(300)).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    let send = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
+    };
+    let ClientDatagram::Barrage { request, .. } = peer.datagram().await;
+    let result = within(send).await.expect("join");
+    assert_eq!(result, Err(ClientError::Timeout));
+    assert_eq!(ClientError::Timeout.code(), ErrorCode::TIMEOUT);
+    // The reply arrives after the caller gave up.
+    peer.reply(request, Outcome::Sent { message_id: 1 }).await;
+    within(async {
+        while client.stats().late_replies == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_close_fails_waiting_requests_and_ends_events() {
+    let (client, mut events, conn) = pair(DEFAULT_REQUEST_TIMEOUT).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    let send = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_broadcast_message("lobby", "x").await })
+    };
+    let _ = peer.request().await;
+    peer.conn
+        .close(VarInt::from_u32(close::SHUTDOWN), b"going away");
+    let result = within(send).await.expect("join");
+    assert_eq!(result.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
+    let last = loop {
+        match within(events.next()).await {
+            Some(Event::Disconnected { code, reason }) => break (code, reason),
+            Some(_) => continue,
+            None => panic!("events ended without Disconnected"),
+        }
+    };
+    assert_eq!(
+        last,
+        (Some(u64::from(close::SHUTDOWN)), "going away".into())
+    );
+    assert_eq!(within(events.next()).await, None);
+    // Later requests fail at once.
+    let later = client.send_broadcast_message("lobby", "x").await;
+    assert_eq!(later.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_connection() {
+    let (client, mut events, conn) = pair(DEFAULT_REQUEST_TIMEOUT).await;
+    let (peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    drop(client);
+    let error = within(peer.conn.closed()).await;
+    assert!(
+        matches!(&error, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close::NORMAL)),
+        "{error:?}"
+    );
+    let last = loop {
+        match within(events.next()).await {
+            Some(Event::Disconnected { code, .. }) => break code,
+            Some(_) => continue,
+            None => panic!("events ended without Disconnected"),
+        }
+    };
+    assert_eq!(last, Some(u64::from(close::NORMAL)));
+}
+
+#[tokio::test]
+async fn connect_to_nothing_fails_in_time() {
+    // A bound UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut config = ClientConfig::new(
+        silent.local_addr().expect("addr"),
+        "localhost",
+        vec![DevPki::generate().expect("pki").ca().expect("ca")],
+        user("alice"),
+    );
+    config.request_timeout = Duration::from_millis(300);
+    let result = within(Client::connect(config)).await;
+    assert!(matches!(result, Err(ClientError::Connect(_))), "{result:?}");
+}
+
+#[test]
+fn handles_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Client>();
+    send::<Events>();
+    send::<Event>();
+    send_sync::<ClientError>();
+}
