@@ -5,9 +5,11 @@
 //! - [`transport`]: the one QUIC transport configuration, TLS setup and framed stream reading.
 //! - [`auth`]: login tokens (HS256 JWTs).
 //! - [`certs`]: the development CA, server certificate and token secret under `certs/`.
+//! - [`server`]: the relay (router, rooms, lanes, connections).
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod certs;
 pub mod protocol;
+pub mod server;
 pub mod transport;
