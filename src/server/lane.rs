@@ -77,9 +77,11 @@ pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: 
         return;
     };
     let mut buf = BytesMut::with_capacity(4096);
-    if encode_frame(&header, &mut buf).is_err() {
+    // The header goes out at once: a stream is invisible to the peer until data is written.
+    if encode_frame(&header, &mut buf).is_err() || send.write_all(&buf).await.is_err() {
         return;
     }
+    buf.clear();
     let mut pending: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
     loop {
         let Some(first) = queue.rx.recv().await else {
