@@ -12,11 +12,7 @@ use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(
-    name = "qrelay",
-    version,
-    about = "A QUIC relay for real-time room messaging"
-)]
+#[command(name = "qrelay", version, about = "A QUIC relay for real-time room messaging")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,14 +120,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or(1);
     let identity = load_identity(&config)?;
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
     runtime.block_on(run(config, identity))
 }
@@ -234,9 +225,6 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         )
     })?;
     let rooms = (!args.rooms.is_empty()).then_some(args.rooms);
-    println!(
-        "{}",
-        key.mint(&args.user, rooms, !args.listen_only, args.ttl)?
-    );
+    println!("{}", key.mint(&args.user, rooms, !args.listen_only, args.ttl)?);
     Ok(())
 }

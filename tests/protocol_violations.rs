@@ -31,10 +31,7 @@ async fn garbage_on_the_control_stream_closes_only_that_connection() {
     let relay = TestRelay::start(test_config()).await;
     let (mut bad, _lane) = relay.raw_member("mallory", "lobby").await;
     bad.write_raw(&[0, 0, 0, 4, 0xFF, 0xFF, 0xFF, 0xFF]).await;
-    assert_eq!(
-        close_code(&bad.conn).await,
-        u64::from(close::PROTOCOL_VIOLATION)
-    );
+    assert_eq!(close_code(&bad.conn).await, u64::from(close::PROTOCOL_VIOLATION));
     assert_room_still_served(&relay, "lobby").await;
     assert_eq!(relay.handle.stats().protocol_violations, 1);
 }
@@ -44,18 +41,11 @@ async fn a_4_gib_frame_length_is_refused_before_reading_the_body() {
     let relay = TestRelay::start(test_config()).await;
     let mut bad = relay.raw_peer().await;
     bad.write_raw(&u32::MAX.to_be_bytes()).await;
-    assert_eq!(
-        close_code(&bad.conn).await,
-        u64::from(close::FRAME_TOO_LARGE)
-    );
+    assert_eq!(close_code(&bad.conn).await, u64::from(close::FRAME_TOO_LARGE));
     // One byte over the request bound is refused the same way.
     let mut bad = relay.raw_peer().await;
-    bad.write_raw(&(MAX_REQUEST_FRAME as u32 + 1).to_be_bytes())
-        .await;
-    assert_eq!(
-        close_code(&bad.conn).await,
-        u64::from(close::FRAME_TOO_LARGE)
-    );
+    bad.write_raw(&(MAX_REQUEST_FRAME as u32 + 1).to_be_bytes()).await;
+    assert_eq!(close_code(&bad.conn).await, u64::from(close::FRAME_TOO_LARGE));
     assert_room_still_served(&relay, "lobby").await;
 }
 
@@ -65,9 +55,7 @@ async fn trailing_bytes_after_a_request_are_a_violation() {
     let mut bad = relay.raw_peer().await;
     let body = encode_body(&qrelay::protocol::RequestFrame {
         request: 1,
-        body: Request::Logout {
-            room: "lobby".into(),
-        },
+        body: Request::Logout { room: "lobby".into() },
     })
     .unwrap();
     let mut frame = BytesMut::new();
@@ -75,10 +63,7 @@ async fn trailing_bytes_after_a_request_are_a_violation() {
     frame.extend_from_slice(&body);
     frame.put_u8(0);
     bad.write_raw(&frame).await;
-    assert_eq!(
-        close_code(&bad.conn).await,
-        u64::from(close::PROTOCOL_VIOLATION)
-    );
+    assert_eq!(close_code(&bad.conn).await, u64::from(close::PROTOCOL_VIOLATION));
 }
 
 #[tokio::test]
@@ -86,9 +71,7 @@ async fn garbage_datagrams_are_dropped_and_counted() {
     let relay = TestRelay::start(test_config()).await;
     let (mut peer, _lane) = relay.raw_member("mallory", "lobby").await;
     for garbage in [&b"\xff\xff\xff"[..], b"", b"\x00\x01"] {
-        peer.conn
-            .send_datagram(Bytes::copy_from_slice(garbage))
-            .unwrap();
+        peer.conn.send_datagram(Bytes::copy_from_slice(garbage)).unwrap();
     }
     // A barrage for a room number the peer is not in gets a NOT_LOGGED_IN reply.
     let stray = ClientDatagram::Barrage {
@@ -96,34 +79,20 @@ async fn garbage_datagrams_are_dropped_and_counted() {
         request: 77,
         payload: Bytes::from_static(b"x"),
     };
-    peer.conn
-        .send_datagram(encode_body(&stray).unwrap())
-        .unwrap();
+    peer.conn.send_datagram(encode_body(&stray).unwrap()).unwrap();
     let outcome = loop {
-        match within(peer.control.next::<qrelay::protocol::ControlFrame>())
-            .await
-            .unwrap()
-        {
+        match within(peer.control.next::<qrelay::protocol::ControlFrame>()).await.unwrap() {
             Some(qrelay::protocol::ControlFrame::Reply(r)) if r.request == 77 => break r.outcome,
             Some(_) => continue,
             None => panic!("control stream ended"),
         }
     };
     assert!(
-        matches!(
-            outcome,
-            Outcome::Refused {
-                code: ErrorCode::NOT_LOGGED_IN,
-                ..
-            }
-        ),
+        matches!(outcome, Outcome::Refused { code: ErrorCode::NOT_LOGGED_IN, .. }),
         "{outcome:?}"
     );
     // The connection is still served.
-    assert!(matches!(
-        peer.broadcast("lobby", b"ok").await,
-        Outcome::Sent { .. }
-    ));
+    assert!(matches!(peer.broadcast("lobby", b"ok").await, Outcome::Sent { .. }));
     let stats = relay.handle.stats();
     assert_eq!(stats.datagrams_received, 4);
     assert_eq!(stats.datagrams_malformed, 3);
@@ -134,13 +103,7 @@ async fn requests_before_login_are_refused_not_fatal() {
     let relay = TestRelay::start(test_config()).await;
     let mut peer = relay.raw_peer().await;
     let refused = |outcome: &Outcome| {
-        matches!(
-            outcome,
-            Outcome::Refused {
-                code: ErrorCode::NOT_LOGGED_IN,
-                ..
-            }
-        )
+        matches!(outcome, Outcome::Refused { code: ErrorCode::NOT_LOGGED_IN, .. })
     };
     let outcome = peer.broadcast("lobby", b"hi").await;
     assert!(refused(&outcome), "{outcome:?}");
@@ -152,16 +115,9 @@ async fn requests_before_login_are_refused_not_fatal() {
         })
         .await;
     assert!(refused(&outcome), "{outcome:?}");
-    let outcome = peer
-        .request(Request::Logout {
-            room: "lobby".into(),
-        })
-        .await;
+    let outcome = peer.request(Request::Logout { room: "lobby".into() }).await;
     assert!(refused(&outcome), "{outcome:?}");
-    assert!(matches!(
-        peer.login(&relay, "alice", "lobby").await,
-        Outcome::LoggedIn { .. }
-    ));
+    assert!(matches!(peer.login(&relay, "alice", "lobby").await, Outcome::LoggedIn { .. }));
 }
 
 #[tokio::test]

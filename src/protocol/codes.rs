@@ -136,9 +136,6 @@ mod tests {
             assert_ne!(code.name(), "UNKNOWN");
         }
         assert_eq!(ErrorCode(9999).name(), "UNKNOWN");
-        assert_eq!(
-            ErrorCode::PAYLOAD_TOO_LARGE.to_string(),
-            "PAYLOAD_TOO_LARGE (1002)"
-        );
+        assert_eq!(ErrorCode::PAYLOAD_TOO_LARGE.to_string(), "PAYLOAD_TOO_LARGE (1002)");
     }
 }

@@ -72,10 +72,7 @@ impl ServerConfig {
             return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());
         }
         if self.lane_queue < crate::protocol::MAX_BATCH {
-            return Err(format!(
-                "lane_queue must be at least {}",
-                crate::protocol::MAX_BATCH
-            ));
+            return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
         }
         Ok(())
     }
@@ -98,12 +95,7 @@ pub struct TlsFiles {
 
 impl Default for TlsFiles {
     fn default() -> Self {
-        Self {
-            certs_dir: PathBuf::from("certs"),
-            cert: None,
-            key: None,
-            token_secret: None,
-        }
+        Self { certs_dir: PathBuf::from("certs"), cert: None, key: None, token_secret: None }
     }
 }
 

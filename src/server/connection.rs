@@ -41,10 +41,7 @@ pub async fn serve(
     let session = shared.next_session();
     let span = info_span!("conn", conn = session, %remote);
     Counters::bump(&shared.counters.connections_accepted);
-    shared
-        .counters
-        .connections_open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.counters.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut state = ConnState {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -56,10 +53,7 @@ pub async fn serve(
     };
     state.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| state.leave_all());
-    shared
-        .counters
-        .connections_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 struct ConnState {
@@ -142,10 +136,7 @@ impl ConnState {
         Counters::bump(&self.shared.counters.protocol_violations);
         warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
         let reason = error.to_string();
-        self.conn.close(
-            VarInt::from_u32(code),
-            &reason.as_bytes()[..reason.len().min(256)],
-        );
+        self.conn.close(VarInt::from_u32(code), &reason.as_bytes()[..reason.len().min(256)]);
     }
 
     fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
@@ -174,12 +165,8 @@ impl ConnState {
     fn login(&mut self, room: String, user: User, token: &str) -> Result<Outcome, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
         check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
-        check_user_name(&user.name).map_err(|c| {
-            (
-                c,
-                "user name is empty, too long or has control characters".into(),
-            )
-        })?;
+        check_user_name(&user.name)
+            .map_err(|c| (c, "user name is empty, too long or has control characters".into()))?;
         let claims = self.verify_token(token, &user.id)?;
         if let Some(claims) = &claims
             && !claims.grants_room(&room)
@@ -199,10 +186,7 @@ impl ConnState {
         }
         self.prune_rooms();
         if self.rooms.contains_key(&room) {
-            return Err((
-                ErrorCode::ALREADY_LOGGED_IN,
-                format!("already logged in to {room:?}"),
-            ));
+            return Err((ErrorCode::ALREADY_LOGGED_IN, format!("already logged in to {room:?}")));
         }
         let max = self.shared.config.max_rooms_per_connection;
         if self.rooms.len() >= max {
@@ -212,13 +196,8 @@ impl ConnState {
             ));
         }
         let (joined, queue) =
-            self.shared
-                .router
-                .join(&self.shared, &room, self.session, user.clone(), &self.conn)?;
-        let header = LaneHeader {
-            room: room.clone(),
-            room_number: joined.number,
-        };
+            self.shared.router.join(&self.shared, &room, self.session, user.clone(), &self.conn)?;
+        let header = LaneHeader { room: room.clone(), room_number: joined.number };
         let span = info_span!("lane", room = %room, user = %user.id);
         tokio::spawn(lane::run_writer(self.conn.clone(), header, queue).instrument(span));
         let room_number = joined.number;
@@ -229,10 +208,7 @@ impl ConnState {
         info!(room = %room, user = %user.id, "logged in");
         self.user = Some(user);
         Counters::bump(&self.shared.counters.logins);
-        Ok(Outcome::LoggedIn {
-            room_number,
-            session: self.session,
-        })
+        Ok(Outcome::LoggedIn { room_number, session: self.session })
     }
 
     fn logout(&mut self, room: &str) -> Result<Outcome, Refusal> {
@@ -275,9 +251,7 @@ impl ConnState {
         let (joined, send) = self.sender_room(room, &payload)?;
         // The sender listed among the targets is skipped, as a broadcast skips its sender.
         to.retain(|t| t != send.user_id);
-        joined
-            .command(&self.shared, send, &to)
-            .map(|message_id| Outcome::Sent { message_id })
+        joined.command(&self.shared, send, &to).map(|message_id| Outcome::Sent { message_id })
     }
 
     fn renew_token(&mut self, token: &str) -> Result<Outcome, Refusal> {
@@ -303,18 +277,15 @@ impl ConnState {
     fn handle_datagram(&mut self, datagram: Bytes) -> Option<ControlFrame> {
         let counters = &self.shared.counters;
         Counters::bump(&counters.datagrams_received);
-        let ClientDatagram::Barrage {
-            room_number,
-            request,
-            payload,
-        } = match decode_datagram::<ClientDatagram>(&datagram) {
-            Ok(d) => d,
-            Err(e) => {
-                Counters::bump(&counters.datagrams_malformed);
-                debug!(error = %e, len = datagram.len(), "malformed datagram dropped");
-                return None;
-            }
-        };
+        let ClientDatagram::Barrage { room_number, request, payload } =
+            match decode_datagram::<ClientDatagram>(&datagram) {
+                Ok(d) => d,
+                Err(e) => {
+                    Counters::bump(&counters.datagrams_malformed);
+                    debug!(error = %e, len = datagram.len(), "malformed datagram dropped");
+                    return None;
+                }
+            };
         let outcome = self
             .rooms
             .values()
@@ -352,10 +323,7 @@ impl ConnState {
         };
         if let Some(claims) = &self.claims {
             if claims.expired_at(SystemTime::now()) {
-                return Err((
-                    ErrorCode::TOKEN_EXPIRED,
-                    "the token has expired: renew it".into(),
-                ));
+                return Err((ErrorCode::TOKEN_EXPIRED, "the token has expired: renew it".into()));
             }
             if !claims.publish {
                 return Err((
@@ -364,14 +332,7 @@ impl ConnState {
                 ));
             }
         }
-        Ok((
-            joined,
-            Send {
-                session: self.session,
-                user_id: &user.id,
-                payload: payload.clone(),
-            },
-        ))
+        Ok((joined, Send { session: self.session, user_id: &user.id, payload: payload.clone() }))
     }
 
     /// Verifies a token for `user_id`; `None` in insecure dev-auth mode.
@@ -404,23 +365,16 @@ impl ConnState {
     fn set_claims(&mut self, claims: Claims) {
         let now = SystemTime::now();
         let warn_secs = self.shared.config.token_warning_secs;
-        let until_warning = claims
-            .exp
-            .saturating_sub(warn_secs)
-            .saturating_sub(unix_seconds(now));
-        self.token_warning = Some((
-            Instant::now() + Duration::from_secs(until_warning),
-            claims.exp,
-        ));
+        let until_warning = claims.exp.saturating_sub(warn_secs).saturating_sub(unix_seconds(now));
+        self.token_warning =
+            Some((Instant::now() + Duration::from_secs(until_warning), claims.exp));
         self.claims = Some(claims);
     }
 
     /// Forgets rooms this connection was replaced in (kicked) or dropped from (too slow).
     fn prune_rooms(&mut self) {
-        let (session, user) = (
-            self.session,
-            self.user.as_ref().map(|u| u.id.as_str()).unwrap_or(""),
-        );
+        let (session, user) =
+            (self.session, self.user.as_ref().map(|u| u.id.as_str()).unwrap_or(""));
         self.rooms.retain(|_, room| room.is_member(session, user));
     }
 
@@ -436,20 +390,14 @@ impl ConnState {
 }
 
 fn not_logged_in(room: &str) -> Refusal {
-    (
-        ErrorCode::NOT_LOGGED_IN,
-        format!("not logged in to room {room}"),
-    )
+    (ErrorCode::NOT_LOGGED_IN, format!("not logged in to room {room}"))
 }
 
 async fn write_frame(stream: &mut SendStream, frame: &ControlFrame) -> Result<(), ()> {
     let mut buf = BytesMut::new();
     encode_frame(frame, &mut buf)
         .map_err(|e| warn!(error = %e, "cannot encode a control frame"))?;
-    stream
-        .write_all(&buf)
-        .await
-        .map_err(|e| debug!(error = %e, "control stream write failed"))
+    stream.write_all(&buf).await.map_err(|e| debug!(error = %e, "control stream write failed"))
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

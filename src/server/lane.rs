@@ -40,13 +40,7 @@ impl Lane {
     pub fn new(depth: usize) -> (Lane, LaneQueue) {
         let (tx, rx) = mpsc::channel(depth);
         let close = Arc::new(OnceLock::new());
-        (
-            Lane {
-                tx,
-                close: close.clone(),
-            },
-            LaneQueue { rx, close },
-        )
+        (Lane { tx, close: close.clone() }, LaneQueue { rx, close })
     }
 
     /// Queues an event without waiting. A lane whose writer has already ended (its connection is
@@ -101,11 +95,7 @@ pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: 
                     buf.extend_from_slice(&frame);
                 }
             }
-            next = if buf.len() < WRITE_BUDGET {
-                queue.rx.try_recv().ok()
-            } else {
-                None
-            };
+            next = if buf.len() < WRITE_BUDGET { queue.rx.try_recv().ok() } else { None };
         }
         flush_batch(&mut pending, &mut buf);
         trace!(room = %header.room, bytes = buf.len(), "lane write");
@@ -115,10 +105,7 @@ pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: 
         buf.clear();
     }
     if let Some((code, detail)) = queue.close.get() {
-        let event = LaneEvent::Closed {
-            code: *code,
-            detail: detail.clone(),
-        };
+        let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
         if encode_frame(&event, &mut buf).is_ok() && send.write_all(&buf).await.is_err() {
             return;
         }

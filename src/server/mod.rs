@@ -71,9 +71,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn next_session(&self) -> u32 {
-        self.last_session
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1)
+        self.last_session.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 }
 
@@ -113,11 +111,7 @@ impl Server {
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
-        Ok(Server {
-            endpoint,
-            shared,
-            shutdown,
-        })
+        Ok(Server { endpoint, shared, shutdown })
     }
 
     /// A handle that stays valid while the server runs.
@@ -183,8 +177,7 @@ impl ServerHandle {
     /// for clients to acknowledge.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        self.endpoint
-            .close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
+        self.endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
     }
 }

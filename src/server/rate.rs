@@ -15,12 +15,7 @@ impl TokenBucket {
     /// A full bucket refilling at `rate` per second.
     pub fn new(rate: f64) -> Self {
         let capacity = rate.max(1.0);
-        Self {
-            rate,
-            capacity,
-            tokens: capacity,
-            last: Instant::now(),
-        }
+        Self { rate, capacity, tokens: capacity, last: Instant::now() }
     }
 
     /// Takes one token if there is one.

@@ -52,10 +52,7 @@ struct MemberEntry {
 
 impl MemberEntry {
     fn member(&self) -> Member {
-        Member {
-            session: self.session,
-            user: self.user.clone(),
-        }
+        Member { session: self.session, user: self.user.clone() }
     }
 }
 
@@ -101,9 +98,7 @@ impl Room {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RoomState> {
         // A panic while holding the lock leaves consistent-enough state for a relay: keep going.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a member and returns the queue its lane writer drains. The same user ID already in
@@ -133,10 +128,7 @@ impl Room {
         if !replacing && state.members.len() >= config.max_members_per_room {
             return Err(JoinError::Refused(
                 ErrorCode::ROOM_FULL,
-                format!(
-                    "the room has the maximum of {} members",
-                    config.max_members_per_room
-                ),
+                format!("the room has the maximum of {} members", config.max_members_per_room),
             ));
         }
         let (lane, queue) = Lane::new(config.lane_queue);
@@ -195,10 +187,7 @@ impl Room {
         close: Option<(ErrorCode, &str)>,
     ) -> bool {
         let mut state = self.lock();
-        if state
-            .members
-            .get(user_id)
-            .is_some_and(|m| m.session == session)
+        if state.members.get(user_id).is_some_and(|m| m.session == session)
             && let Some(entry) = state.members.remove(user_id)
         {
             let left = entry.member();
@@ -213,10 +202,7 @@ impl Room {
 
     /// Whether `session` is the room's current member for `user_id`.
     pub fn is_member(&self, session: u32, user_id: &str) -> bool {
-        self.lock()
-            .members
-            .get(user_id)
-            .is_some_and(|m| m.session == session)
+        self.lock().members.get(user_id).is_some_and(|m| m.session == session)
     }
 
     /// Marks the room closed if it is empty (called by the router under its own lock).
@@ -242,20 +228,10 @@ impl Room {
         }
         state.broadcast_seq += 1;
         let id = state.broadcast_seq;
-        let message = BroadcastMessage {
-            id,
-            sent_at_ms: now_ms(),
-            from,
-            payload: send.payload,
-        };
+        let message = BroadcastMessage { id, sent_at_ms: now_ms(), from, payload: send.payload };
         let encoded = encode_body(&message).map_err(internal)?;
-        let delivered = state.fan_out(
-            shared,
-            &self.name,
-            send.user_id,
-            LaneItem::Broadcast(encoded),
-            |_| true,
-        );
+        let delivered =
+            state.fan_out(shared, &self.name, send.user_id, LaneItem::Broadcast(encoded), |_| true);
         Counters::bump(&shared.counters.broadcasts);
         shared
             .counters
@@ -289,22 +265,12 @@ impl Room {
         let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
         let single = to.len() == 1;
         let (bucket, rate) = if single {
-            (
-                &mut sender.command_one_bucket,
-                limits.command_to_one_per_user,
-            )
+            (&mut sender.command_one_bucket, limits.command_to_one_per_user)
         } else {
-            (
-                &mut sender.command_many_bucket,
-                limits.command_to_many_per_user,
-            )
+            (&mut sender.command_many_bucket, limits.command_to_many_per_user)
         };
         if !bucket.try_take() {
-            let what = if single {
-                "commands to one user"
-            } else {
-                "commands to several users"
-            };
+            let what = if single { "commands to one user" } else { "commands to several users" };
             return Err(user_limited(what, rate));
         }
         state.command_seq += 1;
@@ -316,13 +282,9 @@ impl Room {
             payload: send.payload,
         });
         let frame = frame_of(&event).ok_or_else(|| internal("command encoding"))?;
-        state.fan_out(
-            shared,
-            &self.name,
-            send.user_id,
-            LaneItem::Frame(frame),
-            |user| to.is_empty() || to.iter().any(|t| t == user),
-        );
+        state.fan_out(shared, &self.name, send.user_id, LaneItem::Frame(frame), |user| {
+            to.is_empty() || to.iter().any(|t| t == user)
+        });
         Counters::bump(&shared.counters.commands);
         Ok(id)
     }
@@ -332,10 +294,7 @@ impl Room {
         let mut state = self.lock();
         state.sender(send.session, send.user_id)?;
         if !state.barrage_bucket.try_take() {
-            return Err(room_limited(
-                "barrage messages",
-                shared.config.limits.barrage_per_room,
-            ));
+            return Err(room_limited("barrage messages", shared.config.limits.barrage_per_room));
         }
         state.barrage_seq += 1;
         let id = state.barrage_seq;
@@ -399,9 +358,7 @@ impl RoomState {
                 Counters::bump(&shared.counters.slow_receivers);
                 info!(room, user = %id, "receiver too slow: lane closed");
                 let left = entry.member();
-                entry
-                    .lane
-                    .close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
+                entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
                 self.fan_out_users(shared, room, left, false, "");
             }
         }
@@ -444,24 +401,15 @@ pub fn now_ms() -> u64 {
 }
 
 fn not_member() -> (ErrorCode, String) {
-    (
-        ErrorCode::NOT_LOGGED_IN,
-        "this connection is not logged in to the room".into(),
-    )
+    (ErrorCode::NOT_LOGGED_IN, "this connection is not logged in to the room".into())
 }
 
 fn user_limited(what: &str, rate: f64) -> (ErrorCode, String) {
-    (
-        ErrorCode::USER_RATE_LIMITED,
-        format!("more than {rate} {what} per second from this user"),
-    )
+    (ErrorCode::USER_RATE_LIMITED, format!("more than {rate} {what} per second from this user"))
 }
 
 fn room_limited(what: &str, rate: f64) -> (ErrorCode, String) {
-    (
-        ErrorCode::ROOM_RATE_LIMITED,
-        format!("more than {rate} {what} per second in this room"),
-    )
+    (ErrorCode::ROOM_RATE_LIMITED, format!("more than {rate} {what} per second in this room"))
 }
 
 fn internal(e: impl std::fmt::Display) -> (ErrorCode, String) {

@@ -23,9 +23,7 @@ struct RouterState {
 
 impl Router {
     fn lock(&self) -> std::sync::MutexGuard<'_, RouterState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Logs `user` in to the room `name`, creating the room if needed.
@@ -53,10 +51,7 @@ impl Router {
     /// Removes `room` if it has no members left.
     pub fn remove_if_empty(&self, room: &Arc<Room>) {
         let mut state = self.lock();
-        let current = state
-            .rooms
-            .get(&room.name)
-            .is_some_and(|r| Arc::ptr_eq(r, room));
+        let current = state.rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room));
         if current && room.close_if_empty() {
             state.rooms.remove(&room.name);
         }
