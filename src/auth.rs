@@ -36,9 +36,7 @@ fn default_publish() -> bool {
 impl Claims {
     /// Whether the token grants `room`.
     pub fn grants_room(&self, room: &str) -> bool {
-        self.rooms
-            .as_ref()
-            .is_none_or(|rooms| rooms.iter().any(|r| r == room))
+        self.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room))
     }
 
     /// Whether the token has expired at `now`.
@@ -103,13 +101,8 @@ impl TokenKey {
         ttl: Duration,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = unix_seconds(SystemTime::now());
-        let claims = Claims {
-            sub: user.to_owned(),
-            exp: now + ttl.as_secs(),
-            iat: now,
-            rooms,
-            publish,
-        };
+        let claims =
+            Claims { sub: user.to_owned(), exp: now + ttl.as_secs(), iat: now, rooms, publish };
         self.sign(&claims)
     }
 
@@ -132,9 +125,7 @@ impl TokenKey {
 
 /// Seconds since the Unix epoch.
 pub fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -144,14 +135,8 @@ mod tests {
     #[test]
     fn mint_and_verify() {
         let key = TokenKey::new(b"0123456789abcdef0123456789abcdef");
-        let token = key
-            .mint(
-                "alice",
-                Some(vec!["a".into()]),
-                true,
-                Duration::from_secs(60),
-            )
-            .unwrap();
+        let token =
+            key.mint("alice", Some(vec!["a".into()]), true, Duration::from_secs(60)).unwrap();
         let claims = key.verify(&token).unwrap();
         assert_eq!(claims.sub, "alice");
         assert!(claims.grants_room("a"));

@@ -56,9 +56,7 @@ impl DevPki {
     /// Generates a new CA and server certificate in memory.
     pub fn generate() -> Result<Self, rcgen::Error> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "qrelay development CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "qrelay development CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_key = KeyPair::generate()?;
@@ -67,9 +65,7 @@ impl DevPki {
 
         let names: Vec<String> = DEV_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
         let mut server_params = CertificateParams::new(names)?;
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, "qrelay development server");
+        server_params.distinguished_name.push(DnType::CommonName, "qrelay development server");
         let server_key = KeyPair::generate()?;
         let server_cert = server_params.signed_by(&server_key, &issuer)?;
         Ok(Self {

@@ -5,6 +5,7 @@
 //! - [`transport`]: the one QUIC transport configuration, TLS setup and framed stream reading.
 //! - [`auth`]: login tokens (HS256 JWTs).
 //! - [`certs`]: the development CA, server certificate and token secret under `certs/`.
+//! - [`server`]: the relay (router, rooms, lanes, connections).
 //! - [`client`]: the client library: connect, log in to rooms, send, receive events.
 #![warn(missing_docs)]
 
@@ -12,4 +13,5 @@ pub mod auth;
 pub mod certs;
 pub mod client;
 pub mod protocol;
+pub mod server;
 pub mod transport;

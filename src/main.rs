@@ -1,1 +1,230 @@
-fn main() {}
+//! `qrelay`: run the relay (`serve`) or mint a login token (`token`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use qrelay::auth::TokenKey;
+use qrelay::certs::{CertPaths, DevPki, load_certs, load_key};
+use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "qrelay", version, about = "A QUIC relay for real-time room messaging")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (defaults: UDP 127.0.0.1:4433, development certificates under certs/).
+    Serve(ServeArgs),
+    /// Print a login token (JWT) signed with the relay's secret.
+    Token(TokenArgs),
+    /// Print the default configuration as TOML (a starting point for --config).
+    DefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, env = "QRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 127.0.0.1:4433].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory of the development CA, certificate and token secret [default: certs].
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// Frequency-limit profile: the SDK defaults, or none at all for benchmarks.
+    #[arg(long, value_enum)]
+    limits: Option<LimitProfile>,
+    /// Accept any token (or none). Local experiments only: anyone can log in as anyone.
+    #[arg(long)]
+    insecure_dev_auth: bool,
+    /// Runtime worker threads; 1 runs everything on one thread [default: 1].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LimitProfile {
+    /// broadcast 10/s per room and 2/s per user, barrage 20/s per room, commands 200/s to one
+    /// user and 10/s to several, logins 200/s per room.
+    Default,
+    /// No frequency limits.
+    Benchmark,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user ID the token is issued to.
+    #[arg(long)]
+    user: String,
+    /// A room the token grants (repeat for several); none means every room.
+    #[arg(long = "room")]
+    rooms: Vec<String>,
+    /// How long the token is valid, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Issue a listen-only token (no sending).
+    #[arg(long)]
+    listen_only: bool,
+    /// The token secret file [default: certs/token.secret].
+    #[arg(long, default_value = "certs/token.secret")]
+    secret: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+        Command::DefaultConfig => {
+            print!("{}", toml::to_string_pretty(&ServerConfig::default())?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<ServerConfig>(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.certs_dir {
+        config.tls.certs_dir = dir;
+    }
+    match args.limits {
+        Some(LimitProfile::Default) => config.limits = RateLimits::default(),
+        Some(LimitProfile::Benchmark) => config.limits = RateLimits::unlimited(),
+        None => {}
+    }
+    config.insecure_dev_auth |= args.insecure_dev_auth;
+    let threads = args.threads.unwrap_or(1);
+    let identity = load_identity(&config)?;
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    runtime.block_on(run(config, identity))
+}
+
+async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
+    let certs_dir = config.tls.certs_dir.clone();
+    let server = Server::bind(config, identity).context("cannot start the relay")?;
+    let addr = server.local_addr()?;
+    let handle = server.handle();
+    println!("qrelay listening on UDP {addr}");
+    println!(
+        "  try:  cargo run -p qrelay-cli -- --server {addr} --ca {} listen --room lobby",
+        certs_dir.join("ca.pem").display()
+    );
+    println!("  token for another program:  qrelay token --user alice");
+    let running = tokio::spawn(server.run());
+    shutdown_signal().await;
+    info!("shutting down");
+    handle.shutdown().await;
+    let _ = running.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The certificate, key and token secret: configured files, or the development PKI under
+/// `certs_dir`, created on first start.
+fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
+    let dev = CertPaths::in_dir(&config.tls.certs_dir);
+    let (chain, key) = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => (load_certs(cert)?, load_key(key)?),
+        (None, None) => {
+            if !dev.server_cert.exists() || !dev.server_key.exists() {
+                DevPki::generate()
+                    .context("cannot generate development certificates")?
+                    .write(&dev)
+                    .with_context(|| format!("cannot write {}", config.tls.certs_dir.display()))?;
+                warn!(
+                    dir = %config.tls.certs_dir.display(),
+                    "created a development CA and server certificate (valid for localhost, 127.0.0.1, ::1); clients trust {}",
+                    dev.ca_cert.display()
+                );
+            }
+            (load_certs(&dev.server_cert)?, load_key(&dev.server_key)?)
+        }
+        _ => bail!("set both tls.cert and tls.key, or neither"),
+    };
+    let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
+    let tokens = load_or_create_secret(&secret)?;
+    Ok(Identity { chain, key, tokens })
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<TokenKey> {
+    if path.exists() {
+        return TokenKey::from_file(path)
+            .with_context(|| format!("cannot read the token secret {}", path.display()));
+    }
+    let key = TokenKey::generate_file(path)
+        .with_context(|| format!("cannot write the token secret {}", path.display()))?;
+    warn!(path = %path.display(), "created a new token-signing secret");
+    Ok(key)
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    qrelay::protocol::check_user_id(&args.user).map_err(|_| {
+        anyhow::anyhow!(
+            "{:?} is not a valid user ID (1-64 bytes of letters, digits and {})",
+            args.user,
+            qrelay::protocol::ID_PUNCTUATION
+        )
+    })?;
+    for room in &args.rooms {
+        qrelay::protocol::check_room_id(room)
+            .map_err(|_| anyhow::anyhow!("{room:?} is not a valid room ID"))?;
+    }
+    let key = TokenKey::from_file(&args.secret).with_context(|| {
+        format!(
+            "cannot read the token secret {} (start the relay once with `qrelay serve` to create it)",
+            args.secret.display()
+        )
+    })?;
+    let rooms = (!args.rooms.is_empty()).then_some(args.rooms);
+    println!("{}", key.mint(&args.user, rooms, !args.listen_only, args.ttl)?);
+    Ok(())
+}

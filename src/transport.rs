@@ -134,11 +134,7 @@ pub struct FrameReader {
 impl FrameReader {
     /// Wraps `stream`; frames longer than `max` are refused.
     pub fn new(stream: RecvStream, max: usize) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::new(),
-            max,
-        }
+        Self { stream, buf: BytesMut::new(), max }
     }
 
     /// The next frame, or `Ok(None)` when the stream finished cleanly between frames.

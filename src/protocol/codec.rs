@@ -97,10 +97,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 /// Decodes a datagram, refusing one longer than [`MAX_DATAGRAM_BUDGET`] unread.
 pub fn decode_datagram<T: DeserializeOwned>(datagram: &[u8]) -> Result<T, CodecError> {
     if datagram.len() > MAX_DATAGRAM_BUDGET {
-        return Err(CodecError::TooLarge {
-            len: datagram.len(),
-            max: MAX_DATAGRAM_BUDGET,
-        });
+        return Err(CodecError::TooLarge { len: datagram.len(), max: MAX_DATAGRAM_BUDGET });
     }
     decode_body(datagram)
 }
@@ -136,10 +133,7 @@ mod tests {
     use crate::protocol::*;
 
     fn user(id_len: usize, name_len: usize) -> User {
-        User {
-            id: "u".repeat(id_len),
-            name: "n".repeat(name_len),
-        }
+        User { id: "u".repeat(id_len), name: "n".repeat(name_len) }
     }
 
     fn max_payload() -> Bytes {
@@ -153,49 +147,29 @@ mod tests {
         // Every strict prefix is incomplete, never an error.
         for cut in 0..whole.len() {
             let mut part = BytesMut::from(&whole[..cut]);
-            assert_eq!(
-                decode_frame::<T>(&mut part, MAX_SERVER_FRAME),
-                Ok(None),
-                "cut at {cut}"
-            );
+            assert_eq!(decode_frame::<T>(&mut part, MAX_SERVER_FRAME), Ok(None), "cut at {cut}");
         }
-        let decoded: T = decode_frame(&mut buf, MAX_SERVER_FRAME)
-            .expect("decode")
-            .expect("whole");
+        let decoded: T = decode_frame(&mut buf, MAX_SERVER_FRAME).expect("decode").expect("whole");
         assert_eq!(decoded, msg);
         assert!(buf.is_empty());
     }
 
     fn sample_requests() -> Vec<RequestFrame> {
         let bodies = vec![
-            Request::Login {
-                room: "lobby".into(),
-                user: user(5, 5),
-                token: "t.o.k".into(),
-            },
-            Request::Logout {
-                room: "lobby".into(),
-            },
-            Request::Broadcast {
-                room: "lobby".into(),
-                payload: Bytes::from_static(b"hi"),
-            },
+            Request::Login { room: "lobby".into(), user: user(5, 5), token: "t.o.k".into() },
+            Request::Logout { room: "lobby".into() },
+            Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"hi") },
             Request::Command {
                 room: "lobby".into(),
                 to: vec!["bob".into(), "carol".into()],
                 payload: Bytes::from_static(b"go"),
             },
-            Request::RenewToken {
-                token: "new".into(),
-            },
+            Request::RenewToken { token: "new".into() },
         ];
         bodies
             .into_iter()
             .enumerate()
-            .map(|(i, body)| RequestFrame {
-                request: i as u32,
-                body,
-            })
+            .map(|(i, body)| RequestFrame { request: i as u32, body })
             .collect()
     }
 
@@ -209,48 +183,25 @@ mod tests {
     #[test]
     fn control_frames_round_trip() {
         let outcomes = vec![
-            Outcome::LoggedIn {
-                room_number: 7,
-                session: u32::MAX,
-            },
-            Outcome::Sent {
-                message_id: u64::MAX,
-            },
+            Outcome::LoggedIn { room_number: 7, session: u32::MAX },
+            Outcome::Sent { message_id: u64::MAX },
             Outcome::Done,
-            Outcome::Refused {
-                code: ErrorCode::ROOM_FULL,
-                detail: "full".into(),
-            },
+            Outcome::Refused { code: ErrorCode::ROOM_FULL, detail: "full".into() },
         ];
         for outcome in outcomes {
-            round_trip(ControlFrame::Reply(Reply {
-                request: 3,
-                outcome,
-            }));
+            round_trip(ControlFrame::Reply(Reply { request: 3, outcome }));
         }
-        round_trip(ControlFrame::TokenWillExpire {
-            expires_at_ms: 1_700_000_000_000,
-        });
+        round_trip(ControlFrame::TokenWillExpire { expires_at_ms: 1_700_000_000_000 });
     }
 
     #[test]
     fn lane_frames_round_trip() {
-        round_trip(LaneHeader {
-            room: "r".repeat(MAX_ROOM_ID),
-            room_number: 1,
-        });
-        let member = Member {
-            session: 9,
-            user: user(3, 4),
-        };
+        round_trip(LaneHeader { room: "r".repeat(MAX_ROOM_ID), room_number: 1 });
+        let member = Member { session: 9, user: user(3, 4) };
         round_trip(LaneEvent::UsersJoined(vec![member.clone(), member.clone()]));
         round_trip(LaneEvent::UsersLeft(vec![member]));
-        let message = BroadcastMessage {
-            id: 1,
-            sent_at_ms: 2,
-            from: user(1, 1),
-            payload: max_payload(),
-        };
+        let message =
+            BroadcastMessage { id: 1, sent_at_ms: 2, from: user(1, 1), payload: max_payload() };
         round_trip(LaneEvent::Broadcasts(vec![message]));
         round_trip(LaneEvent::Command(CommandMessage {
             id: 4,
@@ -258,23 +209,13 @@ mod tests {
             from: user(2, 2),
             payload: Bytes::from_static(b"x"),
         }));
-        round_trip(LaneEvent::Closed {
-            code: ErrorCode::LOGGED_OUT,
-            detail: String::new(),
-        });
+        round_trip(LaneEvent::Closed { code: ErrorCode::LOGGED_OUT, detail: String::new() });
     }
 
     #[test]
     fn datagrams_round_trip() {
-        let up = ClientDatagram::Barrage {
-            room_number: 1,
-            request: 2,
-            payload: max_payload(),
-        };
-        assert_eq!(
-            decode_datagram::<ClientDatagram>(&encode_body(&up).unwrap()),
-            Ok(up)
-        );
+        let up = ClientDatagram::Barrage { room_number: 1, request: 2, payload: max_payload() };
+        assert_eq!(decode_datagram::<ClientDatagram>(&encode_body(&up).unwrap()), Ok(up));
         let down = ServerDatagram::Barrage(BarrageMessage {
             room_number: 1,
             id: 2,
@@ -282,10 +223,7 @@ mod tests {
             sender: 4,
             payload: max_payload(),
         });
-        assert_eq!(
-            decode_datagram::<ServerDatagram>(&encode_body(&down).unwrap()),
-            Ok(down)
-        );
+        assert_eq!(decode_datagram::<ServerDatagram>(&encode_body(&down).unwrap()), Ok(down));
     }
 
     #[test]
@@ -298,20 +236,14 @@ mod tests {
             payload: max_payload(),
         });
         let len = encode_body(&down).unwrap().len();
-        assert!(
-            len <= MAX_DATAGRAM_BUDGET,
-            "server barrage datagram is {len} bytes"
-        );
+        assert!(len <= MAX_DATAGRAM_BUDGET, "server barrage datagram is {len} bytes");
         let up = ClientDatagram::Barrage {
             room_number: u32::MAX,
             request: u32::MAX,
             payload: max_payload(),
         };
         let len = encode_body(&up).unwrap().len();
-        assert!(
-            len <= MAX_DATAGRAM_BUDGET,
-            "client barrage datagram is {len} bytes"
-        );
+        assert!(len <= MAX_DATAGRAM_BUDGET, "client barrage datagram is {len} bytes");
     }
 
     #[test]
@@ -343,10 +275,7 @@ mod tests {
         };
         let batch = LaneEvent::Broadcasts(vec![message; MAX_BATCH]);
         assert!(encode_body(&batch).unwrap().len() <= MAX_SERVER_FRAME);
-        let member = Member {
-            session: u32::MAX,
-            user: user(MAX_USER_ID, MAX_USER_NAME),
-        };
+        let member = Member { session: u32::MAX, user: user(MAX_USER_ID, MAX_USER_NAME) };
         let users = LaneEvent::UsersJoined(vec![member; MAX_USERS_PER_UPDATE]);
         assert!(encode_body(&users).unwrap().len() <= MAX_SERVER_FRAME);
     }
@@ -362,10 +291,8 @@ mod tests {
             })
             .collect();
         for n in [0, 1, 2, MAX_BATCH] {
-            let encoded: Vec<Bytes> = messages[..n]
-                .iter()
-                .map(|m| encode_body(m).unwrap())
-                .collect();
+            let encoded: Vec<Bytes> =
+                messages[..n].iter().map(|m| encode_body(m).unwrap()).collect();
             let mut spliced = BytesMut::new();
             encode_broadcast_batch(&encoded, &mut spliced).unwrap();
             let mut direct = BytesMut::new();
@@ -379,10 +306,7 @@ mod tests {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert_eq!(
             decode_frame::<RequestFrame>(&mut buf, MAX_REQUEST_FRAME),
-            Err(CodecError::TooLarge {
-                len: u32::MAX as usize,
-                max: MAX_REQUEST_FRAME
-            })
+            Err(CodecError::TooLarge { len: u32::MAX as usize, max: MAX_REQUEST_FRAME })
         );
     }
 
@@ -401,16 +325,8 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for garbage in [
-            &[0xFFu8; 8][..],
-            &[0x00],
-            &[0x05, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF],
-            &[],
-        ] {
-            assert!(matches!(
-                decode_body::<RequestFrame>(garbage),
-                Err(CodecError::Malformed(_))
-            ));
+        for garbage in [&[0xFFu8; 8][..], &[0x00], &[0x05, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF], &[]] {
+            assert!(matches!(decode_body::<RequestFrame>(garbage), Err(CodecError::Malformed(_))));
             assert!(decode_datagram::<ClientDatagram>(garbage).is_err());
         }
         // A string claiming 2^32 bytes inside a small body is refused, not allocated.

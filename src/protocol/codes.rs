@@ -74,6 +74,8 @@ codes! {
     SLOW_RECEIVER = 3005;
     /// Lane closed: the server is shutting down.
     SERVER_SHUTTING_DOWN = 3006;
+    /// The server failed to handle the request (a bug; the server logs it).
+    INTERNAL = 3007;
     /// Too many logins to this room per second.
     LOGIN_RATE_LIMITED = 4001;
     /// This user sends this kind of message too often.
@@ -108,8 +110,6 @@ pub mod close {
     pub const SHUTDOWN: u32 = 3;
     /// The client did not open its control stream in time after the handshake.
     pub const NO_CONTROL_STREAM: u32 = 4;
-    /// The server refuses new connections (connection limit reached).
-    pub const SERVER_BUSY: u32 = 5;
 
     /// A readable name for a close code.
     pub fn name(code: u64) -> &'static str {
@@ -119,7 +119,6 @@ pub mod close {
             2 => "FRAME_TOO_LARGE",
             3 => "SHUTDOWN",
             4 => "NO_CONTROL_STREAM",
-            5 => "SERVER_BUSY",
             _ => "UNKNOWN",
         }
     }
@@ -137,9 +136,6 @@ mod tests {
             assert_ne!(code.name(), "UNKNOWN");
         }
         assert_eq!(ErrorCode(9999).name(), "UNKNOWN");
-        assert_eq!(
-            ErrorCode::PAYLOAD_TOO_LARGE.to_string(),
-            "PAYLOAD_TOO_LARGE (1002)"
-        );
+        assert_eq!(ErrorCode::PAYLOAD_TOO_LARGE.to_string(), "PAYLOAD_TOO_LARGE (1002)");
     }
 }

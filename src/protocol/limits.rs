@@ -62,9 +62,7 @@ pub fn check_payload(payload: &[u8]) -> Result<(), ErrorCode> {
 fn check_id(id: &str, max: usize) -> Result<(), ()> {
     let ok = !id.is_empty()
         && id.len() <= max
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || ID_PUNCTUATION.as_bytes().contains(&b));
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || ID_PUNCTUATION.as_bytes().contains(&b));
     if ok { Ok(()) } else { Err(()) }
 }
 
@@ -77,24 +75,9 @@ mod tests {
         assert!(check_room_id("lobby-1_a.b~!#$%&*+=|").is_ok());
         assert!(check_room_id(&"r".repeat(MAX_ROOM_ID)).is_ok());
         assert_eq!(check_room_id(""), Err(ErrorCode::INVALID_ROOM_ID));
-        assert_eq!(
-            check_room_id(&"r".repeat(MAX_ROOM_ID + 1)),
-            Err(ErrorCode::INVALID_ROOM_ID)
-        );
-        for bad in [
-            "with space",
-            "slash/",
-            "back\\slash",
-            "quote\"",
-            "tab\t",
-            "é",
-            "`",
-        ] {
-            assert_eq!(
-                check_room_id(bad),
-                Err(ErrorCode::INVALID_ROOM_ID),
-                "{bad:?}"
-            );
+        assert_eq!(check_room_id(&"r".repeat(MAX_ROOM_ID + 1)), Err(ErrorCode::INVALID_ROOM_ID));
+        for bad in ["with space", "slash/", "back\\slash", "quote\"", "tab\t", "é", "`"] {
+            assert_eq!(check_room_id(bad), Err(ErrorCode::INVALID_ROOM_ID), "{bad:?}");
         }
     }
 
@@ -102,10 +85,7 @@ mod tests {
     fn user_id_rule() {
         assert!(check_user_id("alice@example.com").is_ok());
         assert!(check_user_id(&"u".repeat(MAX_USER_ID)).is_ok());
-        assert_eq!(
-            check_user_id(&"u".repeat(MAX_USER_ID + 1)),
-            Err(ErrorCode::INVALID_USER_ID)
-        );
+        assert_eq!(check_user_id(&"u".repeat(MAX_USER_ID + 1)), Err(ErrorCode::INVALID_USER_ID));
         assert_eq!(check_user_id(""), Err(ErrorCode::INVALID_USER_ID));
         assert_eq!(check_user_id("a b"), Err(ErrorCode::INVALID_USER_ID));
     }
@@ -119,10 +99,7 @@ mod tests {
             Err(ErrorCode::INVALID_USER_NAME)
         );
         assert_eq!(check_user_name(""), Err(ErrorCode::INVALID_USER_NAME));
-        assert_eq!(
-            check_user_name("line\nbreak"),
-            Err(ErrorCode::INVALID_USER_NAME)
-        );
+        assert_eq!(check_user_name("line\nbreak"), Err(ErrorCode::INVALID_USER_NAME));
     }
 
     #[test]
@@ -130,9 +107,6 @@ mod tests {
         assert_eq!(check_payload(&[]), Err(ErrorCode::PAYLOAD_EMPTY));
         assert!(check_payload(&[0; 1]).is_ok());
         assert!(check_payload(&[0; MAX_PAYLOAD]).is_ok());
-        assert_eq!(
-            check_payload(&[0; MAX_PAYLOAD + 1]),
-            Err(ErrorCode::PAYLOAD_TOO_LARGE)
-        );
+        assert_eq!(check_payload(&[0; MAX_PAYLOAD + 1]), Err(ErrorCode::PAYLOAD_TOO_LARGE));
     }
 }

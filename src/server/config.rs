@@ -1,0 +1,146 @@
+//! Server settings: every field has a documented default, so a relay runs with no file at all;
+//! an optional TOML file (`qrelay serve --config FILE`) overrides any of them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a relay can be told. `Default` is the documented default of each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on. Default `127.0.0.1:4433`.
+    pub listen: SocketAddr,
+    /// Accept any token (or none) and take the user ID from the login. For local tries only;
+    /// the server logs a warning at start. Default `false`.
+    pub insecure_dev_auth: bool,
+    /// Milliseconds without a packet after which a peer is dropped and its rooms told.
+    /// Default 30000.
+    pub idle_timeout_ms: u64,
+    /// Milliseconds a new connection may take to send its first control-stream frame.
+    /// Default 10000.
+    pub control_stream_timeout_ms: u64,
+    /// Seconds before a token's expiry at which the client is warned. Default 30.
+    pub token_warning_secs: u64,
+    /// Most connections at once; more are refused with close code `SERVER_BUSY`. Default 10000.
+    pub max_connections: usize,
+    /// Most rooms one connection may be logged in to. Default 5.
+    pub max_rooms_per_connection: usize,
+    /// Most members in one room. Default 10000.
+    pub max_members_per_room: usize,
+    /// Events queued for one receiver's room lane before the receiver counts as too slow
+    /// (its lane is closed with `SLOW_RECEIVER`). Default 4096.
+    pub lane_queue: usize,
+    /// Frequency limits.
+    pub limits: RateLimits,
+    /// Certificate, key and token secret files.
+    pub tls: TlsFiles,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            insecure_dev_auth: false,
+            idle_timeout_ms: 30_000,
+            control_stream_timeout_ms: 10_000,
+            token_warning_secs: 30,
+            max_connections: 10_000,
+            max_rooms_per_connection: 5,
+            max_members_per_room: 10_000,
+            lane_queue: 4096,
+            limits: RateLimits::default(),
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Checks values that would make the relay unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_timeout_ms == 0 {
+            return Err("idle_timeout_ms must be above 0".into());
+        }
+        if self.max_rooms_per_connection == 0 || self.max_members_per_room == 0 {
+            return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());
+        }
+        if self.lane_queue < crate::protocol::MAX_BATCH {
+            return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
+        }
+        Ok(())
+    }
+}
+
+/// Where the relay's TLS identity and token secret live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Directory of the development PKI, created on first start when `cert` and `key` are not
+    /// set. Default `certs`.
+    pub certs_dir: PathBuf,
+    /// A real certificate chain (PEM). Default: `certs_dir/server.pem`.
+    pub cert: Option<PathBuf>,
+    /// The key of `cert` (PEM). Default: `certs_dir/server.key`.
+    pub key: Option<PathBuf>,
+    /// The token-signing secret (hex). Default: `certs_dir/token.secret`, created if missing.
+    pub token_secret: Option<PathBuf>,
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self { certs_dir: PathBuf::from("certs"), cert: None, key: None, token_secret: None }
+    }
+}
+
+/// Frequency limits, in messages per second; 0 means unlimited. The defaults are the documented
+/// limits of the commercial SDKs' room messaging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Broadcasts per second in one room, all senders together. Default 10.
+    pub broadcast_per_room: f64,
+    /// Broadcasts per second from one user in one room. Default 2.
+    pub broadcast_per_user: f64,
+    /// Barrage messages per second in one room, all senders together. Default 20.
+    pub barrage_per_room: f64,
+    /// Custom commands per second from one user to a single target. Default 200.
+    pub command_to_one_per_user: f64,
+    /// Custom commands per second from one user to several targets or everyone. Default 10.
+    pub command_to_many_per_user: f64,
+    /// Logins per second to one room. Default 200.
+    pub login_per_room: f64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            broadcast_per_room: 10.0,
+            broadcast_per_user: 2.0,
+            barrage_per_room: 20.0,
+            command_to_one_per_user: 200.0,
+            command_to_many_per_user: 10.0,
+            login_per_room: 200.0,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits at all: the profile for benchmarks and load tests.
+    pub fn unlimited() -> Self {
+        Self {
+            broadcast_per_room: 0.0,
+            broadcast_per_user: 0.0,
+            barrage_per_room: 0.0,
+            command_to_one_per_user: 0.0,
+            command_to_many_per_user: 0.0,
+            login_per_room: 0.0,
+        }
+    }
+}

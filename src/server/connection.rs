@@ -1,0 +1,408 @@
+//! One client connection: its control stream, its barrage datagrams and its rooms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use quinn::{SendStream, VarInt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Shared;
+use super::lane;
+use super::room::{Room, Send};
+use super::stats::Counters;
+use crate::auth::{Claims, unix_seconds};
+use crate::protocol::{
+    ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_COMMAND_TARGETS,
+    MAX_REQUEST_FRAME, MAX_TOKEN, Outcome, Reply, Request, RequestFrame, User, check_payload,
+    check_room_id, check_user_id, check_user_name, close, decode_datagram, encode_frame,
+};
+use crate::transport::{FrameReader, ReadError};
+
+type Refusal = (ErrorCode, String);
+
+/// Serves one incoming connection until it closes.
+pub async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    shutdown: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let session = shared.next_session();
+    let span = info_span!("conn", conn = session, %remote);
+    Counters::bump(&shared.counters.connections_accepted);
+    shared.counters.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut state = ConnState {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        session,
+        user: None,
+        claims: None,
+        rooms: HashMap::new(),
+        token_warning: None,
+    };
+    state.run(shutdown).instrument(span.clone()).await;
+    span.in_scope(|| state.leave_all());
+    shared.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+struct ConnState {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    session: u32,
+    /// The user this connection logged in as (fixed by the first login).
+    user: Option<User>,
+    /// Claims of the newest verified token; `None` in insecure dev-auth mode.
+    claims: Option<Claims>,
+    rooms: HashMap<String, Arc<Room>>,
+    /// When to send `TokenWillExpire`, and the expiry it announces.
+    token_warning: Option<(Instant, u64)>,
+}
+
+impl ConnState {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+        let timeout = Duration::from_millis(self.shared.config.control_stream_timeout_ms);
+        let (mut control, recv) = tokio::select! {
+            accepted = tokio::time::timeout(timeout, self.conn.accept_bi()) => match accepted {
+                Ok(Ok(streams)) => streams,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "closed before opening a control stream");
+                    return;
+                }
+                Err(_) => {
+                    info!("no control stream in time: closing");
+                    self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
+        loop {
+            let warn_at = self.token_warning.map(|(at, _)| at);
+            let reply = tokio::select! {
+                frame = reader.next::<RequestFrame>() => match frame {
+                    Ok(Some(frame)) => Some(self.handle_request(frame)),
+                    Ok(None) => {
+                        debug!("control stream finished: closing");
+                        self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
+                        return;
+                    }
+                    Err(e) => {
+                        self.violation(&e);
+                        return;
+                    }
+                },
+                datagram = self.conn.read_datagram() => match datagram {
+                    Ok(datagram) => self.handle_datagram(datagram),
+                    Err(e) => {
+                        debug!(error = %e, "connection ended");
+                        return;
+                    }
+                },
+                _ = sleep_until_opt(warn_at) => {
+                    let expires_at_ms = self.token_warning.take().map_or(0, |(_, exp)| exp * 1000);
+                    Some(ControlFrame::TokenWillExpire { expires_at_ms })
+                },
+                _ = shutdown.changed() => return,
+            };
+            if let Some(frame) = reply
+                && write_frame(&mut control, &frame).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn violation(&self, error: &ReadError) {
+        let code = match error {
+            ReadError::Codec(CodecError::TooLarge { .. }) => close::FRAME_TOO_LARGE,
+            ReadError::Codec(_) | ReadError::Truncated => close::PROTOCOL_VIOLATION,
+            ReadError::Stream(e) => {
+                debug!(error = %e, "control stream ended");
+                return;
+            }
+        };
+        Counters::bump(&self.shared.counters.protocol_violations);
+        warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
+        let reason = error.to_string();
+        self.conn.close(VarInt::from_u32(code), &reason.as_bytes()[..reason.len().min(256)]);
+    }
+
+    fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
+        let outcome = match frame.body {
+            Request::Login { room, user, token } => self.login(room, user, &token),
+            Request::Logout { room } => self.logout(&room),
+            Request::Broadcast { room, payload } => self
+                .sender_room(&room, &payload)
+                .and_then(|(room, send)| room.broadcast(&self.shared, send))
+                .map(|message_id| Outcome::Sent { message_id }),
+            Request::Command { room, to, payload } => self.command(&room, to, payload),
+            Request::RenewToken { token } => self.renew_token(&token),
+        };
+        self.reply(frame.request, outcome)
+    }
+
+    fn reply(&mut self, request: u32, outcome: Result<Outcome, Refusal>) -> ControlFrame {
+        let outcome = outcome.unwrap_or_else(|(code, detail)| {
+            Counters::bump(&self.shared.counters.requests_refused);
+            debug!(request, %code, %detail, "refused");
+            Outcome::Refused { code, detail }
+        });
+        ControlFrame::Reply(Reply { request, outcome })
+    }
+
+    fn login(&mut self, room: String, user: User, token: &str) -> Result<Outcome, Refusal> {
+        check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
+        check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
+        check_user_name(&user.name)
+            .map_err(|c| (c, "user name is empty, too long or has control characters".into()))?;
+        let claims = self.verify_token(token, &user.id)?;
+        if let Some(claims) = &claims
+            && !claims.grants_room(&room)
+        {
+            return Err((
+                ErrorCode::ROOM_NOT_GRANTED,
+                format!("the token does not grant room {room:?}"),
+            ));
+        }
+        if let Some(current) = &self.user
+            && current.id != user.id
+        {
+            return Err((
+                ErrorCode::USER_MISMATCH,
+                format!("this connection is logged in as {:?}", current.id),
+            ));
+        }
+        self.prune_rooms();
+        if self.rooms.contains_key(&room) {
+            return Err((ErrorCode::ALREADY_LOGGED_IN, format!("already logged in to {room:?}")));
+        }
+        let max = self.shared.config.max_rooms_per_connection;
+        if self.rooms.len() >= max {
+            return Err((
+                ErrorCode::TOO_MANY_ROOMS,
+                format!("a connection may be in at most {max} rooms"),
+            ));
+        }
+        let (joined, queue) =
+            self.shared.router.join(&self.shared, &room, self.session, user.clone(), &self.conn)?;
+        let header = LaneHeader { room: room.clone(), room_number: joined.number };
+        let span = info_span!("lane", room = %room, user = %user.id);
+        tokio::spawn(lane::run_writer(self.conn.clone(), header, queue).instrument(span));
+        let room_number = joined.number;
+        self.rooms.insert(room.clone(), joined);
+        if let Some(claims) = claims {
+            self.set_claims(claims);
+        }
+        info!(room = %room, user = %user.id, "logged in");
+        self.user = Some(user);
+        Counters::bump(&self.shared.counters.logins);
+        Ok(Outcome::LoggedIn { room_number, session: self.session })
+    }
+
+    fn logout(&mut self, room: &str) -> Result<Outcome, Refusal> {
+        self.prune_rooms();
+        let (Some(joined), Some(user)) = (self.rooms.remove(room), &self.user) else {
+            return Err(not_logged_in(room));
+        };
+        if joined.leave(
+            &self.shared,
+            self.session,
+            &user.id,
+            Some((ErrorCode::LOGGED_OUT, "logged out")),
+        ) {
+            self.shared.router.remove_if_empty(&joined);
+        }
+        info!(room, "logged out");
+        Ok(Outcome::Done)
+    }
+
+    fn command(
+        &mut self,
+        room: &str,
+        mut to: Vec<String>,
+        payload: Bytes,
+    ) -> Result<Outcome, Refusal> {
+        if to.len() > MAX_COMMAND_TARGETS {
+            return Err((
+                ErrorCode::INVALID_TARGETS,
+                format!("at most {MAX_COMMAND_TARGETS} targets"),
+            ));
+        }
+        if let Some(bad) = to.iter().find(|t| check_user_id(t).is_err()) {
+            return Err((
+                ErrorCode::INVALID_TARGETS,
+                format!("target {bad:?} is not a valid user ID"),
+            ));
+        }
+        to.sort_unstable();
+        to.dedup();
+        let (joined, send) = self.sender_room(room, &payload)?;
+        // The sender listed among the targets is skipped, as a broadcast skips its sender.
+        to.retain(|t| t != send.user_id);
+        joined.command(&self.shared, send, &to).map(|message_id| Outcome::Sent { message_id })
+    }
+
+    fn renew_token(&mut self, token: &str) -> Result<Outcome, Refusal> {
+        let Some(user) = self.user.clone() else {
+            return Err((
+                ErrorCode::NOT_LOGGED_IN,
+                "log in to a room before renewing its token".into(),
+            ));
+        };
+        let Some(claims) = self.verify_token(token, &user.id)? else {
+            return Ok(Outcome::Done);
+        };
+        if let Some(room) = self.rooms.keys().find(|room| !claims.grants_room(room)) {
+            return Err((
+                ErrorCode::ROOM_NOT_GRANTED,
+                format!("the new token does not grant room {room:?}"),
+            ));
+        }
+        self.set_claims(claims);
+        Ok(Outcome::Done)
+    }
+
+    fn handle_datagram(&mut self, datagram: Bytes) -> Option<ControlFrame> {
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.datagrams_received);
+        let ClientDatagram::Barrage { room_number, request, payload } =
+            match decode_datagram::<ClientDatagram>(&datagram) {
+                Ok(d) => d,
+                Err(e) => {
+                    Counters::bump(&counters.datagrams_malformed);
+                    debug!(error = %e, len = datagram.len(), "malformed datagram dropped");
+                    return None;
+                }
+            };
+        let outcome = self
+            .rooms
+            .values()
+            .find(|r| r.number == room_number)
+            .map(|r| r.name.clone())
+            .ok_or_else(|| not_logged_in(&format!("number {room_number}")))
+            .and_then(|room| self.sender_room(&room, &payload))
+            .and_then(|(room, send)| room.barrage(&self.shared, send))
+            .map(|message_id| Outcome::Sent { message_id });
+        Some(self.reply(request, outcome))
+    }
+
+    /// The room to send in and the message, after every check a sender must pass.
+    fn sender_room<'a>(
+        &'a self,
+        room: &str,
+        payload: &Bytes,
+    ) -> Result<(Arc<Room>, Send<'a>), Refusal> {
+        check_payload(payload).map_err(|code| {
+            let detail = match code {
+                ErrorCode::PAYLOAD_EMPTY => "the payload is empty".to_string(),
+                _ => format!(
+                    "the payload is {} bytes; the limit is {}",
+                    payload.len(),
+                    crate::protocol::MAX_PAYLOAD
+                ),
+            };
+            (code, detail)
+        })?;
+        let Some(joined) = self.rooms.get(room).cloned() else {
+            return Err(not_logged_in(room));
+        };
+        let Some(user) = &self.user else {
+            return Err(not_logged_in(room));
+        };
+        if let Some(claims) = &self.claims {
+            if claims.expired_at(SystemTime::now()) {
+                return Err((ErrorCode::TOKEN_EXPIRED, "the token has expired: renew it".into()));
+            }
+            if !claims.publish {
+                return Err((
+                    ErrorCode::PUBLISH_NOT_GRANTED,
+                    "the token only allows listening".into(),
+                ));
+            }
+        }
+        Ok((joined, Send { session: self.session, user_id: &user.id, payload: payload.clone() }))
+    }
+
+    /// Verifies a token for `user_id`; `None` in insecure dev-auth mode.
+    fn verify_token(&self, token: &str, user_id: &str) -> Result<Option<Claims>, Refusal> {
+        if self.shared.config.insecure_dev_auth {
+            return Ok(None);
+        }
+        if token.len() > MAX_TOKEN {
+            return Err((
+                ErrorCode::TOKEN_INVALID,
+                format!("the token is longer than {MAX_TOKEN} bytes"),
+            ));
+        }
+        let claims = self.shared.tokens.verify(token).map_err(|code| {
+            let detail = match code {
+                ErrorCode::TOKEN_EXPIRED => "the token has expired",
+                _ => "the token is missing, malformed or not signed by this server's secret",
+            };
+            (code, detail.to_string())
+        })?;
+        if claims.sub != user_id {
+            return Err((
+                ErrorCode::TOKEN_USER_MISMATCH,
+                format!("the token was issued to {:?}, not {user_id:?}", claims.sub),
+            ));
+        }
+        Ok(Some(claims))
+    }
+
+    fn set_claims(&mut self, claims: Claims) {
+        let now = SystemTime::now();
+        let warn_secs = self.shared.config.token_warning_secs;
+        let until_warning = claims.exp.saturating_sub(warn_secs).saturating_sub(unix_seconds(now));
+        self.token_warning =
+            Some((Instant::now() + Duration::from_secs(until_warning), claims.exp));
+        self.claims = Some(claims);
+    }
+
+    /// Forgets rooms this connection was replaced in (kicked) or dropped from (too slow).
+    fn prune_rooms(&mut self) {
+        let (session, user) =
+            (self.session, self.user.as_ref().map(|u| u.id.as_str()).unwrap_or(""));
+        self.rooms.retain(|_, room| room.is_member(session, user));
+    }
+
+    fn leave_all(&mut self) {
+        let Some(user) = &self.user else { return };
+        for (_, room) in self.rooms.drain() {
+            if room.leave(&self.shared, self.session, &user.id, None) {
+                self.shared.router.remove_if_empty(&room);
+            }
+        }
+        debug!("connection cleaned up");
+    }
+}
+
+fn not_logged_in(room: &str) -> Refusal {
+    (ErrorCode::NOT_LOGGED_IN, format!("not logged in to room {room}"))
+}
+
+async fn write_frame(stream: &mut SendStream, frame: &ControlFrame) -> Result<(), ()> {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf)
+        .map_err(|e| warn!(error = %e, "cannot encode a control frame"))?;
+    stream.write_all(&buf).await.map_err(|e| debug!(error = %e, "control stream write failed"))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,123 @@
+//! Room lanes: one bounded queue and one writer task per (receiver, room). The room pushes
+//! encoded events without waiting; the writer coalesces everything queued into one write, with
+//! consecutive broadcasts merged into batches of up to [`MAX_BATCH`].
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{debug, trace};
+
+use crate::protocol::{
+    ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, encode_broadcast_batch, encode_frame,
+};
+
+/// Bytes gathered for one write before the writer sends them (more stays queued for the next).
+const WRITE_BUDGET: usize = 64 * 1024;
+
+/// One queued lane event.
+#[derive(Debug, Clone)]
+pub enum LaneItem {
+    /// An encoded `BroadcastMessage` body; consecutive ones are batched into one frame.
+    Broadcast(Bytes),
+    /// A complete, already framed event (user update, command).
+    Frame(Bytes),
+}
+
+/// The room's end of a lane.
+#[derive(Debug)]
+pub struct Lane {
+    tx: mpsc::Sender<LaneItem>,
+    close: Arc<OnceLock<(ErrorCode, String)>>,
+}
+
+/// The queue was full: the receiver is too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneFull;
+
+impl Lane {
+    /// A lane with room for `depth` queued events, and the receiving half for its writer.
+    pub fn new(depth: usize) -> (Lane, LaneQueue) {
+        let (tx, rx) = mpsc::channel(depth);
+        let close = Arc::new(OnceLock::new());
+        (Lane { tx, close: close.clone() }, LaneQueue { rx, close })
+    }
+
+    /// Queues an event without waiting. A lane whose writer has already ended (its connection is
+    /// gone) takes the event and drops it: the connection's cleanup removes the member.
+    pub fn push(&self, item: LaneItem) -> Result<(), LaneFull> {
+        match self.tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(LaneFull),
+        }
+    }
+
+    /// Ends the lane: the writer sends what is queued, then `Closed { code, detail }`.
+    pub fn close(self, code: ErrorCode, detail: impl Into<String>) {
+        let _ = self.close.set((code, detail.into()));
+    }
+}
+
+/// The writer's end of a lane.
+#[derive(Debug)]
+pub struct LaneQueue {
+    rx: mpsc::Receiver<LaneItem>,
+    close: Arc<OnceLock<(ErrorCode, String)>>,
+}
+
+/// Opens the lane's stream and writes its events until the room drops the lane.
+pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: LaneQueue) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    // The header goes out at once: a stream is invisible to the peer until data is written.
+    if encode_frame(&header, &mut buf).is_err() || send.write_all(&buf).await.is_err() {
+        return;
+    }
+    buf.clear();
+    let mut pending: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Some(first) = queue.rx.recv().await else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                LaneItem::Broadcast(message) => {
+                    pending.push(message);
+                    if pending.len() == MAX_BATCH {
+                        flush_batch(&mut pending, &mut buf);
+                    }
+                }
+                LaneItem::Frame(frame) => {
+                    flush_batch(&mut pending, &mut buf);
+                    buf.extend_from_slice(&frame);
+                }
+            }
+            next = if buf.len() < WRITE_BUDGET { queue.rx.try_recv().ok() } else { None };
+        }
+        flush_batch(&mut pending, &mut buf);
+        trace!(room = %header.room, bytes = buf.len(), "lane write");
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    if let Some((code, detail)) = queue.close.get() {
+        let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
+        if encode_frame(&event, &mut buf).is_ok() && send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    debug!(room = %header.room, "lane finished");
+    let _ = send.finish();
+}
+
+fn flush_batch(pending: &mut Vec<Bytes>, buf: &mut BytesMut) {
+    if !pending.is_empty() {
+        // Encoding spliced bodies cannot fail: each was a valid `BroadcastMessage` encoding.
+        let _ = encode_broadcast_batch(pending, buf);
+        pending.clear();
+    }
+}

@@ -1,0 +1,183 @@
+//! The relay: accepts QUIC connections, routes logins to rooms and fans messages out.
+//!
+//! - [`config`]: every setting and its default.
+//! - `connection`: one client's control stream, datagrams and rooms.
+//! - `router` / `room`: room ID → room; members, sequences, frequency limits, fan-out.
+//! - `lane`: the per-(receiver, room) queue and writer task.
+//! - [`stats`]: counters of everything done, dropped or refused.
+
+pub mod config;
+mod connection;
+mod lane;
+mod rate;
+mod room;
+mod router;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use quinn::VarInt;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::{RateLimits, ServerConfig, TlsFiles};
+pub use stats::Stats;
+
+use crate::auth::TokenKey;
+use crate::protocol::close;
+use stats::Counters;
+
+/// How long [`ServerHandle::shutdown`] waits for clients to acknowledge the close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The certificate or key was rejected.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The relay's TLS identity and token key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Verifies login tokens.
+    pub tokens: TokenKey,
+}
+
+/// State every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) tokens: TokenKey,
+    pub(crate) router: router::Router,
+    pub(crate) counters: Counters,
+    last_session: AtomicU32,
+}
+
+impl Shared {
+    fn next_session(&self) -> u32 {
+        self.last_session.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+}
+
+/// A bound relay, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A cheap handle to a running relay: address, counters, shutdown.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the UDP socket. Must be called inside a tokio runtime.
+    pub fn bind(config: ServerConfig, identity: Identity) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let quic =
+            crate::transport::server_config(identity.chain, identity.key, config.idle_timeout())?;
+        let endpoint = quinn::Endpoint::server(quic, config.listen)?;
+        if config.insecure_dev_auth {
+            warn!(
+                "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
+            );
+        }
+        let shared = Arc::new(Shared {
+            config,
+            tokens: identity.tokens,
+            router: router::Router::default(),
+            counters: Counters::default(),
+            last_session: AtomicU32::new(0),
+        });
+        let (shutdown, _) = watch::channel(false);
+        Ok(Server { endpoint, shared, shutdown })
+    }
+
+    /// A handle that stays valid while the server runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// The address the relay listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Accepts connections until [`ServerHandle::shutdown`] is called.
+    pub async fn run(self) {
+        let mut stop = self.shutdown.subscribe();
+        info!(addr = ?self.endpoint.local_addr().ok(), "relay listening");
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = stop.changed() => None,
+            };
+            let Some(incoming) = incoming else { break };
+            let counters = &self.shared.counters;
+            if counters.connections_open.load(Ordering::Relaxed) as usize
+                >= self.shared.config.max_connections
+            {
+                Counters::bump(&counters.connections_refused);
+                warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
+                incoming.refuse();
+                continue;
+            }
+            tokio::spawn(connection::serve(
+                self.shared.clone(),
+                incoming,
+                self.shutdown.subscribe(),
+            ));
+        }
+        info!("relay stopped accepting");
+    }
+}
+
+impl ServerHandle {
+    /// The address the relay listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// A copy of the relay's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// How many rooms exist now.
+    pub fn room_count(&self) -> usize {
+        self.shared.router.room_count()
+    }
+
+    /// Stops accepting, closes every connection with close code `SHUTDOWN` and waits (briefly)
+    /// for clients to acknowledge.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,61 @@
+//! A token bucket for frequency limits.
+
+use tokio::time::Instant;
+
+/// Allows `rate` events per second with bursts of up to `max(rate, 1)`; a rate of 0 allows all.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling at `rate` per second.
+    pub fn new(rate: f64) -> Self {
+        let capacity = rate.max(1.0);
+        Self { rate, capacity, tokens: capacity, last: Instant::now() }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_burst_then_refills_at_rate() {
+        let mut bucket = TokenBucket::new(2.0);
+        assert!(bucket.try_take());
+        assert!(bucket.try_take());
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(bucket.try_take());
+        assert!(!bucket.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_rate_is_unlimited() {
+        let mut bucket = TokenBucket::new(0.0);
+        assert!((0..10_000).all(|_| bucket.try_take()));
+    }
+}

@@ -1,0 +1,417 @@
+//! One room: its members, its sequences and its frequency limits. Every operation takes the
+//! room's lock briefly, never across an await, and never waits on a receiver.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, info};
+
+use super::Shared;
+use super::lane::{Lane, LaneItem, LaneQueue};
+use super::rate::TokenBucket;
+use super::stats::Counters;
+use crate::protocol::{
+    BarrageMessage, BroadcastMessage, CommandMessage, ErrorCode, LaneEvent, MAX_USERS_PER_UPDATE,
+    Member, ServerDatagram, User, encode_body, encode_frame,
+};
+
+/// A room and everything the relay knows about it.
+#[derive(Debug)]
+pub struct Room {
+    /// The room ID.
+    pub name: String,
+    /// The server-wide room number used in barrage datagrams.
+    pub number: u32,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    members: HashMap<String, MemberEntry>,
+    /// Set when the router removed the (empty) room; a login that raced it retries.
+    closed: bool,
+    broadcast_seq: u64,
+    barrage_seq: u64,
+    command_seq: u64,
+    broadcast_bucket: TokenBucket,
+    barrage_bucket: TokenBucket,
+    login_bucket: TokenBucket,
+}
+
+#[derive(Debug)]
+struct MemberEntry {
+    session: u32,
+    user: User,
+    lane: Lane,
+    conn: quinn::Connection,
+    broadcast_bucket: TokenBucket,
+    command_one_bucket: TokenBucket,
+    command_many_bucket: TokenBucket,
+}
+
+impl MemberEntry {
+    fn member(&self) -> Member {
+        Member { session: self.session, user: self.user.clone() }
+    }
+}
+
+/// Why a login to a room did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
+    /// The room was removed while the login raced it: look it up again.
+    RoomClosed,
+    /// Refused with a code.
+    Refused(ErrorCode, String),
+}
+
+/// A message being sent into a room.
+#[derive(Debug)]
+pub struct Send<'a> {
+    /// The sender's connection session.
+    pub session: u32,
+    /// The sender's user ID.
+    pub user_id: &'a str,
+    /// The payload (already checked for size).
+    pub payload: Bytes,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(name: String, number: u32, shared: &Shared) -> Self {
+        let limits = &shared.config.limits;
+        Self {
+            name,
+            number,
+            state: Mutex::new(RoomState {
+                members: HashMap::new(),
+                closed: false,
+                broadcast_seq: 0,
+                barrage_seq: 0,
+                command_seq: 0,
+                broadcast_bucket: TokenBucket::new(limits.broadcast_per_room),
+                barrage_bucket: TokenBucket::new(limits.barrage_per_room),
+                login_bucket: TokenBucket::new(limits.login_per_room),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RoomState> {
+        // A panic while holding the lock leaves consistent-enough state for a relay: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a member and returns the queue its lane writer drains. The same user ID already in
+    /// the room is replaced: its lane is closed with `KICKED_LOGGED_IN_ELSEWHERE`.
+    pub fn join(
+        &self,
+        shared: &Shared,
+        session: u32,
+        user: User,
+        conn: quinn::Connection,
+    ) -> Result<LaneQueue, JoinError> {
+        let config = &shared.config;
+        let mut state = self.lock();
+        if state.closed {
+            return Err(JoinError::RoomClosed);
+        }
+        if !state.login_bucket.try_take() {
+            return Err(JoinError::Refused(
+                ErrorCode::LOGIN_RATE_LIMITED,
+                format!(
+                    "more than {} logins per second to this room",
+                    config.limits.login_per_room
+                ),
+            ));
+        }
+        let replacing = state.members.contains_key(&user.id);
+        if !replacing && state.members.len() >= config.max_members_per_room {
+            return Err(JoinError::Refused(
+                ErrorCode::ROOM_FULL,
+                format!("the room has the maximum of {} members", config.max_members_per_room),
+            ));
+        }
+        let (lane, queue) = Lane::new(config.lane_queue);
+        if let Some(old) = state.members.remove(&user.id) {
+            info!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
+            let left = old.member();
+            old.lane.close(
+                ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
+                "the same user logged in to this room from another connection",
+            );
+            state.fan_out_users(shared, &self.name, left, false, "");
+        }
+        // The newcomer's first events list who is already there, in chunks.
+        let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
+        for chunk in existing.chunks(MAX_USERS_PER_UPDATE) {
+            if let Some(frame) = frame_of(&LaneEvent::UsersJoined(chunk.to_vec())) {
+                // The queue is new and at least MAX_BATCH deep; a huge room may still fill it,
+                // which then counts as a slow start and closes the lane explicitly.
+                if lane.push(LaneItem::Frame(frame)).is_err() {
+                    Counters::bump(&shared.counters.slow_receivers);
+                    lane.close(
+                        ErrorCode::SLOW_RECEIVER,
+                        "the member list did not fit the lane queue",
+                    );
+                    return Err(JoinError::Refused(
+                        ErrorCode::ROOM_FULL,
+                        "the room is too large for this server's lane_queue setting".into(),
+                    ));
+                }
+            }
+        }
+        let limits = &config.limits;
+        let entry = MemberEntry {
+            session,
+            user: user.clone(),
+            lane,
+            conn,
+            broadcast_bucket: TokenBucket::new(limits.broadcast_per_user),
+            command_one_bucket: TokenBucket::new(limits.command_to_one_per_user),
+            command_many_bucket: TokenBucket::new(limits.command_to_many_per_user),
+        };
+        let joined = entry.member();
+        state.fan_out_users(shared, &self.name, joined, true, &user.id);
+        state.members.insert(user.id.clone(), entry);
+        debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
+        Ok(queue)
+    }
+
+    /// Removes the member if `session` still holds it; `close` ends its lane with that code.
+    /// Returns whether the room is now empty.
+    pub fn leave(
+        &self,
+        shared: &Shared,
+        session: u32,
+        user_id: &str,
+        close: Option<(ErrorCode, &str)>,
+    ) -> bool {
+        let mut state = self.lock();
+        if state.members.get(user_id).is_some_and(|m| m.session == session)
+            && let Some(entry) = state.members.remove(user_id)
+        {
+            let left = entry.member();
+            if let Some((code, detail)) = close {
+                entry.lane.close(code, detail);
+            }
+            state.fan_out_users(shared, &self.name, left, false, "");
+            debug!(room = %self.name, user = %user_id, session, "left");
+        }
+        state.members.is_empty()
+    }
+
+    /// Whether `session` is the room's current member for `user_id`.
+    pub fn is_member(&self, session: u32, user_id: &str) -> bool {
+        self.lock().members.get(user_id).is_some_and(|m| m.session == session)
+    }
+
+    /// Marks the room closed if it is empty (called by the router under its own lock).
+    pub fn close_if_empty(&self) -> bool {
+        let mut state = self.lock();
+        if state.members.is_empty() {
+            state.closed = true;
+        }
+        state.closed
+    }
+
+    /// Sends a broadcast to every other member; returns its sequence number.
+    pub fn broadcast(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
+        let mut state = self.lock();
+        let from = state.sender(send.session, send.user_id)?;
+        let limits = &shared.config.limits;
+        let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
+        if !sender.broadcast_bucket.try_take() {
+            return Err(user_limited("broadcasts", limits.broadcast_per_user));
+        }
+        if !state.broadcast_bucket.try_take() {
+            return Err(room_limited("broadcasts", limits.broadcast_per_room));
+        }
+        state.broadcast_seq += 1;
+        let id = state.broadcast_seq;
+        let message = BroadcastMessage { id, sent_at_ms: now_ms(), from, payload: send.payload };
+        let encoded = encode_body(&message).map_err(internal)?;
+        let delivered =
+            state.fan_out(shared, &self.name, send.user_id, LaneItem::Broadcast(encoded), |_| true);
+        Counters::bump(&shared.counters.broadcasts);
+        shared
+            .counters
+            .broadcast_deliveries
+            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Sends a custom command to `to` (deduplicated; empty means everyone else). Every listed
+    /// user must be in the room, or nothing is sent.
+    pub fn command(
+        &self,
+        shared: &Shared,
+        send: Send<'_>,
+        to: &[String],
+    ) -> Result<u64, (ErrorCode, String)> {
+        let mut state = self.lock();
+        let from = state.sender(send.session, send.user_id)?;
+        let missing: Vec<&str> = to
+            .iter()
+            .filter(|t| !state.members.contains_key(t.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err((
+                ErrorCode::UNKNOWN_TARGET_USER,
+                format!("not in the room: {}", missing.join(", ")),
+            ));
+        }
+        let limits = &shared.config.limits;
+        let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
+        let single = to.len() == 1;
+        let (bucket, rate) = if single {
+            (&mut sender.command_one_bucket, limits.command_to_one_per_user)
+        } else {
+            (&mut sender.command_many_bucket, limits.command_to_many_per_user)
+        };
+        if !bucket.try_take() {
+            let what = if single { "commands to one user" } else { "commands to several users" };
+            return Err(user_limited(what, rate));
+        }
+        state.command_seq += 1;
+        let id = state.command_seq;
+        let event = LaneEvent::Command(CommandMessage {
+            id,
+            sent_at_ms: now_ms(),
+            from,
+            payload: send.payload,
+        });
+        let frame = frame_of(&event).ok_or_else(|| internal("command encoding"))?;
+        state.fan_out(shared, &self.name, send.user_id, LaneItem::Frame(frame), |user| {
+            to.is_empty() || to.iter().any(|t| t == user)
+        });
+        Counters::bump(&shared.counters.commands);
+        Ok(id)
+    }
+
+    /// Sends a barrage datagram to every other member; returns its ID.
+    pub fn barrage(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
+        let mut state = self.lock();
+        state.sender(send.session, send.user_id)?;
+        if !state.barrage_bucket.try_take() {
+            return Err(room_limited("barrage messages", shared.config.limits.barrage_per_room));
+        }
+        state.barrage_seq += 1;
+        let id = state.barrage_seq;
+        let datagram = ServerDatagram::Barrage(BarrageMessage {
+            room_number: self.number,
+            id,
+            sent_at_ms: now_ms(),
+            sender: send.session,
+            payload: send.payload,
+        });
+        let encoded = encode_body(&datagram).map_err(internal)?;
+        let counters = &shared.counters;
+        for member in state.members.values().filter(|m| m.session != send.session) {
+            match member.conn.send_datagram(encoded.clone()) {
+                Ok(()) => Counters::bump(&counters.datagrams_sent),
+                Err(quinn::SendDatagramError::ConnectionLost(_)) => {}
+                Err(e) => {
+                    Counters::bump(&counters.datagrams_unsendable);
+                    debug!(room = %self.name, user = %member.user.id, error = %e, "barrage not sendable");
+                }
+            }
+        }
+        Counters::bump(&counters.barrages);
+        Ok(id)
+    }
+}
+
+impl RoomState {
+    /// The sender as receivers see it, if `session` is the current member for `user_id`.
+    fn sender(&self, session: u32, user_id: &str) -> Result<User, (ErrorCode, String)> {
+        match self.members.get(user_id) {
+            Some(m) if m.session == session => Ok(m.user.clone()),
+            _ => Err(not_member()),
+        }
+    }
+
+    /// Queues `item` to every member except `except` that `wanted` selects; receivers whose
+    /// queue is full are removed as too slow (their lane ends with `SLOW_RECEIVER`) and the
+    /// others are told they left. Returns how many receivers got the item.
+    fn fan_out(
+        &mut self,
+        shared: &Shared,
+        room: &str,
+        except: &str,
+        item: LaneItem,
+        wanted: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for (id, member) in &self.members {
+            if id == except || !wanted(id) {
+                continue;
+            }
+            match member.lane.push(item.clone()) {
+                Ok(()) => delivered += 1,
+                Err(_) => slow.push(id.clone()),
+            }
+        }
+        for id in slow {
+            if let Some(entry) = self.members.remove(&id) {
+                Counters::bump(&shared.counters.slow_receivers);
+                info!(room, user = %id, "receiver too slow: lane closed");
+                let left = entry.member();
+                entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
+                self.fan_out_users(shared, room, left, false, "");
+            }
+        }
+        delivered
+    }
+
+    /// Tells every member except `except` that `member` joined or left.
+    fn fan_out_users(
+        &mut self,
+        shared: &Shared,
+        room: &str,
+        member: Member,
+        joined: bool,
+        except: &str,
+    ) {
+        let event = if joined {
+            LaneEvent::UsersJoined(vec![member])
+        } else {
+            LaneEvent::UsersLeft(vec![member])
+        };
+        if let Some(frame) = frame_of(&event) {
+            self.fan_out(shared, room, except, LaneItem::Frame(frame), |_| true);
+        }
+    }
+}
+
+/// Encodes one complete frame.
+fn frame_of(event: &LaneEvent) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    encode_frame(event, &mut buf).ok()?;
+    Some(buf.freeze())
+}
+
+/// Milliseconds since the Unix epoch, from the server clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn not_member() -> (ErrorCode, String) {
+    (ErrorCode::NOT_LOGGED_IN, "this connection is not logged in to the room".into())
+}
+
+fn user_limited(what: &str, rate: f64) -> (ErrorCode, String) {
+    (ErrorCode::USER_RATE_LIMITED, format!("more than {rate} {what} per second from this user"))
+}
+
+fn room_limited(what: &str, rate: f64) -> (ErrorCode, String) {
+    (ErrorCode::ROOM_RATE_LIMITED, format!("more than {rate} {what} per second in this room"))
+}
+
+fn internal(e: impl std::fmt::Display) -> (ErrorCode, String) {
+    (ErrorCode::INTERNAL, format!("internal encoding error: {e}"))
+}

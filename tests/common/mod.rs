@@ -1,0 +1,178 @@
+//! Shared test harness: an in-process relay on 127.0.0.1:0 with in-memory certificates, and a
+//! raw protocol peer for tests that need to speak (or break) the wire format directly.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use qrelay::auth::TokenKey;
+use qrelay::certs::DevPki;
+use qrelay::protocol::{
+    ControlFrame, LaneEvent, LaneHeader, MAX_SERVER_FRAME, Outcome, Request, RequestFrame, User,
+    encode_frame,
+};
+use qrelay::server::{Identity, RateLimits, Server, ServerConfig, ServerHandle};
+use qrelay::transport::{FrameReader, client_config};
+use rustls::pki_types::CertificateDer;
+
+/// Every await in a test is bounded by this.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, fut).await.expect("test step timed out")
+}
+
+/// A relay running inside the test's runtime.
+pub struct TestRelay {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+    pub ca: CertificateDer<'static>,
+    pub tokens: TokenKey,
+}
+
+/// A config for tests: loopback, ephemeral port, no frequency limits unless a test sets them.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: RateLimits::unlimited(),
+        ..ServerConfig::default()
+    }
+}
+
+impl TestRelay {
+    pub async fn start(config: ServerConfig) -> TestRelay {
+        let pki = DevPki::generate().unwrap();
+        let (chain, key) = pki.server_identity().unwrap();
+        let tokens = TokenKey::new(b"test secret, not for production use");
+        let server =
+            Server::bind(config, Identity { chain, key, tokens: tokens.clone() }).expect("bind");
+        let handle = server.handle();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.run());
+        TestRelay { handle, addr, ca: pki.ca().unwrap(), tokens }
+    }
+
+    /// A one-hour token for `user`, all rooms, may publish.
+    pub fn token(&self, user: &str) -> String {
+        self.tokens.mint(user, None, true, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A plain QUIC connection with the qrelay ALPN.
+    pub async fn connect_raw(&self) -> quinn::Connection {
+        self.connect_raw_with_idle(Duration::from_secs(10)).await
+    }
+
+    /// A plain QUIC connection whose idle timeout (and so keep-alive, a third of it) is `idle`.
+    pub async fn connect_raw_with_idle(&self, idle: Duration) -> quinn::Connection {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(
+            client_config(std::slice::from_ref(&self.ca), idle).unwrap(),
+        );
+        within(endpoint.connect(self.addr, "localhost").unwrap()).await.expect("connect")
+    }
+
+    /// A raw peer with its control stream open.
+    pub async fn raw_peer(&self) -> RawPeer {
+        self.raw_peer_on(self.connect_raw().await).await
+    }
+
+    /// A raw peer on an existing connection (its control stream is opened here).
+    pub async fn raw_peer_on(&self, conn: quinn::Connection) -> RawPeer {
+        let (send, recv) = conn.open_bi().await.unwrap();
+        RawPeer { conn, send, control: FrameReader::new(recv, MAX_SERVER_FRAME), next_request: 0 }
+    }
+
+    /// A raw peer logged in to `room` as `user`, with that room's lane.
+    pub async fn raw_member(&self, user: &str, room: &str) -> (RawPeer, FrameReader) {
+        let peer = self.raw_peer().await;
+        self.join(peer, user, room).await
+    }
+
+    /// Logs `peer` in to `room` as `user` and accepts the lane.
+    pub async fn join(&self, mut peer: RawPeer, user: &str, room: &str) -> (RawPeer, FrameReader) {
+        let outcome = peer.login(self, user, room).await;
+        assert!(matches!(outcome, Outcome::LoggedIn { .. }), "{outcome:?}");
+        let lane = peer.accept_lane(room).await;
+        (peer, lane)
+    }
+}
+
+/// A peer that speaks the wire protocol by hand.
+pub struct RawPeer {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub control: FrameReader,
+    next_request: u32,
+}
+
+impl RawPeer {
+    /// Sends one request and returns the outcome of its reply.
+    pub async fn request(&mut self, body: Request) -> Outcome {
+        self.next_request += 1;
+        let request = self.next_request;
+        let mut buf = BytesMut::new();
+        encode_frame(&RequestFrame { request, body }, &mut buf).unwrap();
+        within(self.send.write_all(&buf)).await.unwrap();
+        loop {
+            match within(self.control.next::<ControlFrame>()).await.unwrap() {
+                Some(ControlFrame::Reply(reply)) if reply.request == request => {
+                    return reply.outcome;
+                }
+                Some(_) => continue,
+                None => panic!("control stream ended"),
+            }
+        }
+    }
+
+    pub async fn login(&mut self, relay: &TestRelay, user: &str, room: &str) -> Outcome {
+        let user = User { id: user.into(), name: format!("{user} name") };
+        let token = relay.token(&user.id);
+        self.request(Request::Login { room: room.into(), user, token }).await
+    }
+
+    pub async fn broadcast(&mut self, room: &str, payload: &'static [u8]) -> Outcome {
+        self.request(Request::Broadcast { room: room.into(), payload: Bytes::from_static(payload) })
+            .await
+    }
+
+    /// Accepts the next lane and checks its header names `room`.
+    pub async fn accept_lane(&self, room: &str) -> FrameReader {
+        let recv = within(self.conn.accept_uni()).await.unwrap();
+        let mut lane = FrameReader::new(recv, MAX_SERVER_FRAME);
+        let header: LaneHeader = within(lane.next()).await.unwrap().unwrap();
+        assert_eq!(header.room, room);
+        lane
+    }
+
+    /// Writes raw bytes on the control stream.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        within(self.send.write_all(bytes)).await.unwrap();
+    }
+}
+
+/// The next broadcast batch on a lane, skipping user updates.
+pub async fn next_broadcasts(lane: &mut FrameReader) -> Vec<qrelay::protocol::BroadcastMessage> {
+    loop {
+        match next_event(lane).await {
+            LaneEvent::Broadcasts(messages) => return messages,
+            LaneEvent::UsersJoined(_) | LaneEvent::UsersLeft(_) => continue,
+            other => panic!("expected broadcasts, got {other:?}"),
+        }
+    }
+}
+
+/// The next lane event, skipping none.
+pub async fn next_event(lane: &mut FrameReader) -> LaneEvent {
+    within(lane.next::<LaneEvent>()).await.unwrap().expect("lane ended")
+}
+
+/// Waits until the connection is closed and returns the application close code.
+pub async fn close_code(conn: &quinn::Connection) -> u64 {
+    match within(conn.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
