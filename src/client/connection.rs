@@ -87,10 +87,7 @@ impl Shared {
     /// timeout. Cancelling the returned future is safe: a frame is never left half-written.
     pub(crate) async fn request(&self, body: Request) -> Result<Outcome, ClientError> {
         let (request, reply) = self.register()?;
-        let _waiting = Waiting {
-            shared: self,
-            request,
-        };
+        let _waiting = Waiting { shared: self, request };
         let mut frame = BytesMut::new();
         encode_frame(&RequestFrame { request, body }, &mut frame).map_err(encode_error)?;
         let exchange = async {
@@ -110,15 +107,8 @@ impl Shared {
         payload: Bytes,
     ) -> Result<Outcome, ClientError> {
         let (request, reply) = self.register()?;
-        let _waiting = Waiting {
-            shared: self,
-            request,
-        };
-        let datagram = ClientDatagram::Barrage {
-            room_number,
-            request,
-            payload,
-        };
+        let _waiting = Waiting { shared: self, request };
+        let datagram = ClientDatagram::Barrage { room_number, request, payload };
         let datagram = encode_body(&datagram).map_err(encode_error)?;
         self.conn.send_datagram(datagram).map_err(|e| match e {
             SendDatagramError::ConnectionLost(e) => ClientError::Disconnected(e.to_string()),
@@ -209,10 +199,7 @@ impl Shared {
         match reply.await {
             Ok(outcome) => Ok(outcome),
             Err(_) => Err(ClientError::Disconnected(
-                lock(&self.pending)
-                    .closed
-                    .clone()
-                    .unwrap_or_else(|| "connection closed".into()),
+                lock(&self.pending).closed.clone().unwrap_or_else(|| "connection closed".into()),
             )),
         }
     }
@@ -260,9 +247,7 @@ fn write_now(
 /// Locks a std mutex; a panic elsewhere while holding it does not make the state unusable
 /// (every critical section leaves it consistent).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn write_error(error: WriteError) -> ClientError {

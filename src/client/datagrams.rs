@@ -85,21 +85,12 @@ mod tests {
     fn rooms() -> Rooms {
         let mut rooms = Rooms::default();
         for (lane, room, number) in [(1, "a", 10), (2, "b", 20)] {
-            rooms.lane_opened(
-                lane,
-                LaneHeader {
-                    room: room.into(),
-                    room_number: number,
-                },
-            );
+            rooms.lane_opened(lane, LaneHeader { room: room.into(), room_number: number });
             rooms.lane_event(
                 lane,
                 LaneEvent::UsersJoined(vec![Member {
                     session: 1,
-                    user: User {
-                        id: "bob".into(),
-                        name: "Bob".into(),
-                    },
+                    user: User { id: "bob".into(), name: "Bob".into() },
                 }]),
             );
         }
@@ -118,18 +109,11 @@ mod tests {
     #[test]
     fn a_burst_becomes_one_list_per_room_in_arrival_order() {
         let stats = Stats::default();
-        let batch = vec![
-            datagram(10, 1, 1),
-            datagram(20, 1, 2),
-            datagram(10, 1, 3),
-            datagram(10, 1, 4),
-        ];
+        let batch =
+            vec![datagram(10, 1, 1), datagram(20, 1, 2), datagram(10, 1, 3), datagram(10, 1, 4)];
         let events = barrage_events(&rooms(), batch, &stats);
         let events: Vec<_> = events.iter().map(ids).collect();
-        assert_eq!(
-            events,
-            vec![("a".into(), vec![1, 3, 4]), ("b".into(), vec![2])]
-        );
+        assert_eq!(events, vec![("a".into(), vec![1, 3, 4]), ("b".into(), vec![2])]);
         assert_eq!(stats.snapshot().barrage_received, 4);
     }
 
@@ -145,10 +129,7 @@ mod tests {
             datagram(10, 1, 3),
         ];
         let events = barrage_events(&rooms(), batch, &stats);
-        assert_eq!(
-            events.iter().map(ids).collect::<Vec<_>>(),
-            vec![("a".into(), vec![3])]
-        );
+        assert_eq!(events.iter().map(ids).collect::<Vec<_>>(), vec![("a".into(), vec![3])]);
         let stats = stats.snapshot();
         assert_eq!(stats.barrage_unknown_room, 1);
         assert_eq!(stats.barrage_unknown_sender, 1);

@@ -78,10 +78,7 @@ impl ClientError {
 
     /// An [`ClientError::Invalid`] from a failed local check.
     pub(crate) fn invalid(code: ErrorCode, detail: impl Into<String>) -> Self {
-        ClientError::Invalid {
-            code,
-            detail: detail.into(),
-        }
+        ClientError::Invalid { code, detail: detail.into() }
     }
 }
 
@@ -93,20 +90,11 @@ mod tests {
     fn client_side_failures_have_5xxx_codes() {
         assert_eq!(ClientError::Timeout.code(), ErrorCode::TIMEOUT);
         assert_eq!(ClientError::Timeout.code().0, 5001);
-        assert_eq!(
-            ClientError::Disconnected("x".into()).code(),
-            ErrorCode::DISCONNECTED
-        );
+        assert_eq!(ClientError::Disconnected("x".into()).code(), ErrorCode::DISCONNECTED);
         assert_eq!(ClientError::DatagramUnavailable("x".into()).code().0, 5003);
         assert_eq!(ClientError::Protocol("x".into()).code().0, 5004);
-        assert_eq!(
-            ClientError::NotLoggedIn("r".into()).code(),
-            ErrorCode::NOT_LOGGED_IN
-        );
-        let refused = ClientError::Refused {
-            code: ErrorCode::ROOM_FULL,
-            detail: "full".into(),
-        };
+        assert_eq!(ClientError::NotLoggedIn("r".into()).code(), ErrorCode::NOT_LOGGED_IN);
+        let refused = ClientError::Refused { code: ErrorCode::ROOM_FULL, detail: "full".into() };
         assert_eq!(refused.code(), ErrorCode::ROOM_FULL);
         assert_eq!(refused.detail(), "full");
     }

@@ -118,11 +118,7 @@ async fn room_closed(
 ) {
     let room = lock(&shared.rooms).lane_ended(id);
     if let Some(room) = room {
-        let event = Event::RoomClosed {
-            room,
-            code,
-            detail: detail.to_owned(),
-        };
+        let event = Event::RoomClosed { room, code, detail: detail.to_owned() };
         let _ = events.send(event).await;
     }
 }

@@ -165,17 +165,8 @@ impl Client {
             ),
         ];
         tokio::spawn(supervise(Arc::clone(&shared), readers, events_tx).instrument(span));
-        let handle = Handle {
-            shared,
-            endpoint,
-            user: config.user,
-        };
-        Ok((
-            Client {
-                handle: Arc::new(handle),
-            },
-            events,
-        ))
+        let handle = Handle { shared, endpoint, user: config.user };
+        Ok((Client { handle: Arc::new(handle) }, events))
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
@@ -194,10 +185,7 @@ impl Client {
             token: token.to_owned(),
         };
         match self.shared().request(request).await? {
-            Outcome::LoggedIn {
-                room_number,
-                session,
-            } => {
+            Outcome::LoggedIn { room_number, session } => {
                 tracing::debug!(room, room_number, session, "logged in");
                 lock(&self.shared().rooms).logged_in(room, room_number);
                 Ok(())
@@ -209,19 +197,13 @@ impl Client {
     /// Leaves `room`; its lane ends with [`Event::RoomClosed`] (code `LOGGED_OUT`).
     pub async fn logout_room(&self, room: &str) -> Result<(), ClientError> {
         check_room(room)?;
-        let request = Request::Logout {
-            room: room.to_owned(),
-        };
+        let request = Request::Logout { room: room.to_owned() };
         let result = match self.shared().request(request).await? {
             Outcome::Done => Ok(()),
             other => Err(unexpected(other)),
         };
         // Not logged in, as far as the server knows: forget the login here too.
-        if result
-            .as_ref()
-            .err()
-            .is_none_or(|e| e.code() == ErrorCode::NOT_LOGGED_IN)
-        {
+        if result.as_ref().err().is_none_or(|e| e.code() == ErrorCode::NOT_LOGGED_IN) {
             lock(&self.shared().rooms).logged_out(room);
         }
         result
@@ -237,10 +219,7 @@ impl Client {
         let payload = payload.into();
         check_room(room)?;
         check_message(&payload)?;
-        let request = Request::Broadcast {
-            room: room.to_owned(),
-            payload,
-        };
+        let request = Request::Broadcast { room: room.to_owned(), payload };
         sent(self.shared().request(request).await?)
     }
 
@@ -302,9 +281,7 @@ impl Client {
                 format!("a token is 1 to {MAX_TOKEN} bytes"),
             ));
         }
-        let request = Request::RenewToken {
-            token: token.to_owned(),
-        };
+        let request = Request::RenewToken { token: token.to_owned() };
         match self.shared().request(request).await? {
             Outcome::Done => Ok(()),
             other => Err(unexpected(other)),
@@ -375,10 +352,7 @@ fn check_room(room: &str) -> Result<(), ClientError> {
 
 fn check_message(payload: &[u8]) -> Result<(), ClientError> {
     check_payload(payload).map_err(|code| {
-        ClientError::invalid(
-            code,
-            format!("payload of {} bytes; 1 to 1024 allowed", payload.len()),
-        )
+        ClientError::invalid(code, format!("payload of {} bytes; 1 to 1024 allowed", payload.len()))
     })
 }
 

@@ -66,8 +66,7 @@ impl Rooms {
                 lane.claimed = true;
                 *id
             });
-        self.joined
-            .insert(room.to_owned(), Joined { room_number, lane });
+        self.joined.insert(room.to_owned(), Joined { room_number, lane });
     }
 
     /// Forgets a login (after a logout).
@@ -144,11 +143,7 @@ impl Rooms {
         if self.by_number.get(&lane.room_number) == Some(&id) {
             self.by_number.remove(&lane.room_number);
         }
-        if self
-            .joined
-            .get(&lane.room)
-            .is_some_and(|joined| joined.lane == Some(id))
-        {
+        if self.joined.get(&lane.room).is_some_and(|joined| joined.lane == Some(id)) {
             self.joined.remove(&lane.room);
         }
         Some(lane.room)
@@ -164,10 +159,7 @@ impl Rooms {
             .get(&message.room_number)
             .and_then(|id| self.lanes.get(id))
             .ok_or(Unresolved::UnknownRoom)?;
-        let from = lane
-            .members
-            .get(&message.sender)
-            .ok_or(Unresolved::UnknownSender)?;
+        let from = lane.members.get(&message.sender).ok_or(Unresolved::UnknownSender)?;
         Ok((
             &lane.room,
             ReceivedBarrage {
@@ -189,9 +181,7 @@ impl Rooms {
 
 /// The code a lane gets when it ends without a `Closed` event (server reset the stream).
 pub(crate) fn reset_code(code: u64) -> ErrorCode {
-    u32::try_from(code)
-        .map(ErrorCode)
-        .unwrap_or(ErrorCode::PROTOCOL)
+    u32::try_from(code).map(ErrorCode).unwrap_or(ErrorCode::PROTOCOL)
 }
 
 #[cfg(test)]
@@ -201,24 +191,15 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User {
-            id: id.into(),
-            name: id.to_uppercase(),
-        }
+        User { id: id.into(), name: id.to_uppercase() }
     }
 
     fn member(session: u32, id: &str) -> Member {
-        Member {
-            session,
-            user: user(id),
-        }
+        Member { session, user: user(id) }
     }
 
     fn header(room: &str, room_number: u32) -> LaneHeader {
-        LaneHeader {
-            room: room.into(),
-            room_number,
-        }
+        LaneHeader { room: room.into(), room_number }
     }
 
     fn barrage(room_number: u32, sender: u32) -> BarrageMessage {
@@ -235,10 +216,7 @@ mod tests {
     fn barrage_sender_is_resolved_from_the_lane_members() {
         let mut rooms = Rooms::default();
         rooms.lane_opened(1, header("lobby", 7));
-        rooms.lane_event(
-            1,
-            LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]),
-        );
+        rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
         let (room, message) = rooms.resolve_barrage(barrage(7, 4)).unwrap();
         assert_eq!(room, "lobby");
         assert_eq!(message.from, user("carol"));
@@ -249,21 +227,12 @@ mod tests {
     #[test]
     fn unknown_room_and_sender_are_reported() {
         let mut rooms = Rooms::default();
-        assert_eq!(
-            rooms.resolve_barrage(barrage(7, 3)).err(),
-            Some(Unresolved::UnknownRoom)
-        );
+        assert_eq!(rooms.resolve_barrage(barrage(7, 3)).err(), Some(Unresolved::UnknownRoom));
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
-        assert_eq!(
-            rooms.resolve_barrage(barrage(7, 9)).err(),
-            Some(Unresolved::UnknownSender)
-        );
+        assert_eq!(rooms.resolve_barrage(barrage(7, 9)).err(), Some(Unresolved::UnknownSender));
         rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")]));
-        assert_eq!(
-            rooms.resolve_barrage(barrage(7, 3)).err(),
-            Some(Unresolved::UnknownSender)
-        );
+        assert_eq!(rooms.resolve_barrage(barrage(7, 3)).err(), Some(Unresolved::UnknownSender));
     }
 
     #[test]
@@ -272,17 +241,11 @@ mod tests {
         rooms.lane_opened(1, header("lobby", 7));
         assert_eq!(
             rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")])),
-            Some(Event::UsersJoined {
-                room: "lobby".into(),
-                users: vec![user("bob")]
-            })
+            Some(Event::UsersJoined { room: "lobby".into(), users: vec![user("bob")] })
         );
         assert_eq!(
             rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])),
-            Some(Event::UsersLeft {
-                room: "lobby".into(),
-                users: vec![user("bob")]
-            })
+            Some(Event::UsersLeft { room: "lobby".into(), users: vec![user("bob")] })
         );
         // An event for a lane that is not open is ignored.
         assert_eq!(rooms.lane_event(2, LaneEvent::UsersLeft(vec![])), None);
@@ -317,15 +280,8 @@ mod tests {
                     detail: "elsewhere".into()
                 })
             );
-            assert_eq!(
-                rooms.room_number("lobby"),
-                None,
-                "reply first: {reply_first}"
-            );
-            assert_eq!(
-                rooms.resolve_barrage(barrage(7, 1)).err(),
-                Some(Unresolved::UnknownRoom)
-            );
+            assert_eq!(rooms.room_number("lobby"), None, "reply first: {reply_first}");
+            assert_eq!(rooms.resolve_barrage(barrage(7, 1)).err(), Some(Unresolved::UnknownRoom));
         }
     }
 
@@ -339,10 +295,7 @@ mod tests {
         rooms.logged_in("lobby", 7);
         rooms.lane_event(
             1,
-            LaneEvent::Closed {
-                code: ErrorCode::LOGGED_OUT,
-                detail: String::new(),
-            },
+            LaneEvent::Closed { code: ErrorCode::LOGGED_OUT, detail: String::new() },
         );
         assert_eq!(rooms.room_number("lobby"), Some(7));
         rooms.lane_opened(2, header("lobby", 7));

@@ -22,16 +22,11 @@ use crate::transport::{FrameReader, server_config};
 const LIMIT: Duration = Duration::from_secs(10);
 
 async fn within<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .expect("test step timed out")
+    tokio::time::timeout(LIMIT, future).await.expect("test step timed out")
 }
 
 fn user(id: &str) -> User {
-    User {
-        id: id.into(),
-        name: id.to_uppercase(),
-    }
+    User { id: id.into(), name: id.to_uppercase() }
 }
 
 /// The server side of one client connection.
@@ -50,19 +45,12 @@ impl Peer {
     }
 
     async fn reply(&mut self, request: u32, outcome: Outcome) {
-        send_frame(
-            &mut self.control,
-            &ControlFrame::Reply(Reply { request, outcome }),
-        )
-        .await;
+        send_frame(&mut self.control, &ControlFrame::Reply(Reply { request, outcome })).await;
     }
 
     async fn open_lane(&self, room: &str, room_number: u32) -> SendStream {
         let mut lane = within(self.conn.open_uni()).await.expect("open lane");
-        let header = LaneHeader {
-            room: room.into(),
-            room_number,
-        };
+        let header = LaneHeader { room: room.into(), room_number };
         send_frame(&mut lane, &header).await;
         lane
     }
@@ -107,11 +95,7 @@ async fn pair(request_timeout: Duration) -> (Client, Events, quinn::Connection) 
 /// request).
 async fn accept(conn: quinn::Connection) -> Peer {
     let (control, recv) = within(conn.accept_bi()).await.expect("control stream");
-    Peer {
-        conn,
-        control,
-        requests: FrameReader::new(recv, MAX_REQUEST_FRAME),
-    }
+    Peer { conn, control, requests: FrameReader::new(recv, MAX_REQUEST_FRAME) }
 }
 
 /// Logs the client in to `room` (number `room_number`), the lane opening before the reply
@@ -131,22 +115,12 @@ async fn login(
     let mut peer = accept(conn.clone()).await;
     let frame = peer.request().await;
     match &frame.body {
-        Request::Login {
-            room: r,
-            user: u,
-            token,
-        } => {
-            assert_eq!(
-                (r.as_str(), u, token.as_str()),
-                (room, &user("alice"), "token")
-            );
+        Request::Login { room: r, user: u, token } => {
+            assert_eq!((r.as_str(), u, token.as_str()), (room, &user("alice"), "token"));
         }
         other => panic!("expected a login, got {other:?}"),
     }
-    let outcome = Outcome::LoggedIn {
-        room_number,
-        session: 1,
-    };
+    let outcome = Outcome::LoggedIn { room_number, session: 1 };
     let lane = if lane_first {
         let lane = peer.open_lane(room, room_number).await;
         peer.reply(frame.request, outcome).await;
@@ -166,17 +140,11 @@ async fn login_lane_events_broadcast_and_barrage() {
         let (mut peer, mut lane) = login(&client, &conn, "lobby", 7, lane_first).await;
         assert_eq!(client.rooms(), vec!["lobby".to_string()]);
 
-        let bob = Member {
-            session: 2,
-            user: user("bob"),
-        };
+        let bob = Member { session: 2, user: user("bob") };
         send_frame(&mut lane, &LaneEvent::UsersJoined(vec![bob.clone()])).await;
         assert_eq!(
             within(events.next()).await,
-            Some(Event::UsersJoined {
-                room: "lobby".into(),
-                users: vec![user("bob")]
-            })
+            Some(Event::UsersJoined { room: "lobby".into(), users: vec![user("bob")] })
         );
 
         // Broadcast: request and reply.
@@ -187,13 +155,9 @@ async fn login_lane_events_broadcast_and_barrage() {
         let frame = peer.request().await;
         assert_eq!(
             frame.body,
-            Request::Broadcast {
-                room: "lobby".into(),
-                payload: Bytes::from_static(b"hello")
-            }
+            Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"hello") }
         );
-        peer.reply(frame.request, Outcome::Sent { message_id: 1 })
-            .await;
+        peer.reply(frame.request, Outcome::Sent { message_id: 1 }).await;
         assert_eq!(within(send).await.expect("join"), Ok(1));
 
         // Broadcast received on the lane.
@@ -206,10 +170,7 @@ async fn login_lane_events_broadcast_and_barrage() {
         send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message.clone()])).await;
         assert_eq!(
             within(events.next()).await,
-            Some(Event::Broadcasts {
-                room: "lobby".into(),
-                messages: vec![message]
-            })
+            Some(Event::Broadcasts { room: "lobby".into(), messages: vec![message] })
         );
 
         // Barrage out: a datagram with the room number, answered on the control stream.
@@ -217,11 +178,7 @@ async fn login_lane_events_broadcast_and_barrage() {
             let client = client.clone();
             tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
         };
-        let ClientDatagram::Barrage {
-            room_number,
-            request,
-            payload,
-        } = peer.datagram().await;
+        let ClientDatagram::Barrage { room_number, request, payload } = peer.datagram().await;
         assert_eq!((room_number, payload.as_ref()), (7, &b"zap"[..]));
         peer.reply(request, Outcome::Sent { message_id: 99 }).await;
         assert_eq!(within(send).await.expect("join"), Ok(99));
@@ -285,22 +242,14 @@ async fn refusals_and_local_checks() {
     let (mut peer, _lane) = login(&client, &conn, "lobby", 7, false).await;
 
     // Caught locally: nothing reaches the server.
-    let invalid = client
-        .send_broadcast_message("lobby", vec![0u8; 1025])
-        .await;
-    assert_eq!(
-        invalid.map_err(|e| e.code()),
-        Err(ErrorCode::PAYLOAD_TOO_LARGE)
-    );
+    let invalid = client.send_broadcast_message("lobby", vec![0u8; 1025]).await;
+    assert_eq!(invalid.map_err(|e| e.code()), Err(ErrorCode::PAYLOAD_TOO_LARGE));
     let empty = client.send_custom_command("lobby", "", &[]).await;
     assert_eq!(empty.map_err(|e| e.code()), Err(ErrorCode::PAYLOAD_EMPTY));
     let room = client.send_broadcast_message("bad room", "x").await;
     assert_eq!(room.map_err(|e| e.code()), Err(ErrorCode::INVALID_ROOM_ID));
     let targets = client.send_custom_command("lobby", "x", &["a b"]).await;
-    assert_eq!(
-        targets.map_err(|e| e.code()),
-        Err(ErrorCode::INVALID_TARGETS)
-    );
+    assert_eq!(targets.map_err(|e| e.code()), Err(ErrorCode::INVALID_TARGETS));
 
     // Refused by the server.
     let send = {
@@ -316,17 +265,12 @@ async fn refusals_and_local_checks() {
             payload: Bytes::from_static(b"go")
         }
     );
-    let refusal = Outcome::Refused {
-        code: ErrorCode::UNKNOWN_TARGET_USER,
-        detail: "no bob".into(),
-    };
+    let refusal =
+        Outcome::Refused { code: ErrorCode::UNKNOWN_TARGET_USER, detail: "no bob".into() };
     peer.reply(frame.request, refusal).await;
     assert_eq!(
         within(send).await.expect("join"),
-        Err(ClientError::Refused {
-            code: ErrorCode::UNKNOWN_TARGET_USER,
-            detail: "no bob".into()
-        })
+        Err(ClientError::Refused { code: ErrorCode::UNKNOWN_TARGET_USER, detail: "no bob".into() })
     );
 
     // Logout and token renewal.
@@ -335,12 +279,7 @@ async fn refusals_and_local_checks() {
         tokio::spawn(async move { client.logout_room("lobby").await })
     };
     let frame = peer.request().await;
-    assert_eq!(
-        frame.body,
-        Request::Logout {
-            room: "lobby".into()
-        }
-    );
+    assert_eq!(frame.body, Request::Logout { room: "lobby".into() });
     peer.reply(frame.request, Outcome::Done).await;
     assert_eq!(within(logout).await.expect("join"), Ok(()));
     assert!(client.rooms().is_empty());
@@ -349,12 +288,7 @@ async fn refusals_and_local_checks() {
         tokio::spawn(async move { client.renew_token("new").await })
     };
     let frame = peer.request().await;
-    assert_eq!(
-        frame.body,
-        Request::RenewToken {
-            token: "new".into()
-        }
-    );
+    assert_eq!(frame.body, Request::RenewToken { token: "new".into() });
     peer.reply(frame.request, Outcome::Done).await;
     assert_eq!(within(renew).await.expect("join"), Ok(()));
 }
@@ -390,8 +324,7 @@ async fn server_close_fails_waiting_requests_and_ends_events() {
         tokio::spawn(async move { client.send_broadcast_message("lobby", "x").await })
     };
     let _ = peer.request().await;
-    peer.conn
-        .close(VarInt::from_u32(close::SHUTDOWN), b"going away");
+    peer.conn.close(VarInt::from_u32(close::SHUTDOWN), b"going away");
     let result = within(send).await.expect("join");
     assert_eq!(result.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
     let last = loop {
@@ -401,10 +334,7 @@ async fn server_close_fails_waiting_requests_and_ends_events() {
             None => panic!("events ended without Disconnected"),
         }
     };
-    assert_eq!(
-        last,
-        (Some(u64::from(close::SHUTDOWN)), "going away".into())
-    );
+    assert_eq!(last, (Some(u64::from(close::SHUTDOWN)), "going away".into()));
     assert_eq!(within(events.next()).await, None);
     // Later requests fail at once.
     let later = client.send_broadcast_message("lobby", "x").await;
