@@ -15,7 +15,7 @@ use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
 use qrelay::client::{Client, ClientConfig, ClientError, Event, Events};
 use qrelay::protocol::User;
-use serde_json::Value;
+use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
 /// How long a token minted from the secret file is valid.
@@ -171,8 +171,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Reads the CA, settles the user and token, and connects.
 async fn connect(common: &Common) -> anyhow::Result<Session> {
-    let roots = load_certs(&common.ca)
-        .with_context(|| "the CA is written by `qrelay serve` on first start (or pass --ca)")?;
+    let roots = load_certs(&common.ca).context(
+        "no CA certificate to trust (`qrelay serve` writes certs/ca.pem on first start; or pass --ca)",
+    )?;
     let id = common.user.clone().unwrap_or_else(|| format!("cli-{:04x}", rand::random::<u16>()));
     let name = common.name.clone().unwrap_or_else(|| id.clone());
     let token = match &common.token {
@@ -188,7 +189,7 @@ async fn connect(common: &Common) -> anyhow::Result<Session> {
         None => bail!(
             "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with \
              `qrelay token --user {id}`), or point --secret at the relay's token secret \
-             (default {})",
+             (not found: {})",
             common.secret.display()
         ),
     };
@@ -203,8 +204,8 @@ async fn connect(common: &Common) -> anyhow::Result<Session> {
 }
 
 /// Prints one JSON line on stdout.
-fn print_json(value: &Value) {
-    println!("{value}");
+fn print_json<T: Serialize>(value: &T) {
+    println!("{}", render::line(value));
 }
 
 /// Logs in, sends one message, prints the result, closes.

@@ -3,133 +3,200 @@
 
 use bytes::Bytes;
 use qrelay::client::{ClientError, Event, ReceivedBarrage};
-use qrelay::protocol::{BroadcastMessage, CommandMessage, ErrorCode, User, close};
-use serde_json::{Map, Value, json};
+use qrelay::protocol::{BroadcastMessage, CommandMessage, User, close};
+use serde::Serialize;
+
+/// One line of JSON output. Fields keep the order written here (`event` or `ok` first).
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventJson<'a> {
+    /// The result of a login.
+    Login {
+        room: &'a str,
+        ok: bool,
+        #[serde(flatten)]
+        error: Option<ErrorJson>,
+    },
+    /// The result of an automatic token renewal.
+    TokenRenewed {
+        ok: bool,
+        #[serde(flatten)]
+        error: Option<ErrorJson>,
+    },
+    UsersJoined {
+        room: &'a str,
+        users: Vec<UserJson<'a>>,
+    },
+    UsersLeft {
+        room: &'a str,
+        users: Vec<UserJson<'a>>,
+    },
+    Broadcast {
+        room: &'a str,
+        messages: Vec<MessageJson<'a>>,
+    },
+    Barrage {
+        room: &'a str,
+        messages: Vec<MessageJson<'a>>,
+    },
+    Command {
+        room: &'a str,
+        message: MessageJson<'a>,
+    },
+    RoomClosed {
+        room: &'a str,
+        code: u32,
+        name: &'static str,
+        detail: &'a str,
+    },
+    TokenWillExpire {
+        expires_at_ms: u64,
+    },
+    Disconnected {
+        code: Option<u64>,
+        name: Option<&'static str>,
+        reason: &'a str,
+    },
+}
 
 /// A user as `{"id":..,"name":..}`.
-pub fn user_json(user: &User) -> Value {
-    json!({ "id": user.id, "name": user.name })
+#[derive(Debug, Serialize)]
+pub struct UserJson<'a> {
+    id: &'a str,
+    name: &'a str,
 }
 
-/// A payload as `"text"` when it is UTF-8, else as `"hex"`, added to `object`.
-fn add_payload(object: &mut Map<String, Value>, payload: &Bytes) {
-    match std::str::from_utf8(payload) {
-        Ok(text) => object.insert("text".into(), text.into()),
-        Err(_) => object.insert("hex".into(), hex::encode(payload).into()),
+/// A received message; the payload is `text` when it is UTF-8, else `hex`.
+#[derive(Debug, Serialize)]
+pub struct MessageJson<'a> {
+    id: u64,
+    sent_at_ms: u64,
+    from: UserJson<'a>,
+    #[serde(flatten)]
+    payload: PayloadJson<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PayloadJson<'a> {
+    Text(&'a str),
+    Hex(String),
+}
+
+/// The fields of a failure: `code`, `error` (the code's name), `detail`.
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    code: u32,
+    error: &'static str,
+    detail: String,
+}
+
+/// The result of a send: `{"ok":true,"kind":..,"room":..,"message_id":N}` or, on failure,
+/// `ok` false and the error fields instead of `message_id`.
+#[derive(Debug, Serialize)]
+pub struct SentJson<'a> {
+    ok: bool,
+    kind: &'a str,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<u64>,
+    #[serde(flatten)]
+    error: Option<ErrorJson>,
+}
+
+fn user_json(user: &User) -> UserJson<'_> {
+    UserJson { id: &user.id, name: &user.name }
+}
+
+fn message_json<'a>(
+    id: u64,
+    sent_at_ms: u64,
+    from: &'a User,
+    payload: &'a Bytes,
+) -> MessageJson<'a> {
+    let payload = match std::str::from_utf8(payload) {
+        Ok(text) => PayloadJson::Text(text),
+        Err(_) => PayloadJson::Hex(hex::encode(payload)),
     };
+    MessageJson { id, sent_at_ms, from: user_json(from), payload }
 }
 
-/// One received message (broadcast, barrage or command) as JSON.
-fn message_json(id: u64, sent_at_ms: u64, from: &User, payload: &Bytes) -> Value {
-    let mut object = Map::new();
-    object.insert("id".into(), id.into());
-    object.insert("sent_at_ms".into(), sent_at_ms.into());
-    object.insert("from".into(), user_json(from));
-    add_payload(&mut object, payload);
-    Value::Object(object)
-}
-
-fn broadcast_json(m: &BroadcastMessage) -> Value {
+fn broadcast_json(m: &BroadcastMessage) -> MessageJson<'_> {
     message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
 }
 
-fn barrage_json(m: &ReceivedBarrage) -> Value {
+fn barrage_json(m: &ReceivedBarrage) -> MessageJson<'_> {
     message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
 }
 
-fn command_json(m: &CommandMessage) -> Value {
+fn command_json(m: &CommandMessage) -> MessageJson<'_> {
     message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
 }
 
-/// An event as one JSON object.
-pub fn event_json(event: &Event) -> Value {
+fn error_json(error: &ClientError) -> ErrorJson {
+    let code = error.code();
+    ErrorJson { code: code.0, error: code.name(), detail: error.detail() }
+}
+
+/// An event as one JSON line.
+pub fn event_json(event: &Event) -> EventJson<'_> {
     match event {
-        Event::UsersJoined { room, users } => json!({
-            "event": "users_joined", "room": room,
-            "users": users.iter().map(user_json).collect::<Vec<_>>(),
-        }),
-        Event::UsersLeft { room, users } => json!({
-            "event": "users_left", "room": room,
-            "users": users.iter().map(user_json).collect::<Vec<_>>(),
-        }),
-        Event::Broadcasts { room, messages } => json!({
-            "event": "broadcast", "room": room,
-            "messages": messages.iter().map(broadcast_json).collect::<Vec<_>>(),
-        }),
-        Event::Barrages { room, messages } => json!({
-            "event": "barrage", "room": room,
-            "messages": messages.iter().map(barrage_json).collect::<Vec<_>>(),
-        }),
-        Event::Command { room, message } => json!({
-            "event": "command", "room": room, "message": command_json(message),
-        }),
-        Event::RoomClosed { room, code, detail } => json!({
-            "event": "room_closed", "room": room,
-            "code": code.0, "name": code.name(), "detail": detail,
-        }),
-        Event::TokenWillExpire { expires_at_ms } => json!({
-            "event": "token_will_expire", "expires_at_ms": expires_at_ms,
-        }),
-        Event::Disconnected { code, reason } => json!({
-            "event": "disconnected",
-            "code": code,
-            "name": code.map(close::name),
-            "reason": reason,
-        }),
-    }
-}
-
-/// The error fields every failure line carries: `ok`, `code`, `error`, `detail`.
-pub fn error_fields(error: &ClientError) -> Map<String, Value> {
-    let code: ErrorCode = error.code();
-    let mut object = Map::new();
-    object.insert("ok".into(), false.into());
-    object.insert("code".into(), code.0.into());
-    object.insert("error".into(), code.name().into());
-    object.insert("detail".into(), error.detail().into());
-    object
-}
-
-/// The result of a send: `{"ok":true,"kind":..,"room":..,"message_id":N}` or the error.
-pub fn sent_json(kind: &str, room: &str, result: &Result<u64, ClientError>) -> Value {
-    match result {
-        Ok(id) => json!({ "ok": true, "kind": kind, "room": room, "message_id": id }),
-        Err(error) => {
-            let mut object = Map::new();
-            object.insert("kind".into(), kind.into());
-            object.insert("room".into(), room.into());
-            object.extend(error_fields(error));
-            Value::Object(object)
+        Event::UsersJoined { room, users } => {
+            EventJson::UsersJoined { room, users: users.iter().map(user_json).collect() }
+        }
+        Event::UsersLeft { room, users } => {
+            EventJson::UsersLeft { room, users: users.iter().map(user_json).collect() }
+        }
+        Event::Broadcasts { room, messages } => {
+            EventJson::Broadcast { room, messages: messages.iter().map(broadcast_json).collect() }
+        }
+        Event::Barrages { room, messages } => {
+            EventJson::Barrage { room, messages: messages.iter().map(barrage_json).collect() }
+        }
+        Event::Command { room, message } => {
+            EventJson::Command { room, message: command_json(message) }
+        }
+        Event::RoomClosed { room, code, detail } => {
+            EventJson::RoomClosed { room, code: code.0, name: code.name(), detail }
+        }
+        Event::TokenWillExpire { expires_at_ms } => {
+            EventJson::TokenWillExpire { expires_at_ms: *expires_at_ms }
+        }
+        Event::Disconnected { code, reason } => {
+            EventJson::Disconnected { code: *code, name: code.map(close::name), reason }
         }
     }
 }
 
-/// The result of a login: `{"event":"login","room":..,"ok":true}` or with the error fields.
-pub fn login_json(room: &str, result: &Result<(), ClientError>) -> Value {
-    let mut object = Map::new();
-    object.insert("event".into(), "login".into());
-    object.insert("room".into(), room.into());
-    match result {
-        Ok(()) => {
-            object.insert("ok".into(), true.into());
-        }
-        Err(error) => object.extend(error_fields(error)),
+/// The result of a send.
+pub fn sent_json<'a>(
+    kind: &'a str,
+    room: &'a str,
+    result: &Result<u64, ClientError>,
+) -> SentJson<'a> {
+    SentJson {
+        ok: result.is_ok(),
+        kind,
+        room,
+        message_id: result.as_ref().ok().copied(),
+        error: result.as_ref().err().map(error_json),
     }
-    Value::Object(object)
 }
 
-/// The result of an automatic token renewal: `{"event":"token_renewed","ok":true}` or with
-/// the error fields.
-pub fn renewal_json(result: &Result<(), ClientError>) -> Value {
-    let mut object = Map::new();
-    object.insert("event".into(), "token_renewed".into());
-    match result {
-        Ok(()) => {
-            object.insert("ok".into(), true.into());
-        }
-        Err(error) => object.extend(error_fields(error)),
-    }
-    Value::Object(object)
+/// The result of a login.
+pub fn login_json<'a>(room: &'a str, result: &Result<(), ClientError>) -> EventJson<'a> {
+    EventJson::Login { room, ok: result.is_ok(), error: result.as_ref().err().map(error_json) }
+}
+
+/// The result of an automatic token renewal.
+pub fn renewal_json(result: &Result<(), ClientError>) -> EventJson<'static> {
+    EventJson::TokenRenewed { ok: result.is_ok(), error: result.as_ref().err().map(error_json) }
+}
+
+/// One value as a JSON line (serialization of these types cannot fail; if it did, the
+/// error is printed in the line's place).
+pub fn line<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 /// `bob` or `bob (Bob)` when the name differs from the ID.
@@ -187,7 +254,14 @@ pub fn error_line(error: &ClientError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use qrelay::protocol::ErrorCode;
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn value<T: Serialize>(x: T) -> Value {
+        serde_json::to_value(x).unwrap()
+    }
 
     fn bob() -> User {
         User { id: "bob".into(), name: "Bob".into() }
@@ -213,7 +287,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            event_json(&event),
+            value(event_json(&event)),
             json!({"event":"broadcast","room":"lobby","messages":[
                 {"id":12,"sent_at_ms":1000,"from":{"id":"bob","name":"Bob"},"text":"hello"},
                 {"id":13,"sent_at_ms":1001,"from":{"id":"bob","name":"Bob"},"hex":"ff00"},
@@ -233,18 +307,18 @@ mod tests {
             detail: "elsewhere".into(),
         };
         assert_eq!(
-            event_json(&closed),
+            value(event_json(&closed)),
             json!({"event":"room_closed","room":"lobby","code":3003,
                    "name":"KICKED_LOGGED_IN_ELSEWHERE","detail":"elsewhere"})
         );
         let gone = Event::Disconnected { code: Some(3), reason: "bye".into() };
         assert_eq!(
-            event_json(&gone),
+            value(event_json(&gone)),
             json!({"event":"disconnected","code":3,"name":"SHUTDOWN","reason":"bye"})
         );
         let lost = Event::Disconnected { code: None, reason: "timed out".into() };
         assert_eq!(
-            event_json(&lost),
+            value(event_json(&lost)),
             json!({"event":"disconnected","code":null,"name":null,"reason":"timed out"})
         );
         assert_eq!(event_lines(&gone), vec!["disconnected: SHUTDOWN (3): bye"]);
@@ -253,19 +327,22 @@ mod tests {
     #[test]
     fn results_and_errors() {
         assert_eq!(
-            sent_json("broadcast", "lobby", &Ok(7)),
+            value(sent_json("broadcast", "lobby", &Ok(7))),
             json!({"ok":true,"kind":"broadcast","room":"lobby","message_id":7})
         );
         let error =
             ClientError::Refused { code: ErrorCode::PAYLOAD_TOO_LARGE, detail: "big".into() };
         assert_eq!(
-            sent_json("barrage", "lobby", &Err(error.clone())),
+            value(sent_json("barrage", "lobby", &Err(error.clone()))),
             json!({"ok":false,"kind":"barrage","room":"lobby","code":1002,
                    "error":"PAYLOAD_TOO_LARGE","detail":"big"})
         );
-        assert_eq!(login_json("lobby", &Ok(())), json!({"event":"login","room":"lobby","ok":true}));
         assert_eq!(
-            login_json("lobby", &Err(ClientError::Timeout)),
+            value(login_json("lobby", &Ok(()))),
+            json!({"event":"login","room":"lobby","ok":true})
+        );
+        assert_eq!(
+            value(login_json("lobby", &Err(ClientError::Timeout))),
             json!({"event":"login","room":"lobby","ok":false,"code":5001,"error":"TIMEOUT",
                    "detail":"no reply within the request timeout"})
         );
@@ -294,7 +371,7 @@ mod tests {
             },
         };
         assert_eq!(
-            event_json(&command),
+            value(event_json(&command)),
             json!({"event":"command","room":"r","message":
                 {"id":9,"sent_at_ms":2,"from":{"id":"bob","name":"Bob"},"text":"go"}})
         );
