@@ -1,0 +1,360 @@
+//! End to end: the client library and the `qrelay-cli` binary against an in-process relay on
+//! 127.0.0.1:0 (certificates generated in memory, written to a temporary directory for the
+//! CLI). Every await is bounded.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use qrelay::auth::{Claims, TokenKey, unix_seconds};
+use qrelay::certs::DevPki;
+use qrelay::client::{Client, ClientConfig, ClientError, Event, Events};
+use qrelay::protocol::{ErrorCode, User, close};
+use qrelay::server::{Identity, RateLimits, Server, ServerConfig, ServerHandle};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+
+const STEP: Duration = Duration::from_secs(10);
+const SECRET: &[u8] = b"client test secret, not for production";
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future).await.expect("test step timed out")
+}
+
+/// An in-process relay and the files the CLI needs to reach it.
+struct Relay {
+    handle: ServerHandle,
+    config: ClientConfig,
+    tokens: TokenKey,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Relay {
+        let pki = DevPki::generate().expect("pki");
+        let (chain, key) = pki.server_identity().expect("identity");
+        let tokens = TokenKey::new(SECRET);
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            limits: RateLimits::unlimited(),
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let server = Server::bind(config, Identity { chain, key, tokens: tokens.clone() })
+            .expect("bind relay");
+        let handle = server.handle();
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(server.run());
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+        std::fs::write(dir.path().join("token.secret"), hex::encode(SECRET)).expect("secret");
+        let user = User { id: "x".into(), name: "x".into() };
+        let config = ClientConfig::new(addr, "localhost", vec![pki.ca().expect("ca")], user);
+        Relay { handle, config, tokens, dir }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.tokens.mint(user, None, true, Duration::from_secs(3600)).expect("mint")
+    }
+
+    /// A library client for `user`, logged in to `rooms`.
+    async fn client(&self, user: &str, rooms: &[&str]) -> (Client, Events) {
+        let mut config = self.config.clone();
+        config.user = User { id: user.into(), name: user.to_uppercase() };
+        let (client, events) = within(Client::connect(config)).await.expect("connect");
+        for room in rooms {
+            within(client.login_room(room, &self.token(user))).await.expect("login");
+        }
+        (client, events)
+    }
+
+    /// The CLI with the connection options set.
+    fn cli(&self, user: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qrelay-cli"));
+        command
+            .arg("--server")
+            .arg(self.config.server.to_string())
+            .arg("--ca")
+            .arg(self.path("ca.pem"))
+            .arg("--secret")
+            .arg(self.path("token.secret"))
+            .args(["--user", user])
+            .env_remove("QRELAY_TOKEN")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Runs a one-shot CLI command; returns its exit status and its JSON line.
+    async fn run(&self, user: &str, args: &[&str]) -> (bool, Value) {
+        let output = within(self.cli(user).args(args).output()).await.expect("run cli");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().next().unwrap_or_else(|| {
+            panic!("no output; stderr: {}", String::from_utf8_lossy(&output.stderr))
+        });
+        (output.status.success(), serde_json::from_str(line).expect("JSON line"))
+    }
+}
+
+/// The next event that is not a user update.
+async fn next_message(events: &mut Events) -> Event {
+    loop {
+        match within(events.next()).await.expect("event") {
+            Event::UsersJoined { .. } | Event::UsersLeft { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = within(lines.next_line()).await.expect("read").expect("a line");
+    serde_json::from_str(&line).expect("JSON line")
+}
+
+fn user(id: &str) -> User {
+    User { id: id.into(), name: id.to_uppercase() }
+}
+
+#[tokio::test]
+async fn library_messages_between_two_clients() {
+    let relay = Relay::start(|_| {}).await;
+    let (bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+    let (alice, mut alice_events) = relay.client("alice", &["lobby"]).await;
+    assert_eq!(
+        within(alice_events.next()).await,
+        Some(Event::UsersJoined { room: "lobby".into(), users: vec![user("bob")] })
+    );
+    assert_eq!(
+        within(bob_events.next()).await,
+        Some(Event::UsersJoined { room: "lobby".into(), users: vec![user("alice")] })
+    );
+
+    assert_eq!(within(alice.send_broadcast_message("lobby", "one")).await, Ok(1));
+    assert_eq!(within(alice.send_broadcast_message("lobby", "two")).await, Ok(2));
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match next_message(&mut bob_events).await {
+            Event::Broadcasts { room, messages } => {
+                assert_eq!(room, "lobby");
+                assert!(messages.iter().all(|m| m.from == user("alice")));
+                ids.extend(messages.iter().map(|m| m.id));
+            }
+            other => panic!("expected broadcasts, got {other:?}"),
+        }
+    }
+    assert_eq!(ids, vec![1, 2]);
+
+    // Barrage: datagram up, reply on the control stream, datagram down with the sender
+    // resolved from the lane's members.
+    let id = within(alice.send_barrage_message("lobby", "pew")).await.expect("barrage");
+    match next_message(&mut bob_events).await {
+        Event::Barrages { room, messages } => {
+            assert_eq!(room, "lobby");
+            assert_eq!(messages.len(), 1);
+            assert_eq!((messages[0].id, &messages[0].from), (id, &user("alice")));
+            assert_eq!(messages[0].payload.as_ref(), b"pew");
+        }
+        other => panic!("expected barrage, got {other:?}"),
+    }
+    assert_eq!(bob.stats().barrage_received, 1);
+
+    let sent = within(alice.send_custom_command("lobby", "go", &["bob"])).await.expect("command");
+    match next_message(&mut bob_events).await {
+        Event::Command { room, message } => {
+            assert_eq!((room.as_str(), message.id, &message.from), ("lobby", sent, &user("alice")));
+        }
+        other => panic!("expected a command, got {other:?}"),
+    }
+
+    // The server's refusals come back with its codes.
+    let refused = within(alice.send_custom_command("lobby", "go", &["nobody"])).await;
+    assert_eq!(refused.map_err(|e| e.code()), Err(ErrorCode::UNKNOWN_TARGET_USER));
+    let refused = within(alice.send_broadcast_message("elsewhere", "x")).await;
+    assert_eq!(refused.map_err(|e| e.code()), Err(ErrorCode::NOT_LOGGED_IN));
+    let refused = within(alice.login_room("other", "not a token")).await;
+    assert_eq!(refused.map_err(|e| e.code()), Err(ErrorCode::TOKEN_INVALID));
+
+    // The sender never gets its own messages back.
+    assert!(!matches!(
+        alice_events.try_next(),
+        Some(Event::Broadcasts { .. } | Event::Barrages { .. })
+    ));
+
+    // Logout ends the room lane.
+    within(alice.logout_room("lobby")).await.expect("logout");
+    match next_message(&mut alice_events).await {
+        Event::RoomClosed { room, code, .. } => {
+            assert_eq!((room.as_str(), code), ("lobby", ErrorCode::LOGGED_OUT));
+        }
+        other => panic!("expected the room to close, got {other:?}"),
+    }
+    assert!(alice.rooms().is_empty());
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn kicked_warned_renewed_and_shut_down() {
+    let relay = Relay::start(|c| c.token_warning_secs = 1200).await;
+    let (first, mut first_events) = relay.client("bob", &["lobby"]).await;
+    let (_second, _second_events) = relay.client("bob", &["lobby"]).await;
+    match next_message(&mut first_events).await {
+        Event::RoomClosed { room, code, .. } => {
+            assert_eq!((room.as_str(), code), ("lobby", ErrorCode::KICKED_LOGGED_IN_ELSEWHERE));
+        }
+        other => panic!("expected kicked, got {other:?}"),
+    }
+    assert!(first.rooms().is_empty());
+    assert_eq!(
+        within(first.send_barrage_message("lobby", "x")).await,
+        Err(ClientError::NotLoggedIn("lobby".into()))
+    );
+
+    // A token that expires within the warning window is warned about; renewal works.
+    let (carol, mut carol_events) = relay.client("carol", &[]).await;
+    let now = unix_seconds(SystemTime::now());
+    let short = relay
+        .tokens
+        .sign(&Claims { sub: "carol".into(), exp: now + 600, iat: now, rooms: None, publish: true })
+        .expect("sign");
+    within(carol.login_room("lobby", &short)).await.expect("login");
+    match next_message(&mut carol_events).await {
+        Event::TokenWillExpire { expires_at_ms } => assert_eq!(expires_at_ms, (now + 600) * 1000),
+        other => panic!("expected a token warning, got {other:?}"),
+    }
+    within(carol.renew_token(&relay.token("carol"))).await.expect("renew");
+
+    // Shutdown: the last event says why, later requests fail at once.
+    relay.handle.shutdown().await;
+    let disconnected = loop {
+        match within(carol_events.next()).await.expect("event") {
+            Event::Disconnected { code, .. } => break code,
+            _ => continue,
+        }
+    };
+    assert_eq!(disconnected, Some(u64::from(close::SHUTDOWN)));
+    assert_eq!(within(carol_events.next()).await, None);
+    let after = within(carol.send_broadcast_message("lobby", "x")).await;
+    assert_eq!(after.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
+}
+
+#[tokio::test]
+async fn cli_one_shot_commands() {
+    let relay = Relay::start(|_| {}).await;
+    let (_bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+
+    let (ok, line) = relay.run("alice", &["broadcast", "--room", "lobby", "hello"]).await;
+    assert!(ok, "{line}");
+    assert_eq!(
+        line,
+        serde_json::json!({"ok":true,"kind":"broadcast","room":"lobby","message_id":1})
+    );
+    match next_message(&mut bob_events).await {
+        Event::Broadcasts { messages, .. } => assert_eq!(messages[0].payload.as_ref(), b"hello"),
+        other => panic!("expected a broadcast, got {other:?}"),
+    }
+
+    let (ok, line) = relay.run("alice", &["barrage", "--room", "lobby", "pew"]).await;
+    assert!(ok, "{line}");
+    assert_eq!((line["kind"].as_str(), line["ok"].as_bool()), (Some("barrage"), Some(true)));
+
+    let (ok, line) = relay.run("alice", &["command", "--room", "lobby", "--to", "bob", "go"]).await;
+    assert!(ok, "{line}");
+    assert_eq!(line["kind"], "command");
+
+    let big = "a".repeat(1025);
+    let (ok, line) = relay.run("alice", &["broadcast", "--room", "lobby", &big]).await;
+    assert!(!ok);
+    assert_eq!(
+        (line["code"].as_u64(), line["error"].as_str()),
+        (Some(1002), Some("PAYLOAD_TOO_LARGE"))
+    );
+
+    let (ok, line) =
+        relay.run("alice", &["command", "--room", "lobby", "--to", "nobody", "x"]).await;
+    assert!(!ok);
+    assert_eq!(line["error"], "UNKNOWN_TARGET_USER");
+
+    let (ok, line) =
+        relay.run("alice", &["--token", "bad", "broadcast", "--room", "lobby", "x"]).await;
+    assert!(!ok);
+    assert_eq!(
+        (line["event"].as_str(), line["ok"].as_bool(), line["code"].as_u64()),
+        (Some("login"), Some(false), Some(2001))
+    );
+}
+
+#[tokio::test]
+async fn cli_listen_prints_events_until_kicked() {
+    let relay = Relay::start(|_| {}).await;
+    let mut child = relay
+        .cli("bob")
+        .args(["--name", "Bob", "listen", "--room", "lobby"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        next_line(&mut lines).await,
+        serde_json::json!({"event":"login","room":"lobby","ok":true})
+    );
+
+    let (alice, _alice_events) = relay.client("alice", &["lobby"]).await;
+    let joined = next_line(&mut lines).await;
+    assert_eq!(joined["event"], "users_joined");
+    assert_eq!(joined["users"][0]["id"], "alice");
+
+    within(alice.send_broadcast_message("lobby", vec![0xFFu8, 0x01])).await.expect("send");
+    let broadcast = next_line(&mut lines).await;
+    assert_eq!(broadcast["event"], "broadcast");
+    assert_eq!(broadcast["messages"][0]["hex"], "ff01");
+    assert_eq!(broadcast["messages"][0]["from"]["name"], "ALICE");
+
+    within(alice.send_barrage_message("lobby", "pew")).await.expect("barrage");
+    let barrage = next_line(&mut lines).await;
+    assert_eq!(
+        (barrage["event"].as_str(), barrage["messages"][0]["text"].as_str()),
+        (Some("barrage"), Some("pew"))
+    );
+
+    // The same user logging in elsewhere closes the room; with no room left, listen exits 1.
+    let (_bob, _bob_events) = relay.client("bob", &["lobby"]).await;
+    let closed = next_line(&mut lines).await;
+    assert_eq!(
+        (closed["event"].as_str(), closed["code"].as_u64()),
+        (Some("room_closed"), Some(3003))
+    );
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn cli_listen_reports_a_lost_connection() {
+    let relay = Relay::start(|_| {}).await;
+    let mut child = relay
+        .cli("bob")
+        .args(["listen", "--room", "a", "--room", "b"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(next_line(&mut lines).await["ok"], true);
+    assert_eq!(next_line(&mut lines).await["room"], "b");
+    relay.handle.shutdown().await;
+    let last = loop {
+        let line = next_line(&mut lines).await;
+        if line["event"] == "disconnected" {
+            break line;
+        }
+    };
+    assert_eq!((last["code"].as_u64(), last["name"].as_str()), (Some(3), Some("SHUTDOWN")));
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(1));
+}
