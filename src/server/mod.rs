@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use config::{RateLimits, ServerConfig, TlsFiles};
+pub use room::now_ms;
 pub use stats::Stats;
 
 use crate::auth::TokenKey;
