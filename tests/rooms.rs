@@ -245,7 +245,7 @@ async fn one_connection_joins_several_rooms_up_to_the_maximum() {
     let mut alice = relay.raw_peer().await;
     assert!(matches!(alice.login(&relay, "alice", "a").await, Outcome::LoggedIn { .. }));
     assert!(matches!(alice.login(&relay, "alice", "b").await, Outcome::LoggedIn { .. }));
-    let mut lanes = vec![alice.accept_lane_any().await, alice.accept_lane_any().await];
+    let mut lanes = [alice.accept_lane_any().await, alice.accept_lane_any().await];
     lanes.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(refused_code(alice.login(&relay, "alice", "c").await), ErrorCode::TOO_MANY_ROOMS);
     assert_eq!(refused_code(alice.login(&relay, "alice", "a").await), ErrorCode::ALREADY_LOGGED_IN);
