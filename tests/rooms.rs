@@ -352,3 +352,57 @@ async fn closing_the_control_stream_closes_the_connection_normally() {
     peer.send.finish().unwrap();
     assert_eq!(close_code(&peer.conn).await, u64::from(close::NORMAL));
 }
+
+#[tokio::test]
+async fn shutdown_ends_lanes_and_closes_connections_with_documented_codes() {
+    let relay = TestRelay::start(test_config()).await;
+    let (peer, mut lane) = relay.raw_member("alice", "lobby").await;
+    within(relay.handle.shutdown()).await;
+    match next_event(&mut lane).await {
+        LaneEvent::Closed { code, .. } => assert_eq!(code, ErrorCode::SERVER_SHUTTING_DOWN),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert_eq!(close_code(&peer.conn).await, u64::from(close::SHUTDOWN));
+}
+
+#[tokio::test]
+async fn a_command_addressed_only_to_its_sender_is_refused_not_sent_to_everyone() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    let own =
+        Request::Command { room: "lobby".into(), to: vec!["alice".into()], payload: "me".into() };
+    assert_eq!(refused_code(alice.request(own).await), ErrorCode::INVALID_TARGETS);
+    // bob's next command event is the one addressed to him, not alice's.
+    let to_bob =
+        Request::Command { room: "lobby".into(), to: vec!["bob".into()], payload: "you".into() };
+    sent_id(alice.request(to_bob).await);
+    let _ = &mut bob;
+    loop {
+        match next_event(&mut bob_lane).await {
+            LaneEvent::Command(message) => {
+                assert_eq!(message.payload, Bytes::from_static(b"you"));
+                break;
+            }
+            LaneEvent::UsersJoined(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_at_the_handshake() {
+    let mut config = test_config();
+    config.max_connections = 1;
+    let relay = TestRelay::start(config).await;
+    let (mut first, _) = relay.raw_member("alice", "lobby").await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        qrelay::transport::client_config(std::slice::from_ref(&relay.ca), Duration::from_secs(5))
+            .unwrap(),
+    );
+    let second = within(endpoint.connect(relay.addr, "localhost").unwrap()).await;
+    assert!(matches!(second, Err(quinn::ConnectionError::ConnectionClosed(_))), "{second:?}");
+    assert_eq!(relay.handle.stats().connections_refused, 1);
+    sent_id(first.broadcast("lobby", b"still served").await);
+}
