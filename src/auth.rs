@@ -39,9 +39,10 @@ impl Claims {
         self.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room))
     }
 
-    /// Whether the token has expired at `now`.
+    /// Whether the token has expired at `now` (valid through its `exp` second, as the JWT
+    /// validation that admitted it).
     pub fn expired_at(&self, now: SystemTime) -> bool {
-        unix_seconds(now) >= self.exp
+        unix_seconds(now) > self.exp
     }
 }
 

@@ -24,7 +24,8 @@ pub struct ServerConfig {
     pub control_stream_timeout_ms: u64,
     /// Seconds before a token's expiry at which the client is warned. Default 30.
     pub token_warning_secs: u64,
-    /// Most connections at once; more are refused with close code `SERVER_BUSY`. Default 10000.
+    /// Most connections at once, handshakes in progress included; more are refused at the
+    /// handshake (QUIC transport error `CONNECTION_REFUSED`). Default 10000.
     pub max_connections: usize,
     /// Most rooms one connection may be logged in to. Default 5.
     pub max_rooms_per_connection: usize,

@@ -24,13 +24,16 @@ use crate::transport::{FrameReader, ReadError};
 
 type Refusal = (ErrorCode, String);
 
-/// Serves one incoming connection until it closes.
+/// Serves one incoming connection until it closes. The caller counted it in
+/// `connections_open` (so that handshakes in progress count against the limit); this
+/// function takes it off again.
 pub async fn serve(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
     shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
+    let _open = OpenGuard(&shared);
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
@@ -41,7 +44,6 @@ pub async fn serve(
     let session = shared.next_session();
     let span = info_span!("conn", conn = session, %remote);
     Counters::bump(&shared.counters.connections_accepted);
-    shared.counters.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut state = ConnState {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -51,9 +53,35 @@ pub async fn serve(
         rooms: HashMap::new(),
         token_warning: None,
     };
-    state.run(shutdown).instrument(span.clone()).await;
-    span.in_scope(|| state.leave_all());
-    shared.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let ending = state.run(shutdown).instrument(span.clone()).await;
+    let close = match ending {
+        Ending::Shutdown => Some((ErrorCode::SERVER_SHUTTING_DOWN, "the server is shutting down")),
+        Ending::Closed => None,
+    };
+    span.in_scope(|| state.leave_all(close));
+    if matches!(ending, Ending::Shutdown) {
+        // Keep the connection open while lanes send their final events; the server closes
+        // every connection with `SHUTDOWN` right after (dropping the last handle would close
+        // this one with code 0 instead).
+        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, conn.closed()).await;
+    }
+}
+
+/// Takes a connection off `connections_open` when its task ends, however it ends.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why a connection's loop ended.
+enum Ending {
+    /// The connection closed, failed or broke the protocol.
+    Closed,
+    /// The server is shutting down: lanes end with `SERVER_SHUTTING_DOWN`.
+    Shutdown,
 }
 
 struct ConnState {
@@ -70,22 +98,22 @@ struct ConnState {
 }
 
 impl ConnState {
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Ending {
         let timeout = Duration::from_millis(self.shared.config.control_stream_timeout_ms);
         let (mut control, recv) = tokio::select! {
             accepted = tokio::time::timeout(timeout, self.conn.accept_bi()) => match accepted {
                 Ok(Ok(streams)) => streams,
                 Ok(Err(e)) => {
                     debug!(error = %e, "closed before opening a control stream");
-                    return;
+                    return Ending::Closed;
                 }
                 Err(_) => {
                     info!("no control stream in time: closing");
                     self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
-                    return;
+                    return Ending::Closed;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ending::Shutdown,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
         loop {
@@ -96,30 +124,30 @@ impl ConnState {
                     Ok(None) => {
                         debug!("control stream finished: closing");
                         self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
-                        return;
+                        return Ending::Closed;
                     }
                     Err(e) => {
                         self.violation(&e);
-                        return;
+                        return Ending::Closed;
                     }
                 },
                 datagram = self.conn.read_datagram() => match datagram {
                     Ok(datagram) => self.handle_datagram(datagram),
                     Err(e) => {
                         debug!(error = %e, "connection ended");
-                        return;
+                        return Ending::Closed;
                     }
                 },
                 _ = sleep_until_opt(warn_at) => {
                     let expires_at_ms = self.token_warning.take().map_or(0, |(_, exp)| exp * 1000);
                     Some(ControlFrame::TokenWillExpire { expires_at_ms })
                 },
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return Ending::Shutdown,
             };
             if let Some(frame) = reply
                 && write_frame(&mut control, &frame).await.is_err()
             {
-                return;
+                return Ending::Closed;
             }
         }
     }
@@ -199,7 +227,10 @@ impl ConnState {
             self.shared.router.join(&self.shared, &room, self.session, user.clone(), &self.conn)?;
         let header = LaneHeader { room: room.clone(), room_number: joined.number };
         let span = info_span!("lane", room = %room, user = %user.id);
-        tokio::spawn(lane::run_writer(self.conn.clone(), header, queue).instrument(span));
+        tokio::spawn(
+            lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue)
+                .instrument(span),
+        );
         let room_number = joined.number;
         self.rooms.insert(room.clone(), joined);
         if let Some(claims) = claims {
@@ -249,8 +280,16 @@ impl ConnState {
         to.sort_unstable();
         to.dedup();
         let (joined, send) = self.sender_room(room, &payload)?;
-        // The sender listed among the targets is skipped, as a broadcast skips its sender.
+        // The sender listed among the targets is skipped, as a broadcast skips its sender; a
+        // list naming only the sender would otherwise turn into "everyone".
+        let listed = !to.is_empty();
         to.retain(|t| t != send.user_id);
+        if listed && to.is_empty() {
+            return Err((
+                ErrorCode::INVALID_TARGETS,
+                "a command cannot be addressed only to its sender".into(),
+            ));
+        }
         joined.command(&self.shared, send, &to).map(|message_id| Outcome::Sent { message_id })
     }
 
@@ -264,6 +303,7 @@ impl ConnState {
         let Some(claims) = self.verify_token(token, &user.id)? else {
             return Ok(Outcome::Done);
         };
+        self.prune_rooms();
         if let Some(room) = self.rooms.keys().find(|room| !claims.grants_room(room)) {
             return Err((
                 ErrorCode::ROOM_NOT_GRANTED,
@@ -331,6 +371,13 @@ impl ConnState {
                     "the token only allows listening".into(),
                 ));
             }
+            // A later login may have brought a token for other rooms only.
+            if !claims.grants_room(room) {
+                return Err((
+                    ErrorCode::ROOM_NOT_GRANTED,
+                    format!("the current token does not grant room {room:?}"),
+                ));
+            }
         }
         Ok((joined, Send { session: self.session, user_id: &user.id, payload: payload.clone() }))
     }
@@ -378,10 +425,10 @@ impl ConnState {
         self.rooms.retain(|_, room| room.is_member(session, user));
     }
 
-    fn leave_all(&mut self) {
+    fn leave_all(&mut self, close: Option<(ErrorCode, &str)>) {
         let Some(user) = &self.user else { return };
         for (_, room) in self.rooms.drain() {
-            if room.leave(&self.shared, self.session, &user.id, None) {
+            if room.leave(&self.shared, self.session, &user.id, close) {
                 self.shared.router.remove_if_empty(&room);
             }
         }

@@ -2,18 +2,23 @@
 //! encoded events without waiting; the writer coalesces everything queued into one write, with
 //! consecutive broadcasts merged into batches of up to [`MAX_BATCH`].
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
+use super::Shared;
 use crate::protocol::{
     ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, encode_broadcast_batch, encode_frame,
 };
 
 /// Bytes gathered for one write before the writer sends them (more stays queued for the next).
 const WRITE_BUDGET: usize = 64 * 1024;
+
+/// How long a finished lane waits for the peer to acknowledge its last bytes.
+const FINISH_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One queued lane event.
 #[derive(Debug, Clone)]
@@ -66,7 +71,14 @@ pub struct LaneQueue {
 }
 
 /// Opens the lane's stream and writes its events until the room drops the lane.
-pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: LaneQueue) {
+pub async fn run_writer(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    header: LaneHeader,
+    mut queue: LaneQueue,
+) {
+    shared.counters.lanes_open.fetch_add(1, Ordering::Relaxed);
+    let _open = LaneGuard(&shared);
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
@@ -111,7 +123,20 @@ pub async fn run_writer(conn: quinn::Connection, header: LaneHeader, mut queue: 
         }
     }
     debug!(room = %header.room, "lane finished");
-    let _ = send.finish();
+    if send.finish().is_ok() {
+        // Hold the connection until the peer has the final events: dropping the last handle
+        // of a connection closes it, which could cut off the `Closed` event in flight.
+        let _ = tokio::time::timeout(FINISH_LINGER, send.stopped()).await;
+    }
+}
+
+/// Takes a lane off `lanes_open` when its writer ends.
+struct LaneGuard<'a>(&'a Shared);
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.lanes_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn flush_batch(pending: &mut Vec<Bytes>, buf: &mut BytesMut) {

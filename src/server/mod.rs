@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use config::{RateLimits, ServerConfig, TlsFiles};
+pub use room::now_ms;
 pub use stats::Stats;
 
 use crate::auth::TokenKey;
@@ -32,7 +33,7 @@ use crate::protocol::close;
 use stats::Counters;
 
 /// How long [`ServerHandle::shutdown`] waits for clients to acknowledge the close.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,7 @@ impl Server {
                 incoming.refuse();
                 continue;
             }
+            counters.connections_open.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(connection::serve(
                 self.shared.clone(),
                 incoming,
@@ -173,10 +175,18 @@ impl ServerHandle {
         self.shared.router.room_count()
     }
 
-    /// Stops accepting, closes every connection with close code `SHUTDOWN` and waits (briefly)
-    /// for clients to acknowledge.
+    /// Stops accepting, ends every room lane with `SERVER_SHUTTING_DOWN`, closes every
+    /// connection with close code `SHUTDOWN`, and waits (boundedly) for clients to acknowledge.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // Give lane writers a moment to send what is queued and their final Closed event.
+        let lanes = &self.shared.counters.lanes_open;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE / 2, async {
+            while lanes.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
         self.endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
     }

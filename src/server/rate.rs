@@ -20,6 +20,15 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
+        let ready = self.ready();
+        if ready {
+            self.take();
+        }
+        ready
+    }
+
+    /// Whether a token is available now (without taking it).
+    pub fn ready(&mut self) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
@@ -27,11 +36,13 @@ impl TokenBucket {
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.capacity);
         self.last = now;
-        if self.tokens >= 1.0 {
+        self.tokens >= 1.0
+    }
+
+    /// Takes a token that [`TokenBucket::ready`] said was there.
+    pub fn take(&mut self) {
+        if self.rate > 0.0 {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
@@ -51,6 +62,15 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(bucket.try_take());
         assert!(!bucket.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_does_not_take() {
+        let mut bucket = TokenBucket::new(1.0);
+        assert!(bucket.ready());
+        assert!(bucket.ready());
+        bucket.take();
+        assert!(!bucket.ready());
     }
 
     #[tokio::test(start_paused = true)]

@@ -216,16 +216,20 @@ impl Room {
 
     /// Sends a broadcast to every other member; returns its sequence number.
     pub fn broadcast(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let from = state.sender(send.session, send.user_id)?;
         let limits = &shared.config.limits;
         let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
-        if !sender.broadcast_bucket.try_take() {
+        // Check both limits before taking from either, so a refusal costs no allowance.
+        if !sender.broadcast_bucket.ready() {
             return Err(user_limited("broadcasts", limits.broadcast_per_user));
         }
-        if !state.broadcast_bucket.try_take() {
+        if !state.broadcast_bucket.ready() {
             return Err(room_limited("broadcasts", limits.broadcast_per_room));
         }
+        sender.broadcast_bucket.take();
+        state.broadcast_bucket.take();
         state.broadcast_seq += 1;
         let id = state.broadcast_seq;
         let message = BroadcastMessage { id, sent_at_ms: now_ms(), from, payload: send.payload };

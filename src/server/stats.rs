@@ -30,8 +30,10 @@ stats! {
     connections_accepted,
     /// Connections refused because `max_connections` was reached.
     connections_refused,
-    /// Connections open now.
+    /// Connections open now (handshakes in progress included).
     connections_open,
+    /// Room lanes whose writer is running now.
+    lanes_open,
     /// Successful logins.
     logins,
     /// Requests refused with an error code (logins included).

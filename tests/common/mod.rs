@@ -147,6 +147,14 @@ impl RawPeer {
         lane
     }
 
+    /// Accepts the next lane, whichever room it is for.
+    pub async fn accept_lane_any(&self) -> (String, FrameReader) {
+        let recv = within(self.conn.accept_uni()).await.unwrap();
+        let mut lane = FrameReader::new(recv, MAX_SERVER_FRAME);
+        let header: LaneHeader = within(lane.next()).await.unwrap().unwrap();
+        (header.room, lane)
+    }
+
     /// Writes raw bytes on the control stream.
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         within(self.send.write_all(bytes)).await.unwrap();

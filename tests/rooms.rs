@@ -1,0 +1,408 @@
+//! Room semantics over loopback QUIC, seen by raw protocol peers: who receives what, in which
+//! order, with which IDs, and what happens on join, leave, replace and vanish.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use qrelay::protocol::{
+    ControlFrame, ErrorCode, LaneEvent, MAX_PAYLOAD, MAX_ROOM_ID, MAX_USER_ID, MAX_USER_NAME,
+    Outcome, Request, ServerDatagram, User, close, decode_datagram,
+};
+use qrelay::transport::FrameReader;
+
+fn sent_id(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Sent { message_id } => message_id,
+        other => panic!("expected Sent, got {other:?}"),
+    }
+}
+
+fn refused_code(outcome: Outcome) -> ErrorCode {
+    match outcome {
+        Outcome::Refused { code, .. } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Collects broadcast messages from a lane until `n` arrived.
+async fn collect_broadcasts(lane: &mut FrameReader, n: usize) -> Vec<(u64, String, Bytes)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        for m in next_broadcasts(lane).await {
+            got.push((m.id, m.from.id.clone(), m.payload.clone()));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_other_member_once_in_order_and_nobody_else() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, mut alice_lane) = relay.raw_member("alice", "room1").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "room1").await;
+    let (mut carol, mut carol_lane) = relay.raw_member("carol", "room1").await;
+    let (_dave, mut dave_lane) = relay.raw_member("dave", "room2").await;
+
+    let before = qrelay::server::stats::Stats::default();
+    assert_eq!(before.broadcasts, 0);
+    const N: u64 = 120;
+    for i in 1..=N {
+        let payload = Bytes::from(format!("m{i}"));
+        let id = sent_id(alice.request(Request::Broadcast { room: "room1".into(), payload }).await);
+        assert_eq!(id, i, "broadcast IDs are 1, 2, 3, … per room");
+    }
+    // carol's sentinel is ordered after all of alice's messages on every lane.
+    assert_eq!(sent_id(carol.broadcast("room1", b"end").await), N + 1);
+
+    for lane in [&mut bob_lane, &mut carol_lane] {
+        let got = collect_broadcasts(lane, N as usize).await;
+        let expected: Vec<(u64, String, Bytes)> =
+            (1..=N).map(|i| (i, "alice".to_string(), Bytes::from(format!("m{i}")))).collect();
+        assert_eq!(got, expected);
+    }
+    // bob sees carol's sentinel next: nothing duplicated or extra in between.
+    assert_eq!(
+        collect_broadcasts(&mut bob_lane, 1).await,
+        vec![(N + 1, "carol".into(), "end".into())]
+    );
+    // alice never receives her own broadcasts: her first broadcast is carol's sentinel.
+    assert_eq!(
+        collect_broadcasts(&mut alice_lane, 1).await,
+        vec![(N + 1, "carol".into(), "end".into())]
+    );
+
+    // room2 is independent: its IDs start at 1 and dave saw nothing of room1.
+    let (mut erin, _erin_lane) = relay.raw_member("erin", "room2").await;
+    assert_eq!(sent_id(erin.broadcast("room2", b"room2 first").await), 1);
+    assert_eq!(
+        collect_broadcasts(&mut dave_lane, 1).await,
+        vec![(1, "erin".into(), "room2 first".into())]
+    );
+    assert_eq!(relay.handle.stats().broadcast_deliveries, 2 * N + 2 + 1);
+}
+
+#[tokio::test]
+async fn received_messages_carry_payload_id_time_and_sender() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    let before = qrelay::server::now_ms();
+    sent_id(alice.broadcast("lobby", b"hello").await);
+    let after = qrelay::server::now_ms();
+    let message = next_broadcasts(&mut bob_lane).await.remove(0);
+    assert_eq!(message.id, 1);
+    assert_eq!(message.payload, Bytes::from_static(b"hello"));
+    assert_eq!(message.from, User { id: "alice".into(), name: "alice name".into() });
+    assert!(
+        (before..=after).contains(&message.sent_at_ms),
+        "{before} <= {} <= {after}",
+        message.sent_at_ms
+    );
+}
+
+#[tokio::test]
+async fn custom_command_reaches_listed_users_or_everyone_else() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, mut alice_lane) = relay.raw_member("alice", "lobby").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    let (_carol, mut carol_lane) = relay.raw_member("carol", "lobby").await;
+    let (_dave, mut dave_lane) = relay.raw_member("dave", "lobby").await;
+
+    let to = vec!["bob".to_string(), "carol".to_string(), "alice".to_string()];
+    let first = sent_id(
+        alice
+            .request(Request::Command { room: "lobby".into(), to, payload: "targeted".into() })
+            .await,
+    );
+    let second = sent_id(
+        alice
+            .request(Request::Command { room: "lobby".into(), to: vec![], payload: "all".into() })
+            .await,
+    );
+    assert_ne!(first, second);
+    for (lane, expected) in [
+        (&mut bob_lane, vec!["targeted", "all"]),
+        (&mut carol_lane, vec!["targeted", "all"]),
+        (&mut dave_lane, vec!["all"]),
+    ] {
+        for want in expected {
+            let message = loop {
+                match next_event(lane).await {
+                    LaneEvent::Command(message) => break message,
+                    LaneEvent::UsersJoined(_) => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            assert_eq!(message.payload, Bytes::from(want));
+            assert_eq!(message.from.id, "alice");
+        }
+    }
+    // The sender gets neither (listing yourself is skipped); a later broadcast from bob is the
+    // first non-user event on alice's lane.
+    let (mut bob2, _) = relay.raw_member("bob2", "lobby").await;
+    sent_id(bob2.broadcast("lobby", b"marker").await);
+    assert_eq!(next_broadcasts(&mut alice_lane).await[0].payload, Bytes::from_static(b"marker"));
+
+    // An unknown target refuses the whole command.
+    let outcome = alice
+        .request(Request::Command {
+            room: "lobby".into(),
+            to: vec!["bob".into(), "zed".into()],
+            payload: "x".into(),
+        })
+        .await;
+    assert_eq!(refused_code(outcome), ErrorCode::UNKNOWN_TARGET_USER);
+    let outcome = alice
+        .request(Request::Command {
+            room: "lobby".into(),
+            to: vec!["not valid".into()],
+            payload: "x".into(),
+        })
+        .await;
+    assert_eq!(refused_code(outcome), ErrorCode::INVALID_TARGETS);
+}
+
+#[tokio::test]
+async fn joins_and_leaves_are_ordered_with_messages_on_the_lane() {
+    let relay = TestRelay::start(test_config()).await;
+    let (_alice, mut alice_lane) = relay.raw_member("alice", "lobby").await;
+    let (mut bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    // bob's lane starts with the members already there.
+    match next_event(&mut bob_lane).await {
+        LaneEvent::UsersJoined(members) => {
+            assert_eq!(members.len(), 1);
+            assert_eq!(members[0].user, User { id: "alice".into(), name: "alice name".into() });
+        }
+        other => panic!("expected the member list, got {other:?}"),
+    }
+    sent_id(bob.broadcast("lobby", b"hi").await);
+    assert_eq!(bob.request(Request::Logout { room: "lobby".into() }).await, Outcome::Done);
+    match next_event(&mut bob_lane).await {
+        LaneEvent::Closed { code, .. } => assert_eq!(code, ErrorCode::LOGGED_OUT),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert!(
+        within(bob_lane.next::<LaneEvent>()).await.unwrap().is_none(),
+        "lane finishes after Closed"
+    );
+
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(members[0].user.id, "bob"),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    assert!(
+        matches!(next_event(&mut alice_lane).await, LaneEvent::Broadcasts(m) if m[0].payload == "hi")
+    );
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersLeft(members) => assert_eq!(members[0].user.id, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+    assert_eq!(refused_code(bob.broadcast("lobby", b"gone").await), ErrorCode::NOT_LOGGED_IN);
+}
+
+#[tokio::test]
+async fn a_vanished_client_is_removed_after_the_idle_timeout() {
+    let mut config = test_config();
+    config.idle_timeout_ms = 600;
+    let relay = std::sync::Arc::new(TestRelay::start(config).await);
+    let watcher_conn = relay.connect_raw_with_idle(Duration::from_millis(600)).await;
+    let (_watcher, mut lane) =
+        relay.join(relay.raw_peer_on(watcher_conn).await, "watcher", "lobby").await;
+
+    // The ghost lives on its own runtime on another thread; shutting that runtime down stops
+    // its endpoint without sending anything, exactly like a client whose network vanished.
+    let ghost_relay = relay.clone();
+    within(tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ghost = rt.block_on(async {
+            let conn = ghost_relay.connect_raw_with_idle(Duration::from_millis(600)).await;
+            ghost_relay.join(ghost_relay.raw_peer_on(conn).await, "ghost", "lobby").await
+        });
+        rt.shutdown_background();
+        std::mem::forget(ghost);
+    }))
+    .await
+    .unwrap();
+    assert!(
+        matches!(next_event(&mut lane).await, LaneEvent::UsersJoined(m) if m[0].user.id == "ghost")
+    );
+
+    match next_event(&mut lane).await {
+        LaneEvent::UsersLeft(members) => assert_eq!(members[0].user.id, "ghost"),
+        other => panic!("expected the ghost to leave, got {other:?}"),
+    }
+    assert_eq!(relay.handle.stats().connections_open, 1);
+}
+
+#[tokio::test]
+async fn one_connection_joins_several_rooms_up_to_the_maximum() {
+    let mut config = test_config();
+    config.max_rooms_per_connection = 2;
+    let relay = TestRelay::start(config).await;
+    let mut alice = relay.raw_peer().await;
+    assert!(matches!(alice.login(&relay, "alice", "a").await, Outcome::LoggedIn { .. }));
+    assert!(matches!(alice.login(&relay, "alice", "b").await, Outcome::LoggedIn { .. }));
+    let mut lanes = [alice.accept_lane_any().await, alice.accept_lane_any().await];
+    lanes.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(refused_code(alice.login(&relay, "alice", "c").await), ErrorCode::TOO_MANY_ROOMS);
+    assert_eq!(refused_code(alice.login(&relay, "alice", "a").await), ErrorCode::ALREADY_LOGGED_IN);
+    assert_eq!(refused_code(alice.login(&relay, "bob", "d").await), ErrorCode::USER_MISMATCH);
+
+    // Messages in each room arrive on that room's lane.
+    let (mut bob, _) = relay.raw_member("bob", "a").await;
+    let (mut carol, _) = relay.raw_member("carol", "b").await;
+    sent_id(bob.broadcast("a", b"to a").await);
+    sent_id(carol.broadcast("b", b"to b").await);
+    assert_eq!(next_broadcasts(&mut lanes[0].1).await[0].payload, Bytes::from_static(b"to a"));
+    assert_eq!(next_broadcasts(&mut lanes[1].1).await[0].payload, Bytes::from_static(b"to b"));
+
+    assert_eq!(alice.request(Request::Logout { room: "a".into() }).await, Outcome::Done);
+    assert!(matches!(alice.login(&relay, "alice", "c").await, Outcome::LoggedIn { .. }));
+}
+
+#[tokio::test]
+async fn logging_in_again_elsewhere_replaces_the_old_session() {
+    let relay = TestRelay::start(test_config()).await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    let (mut old, mut old_lane) = relay.raw_member("alice", "lobby").await;
+    let (mut new, _new_lane) = relay.raw_member("alice", "lobby").await;
+    loop {
+        match next_event(&mut old_lane).await {
+            LaneEvent::Closed { code, detail } => {
+                assert_eq!(code, ErrorCode::KICKED_LOGGED_IN_ELSEWHERE, "{detail}");
+                break;
+            }
+            LaneEvent::UsersJoined(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(refused_code(old.broadcast("lobby", b"stale").await), ErrorCode::NOT_LOGGED_IN);
+    sent_id(new.broadcast("lobby", b"fresh").await);
+    // bob sees alice join, leave (old session) and join again (new session), then the message.
+    let mut sessions = Vec::new();
+    loop {
+        match next_event(&mut bob_lane).await {
+            LaneEvent::UsersJoined(m) => sessions.push(("joined", m[0].session)),
+            LaneEvent::UsersLeft(m) => sessions.push(("left", m[0].session)),
+            LaneEvent::Broadcasts(m) => {
+                assert_eq!(m[0].payload, Bytes::from_static(b"fresh"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!((sessions[0].0, sessions[1].0, sessions[2].0), ("joined", "left", "joined"));
+    assert_eq!(sessions[0].1, sessions[1].1);
+    assert_ne!(sessions[1].1, sessions[2].1);
+}
+
+#[tokio::test]
+async fn barrage_travels_as_datagrams_both_ways() {
+    let relay = TestRelay::start(test_config()).await;
+    let room = "r".repeat(MAX_ROOM_ID);
+    let sender_id = "s".repeat(MAX_USER_ID);
+    let mut alice = relay.raw_peer().await;
+    let user = User { id: sender_id.clone(), name: "n".repeat(MAX_USER_NAME) };
+    let token = relay.token(&user.id);
+    let (room_number, session) =
+        match alice.request(Request::Login { room: room.clone(), user, token }).await {
+            Outcome::LoggedIn { room_number, session } => (room_number, session),
+            other => panic!("{other:?}"),
+        };
+    let (bob, _bob_lane) = relay.raw_member("bob", &room).await;
+
+    let payload = Bytes::from(vec![b'x'; MAX_PAYLOAD]);
+    let up = qrelay::protocol::ClientDatagram::Barrage {
+        room_number,
+        request: 42,
+        payload: payload.clone(),
+    };
+    let encoded = qrelay::protocol::encode_body(&up).unwrap();
+    assert!(encoded.len() <= alice.conn.max_datagram_size().unwrap());
+    alice.conn.send_datagram(encoded).unwrap();
+    let outcome = loop {
+        match within(alice.control.next::<ControlFrame>()).await.unwrap() {
+            Some(ControlFrame::Reply(reply)) if reply.request == 42 => break reply.outcome,
+            Some(_) => continue,
+            None => panic!("control stream ended"),
+        }
+    };
+    let id = sent_id(outcome);
+    // bob reads only datagrams here: the barrage cannot have come any other way.
+    let datagram = within(bob.conn.read_datagram()).await.unwrap();
+    assert!(datagram.len() <= qrelay::protocol::MAX_DATAGRAM_BUDGET);
+    let ServerDatagram::Barrage(message) = decode_datagram(&datagram).unwrap();
+    assert_eq!((message.room_number, message.id, message.sender), (room_number, id, session));
+    assert_eq!(message.payload, payload);
+    let stats = relay.handle.stats();
+    assert_eq!((stats.barrages, stats.datagrams_received, stats.datagrams_sent), (1, 1, 1));
+    // The sender gets none back.
+    let echo = tokio::time::timeout(Duration::from_millis(200), alice.conn.read_datagram()).await;
+    assert!(echo.is_err(), "the sender received its own barrage");
+}
+
+#[tokio::test]
+async fn closing_the_control_stream_closes_the_connection_normally() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut peer, _) = relay.raw_member("alice", "lobby").await;
+    peer.send.finish().unwrap();
+    assert_eq!(close_code(&peer.conn).await, u64::from(close::NORMAL));
+}
+
+#[tokio::test]
+async fn shutdown_ends_lanes_and_closes_connections_with_documented_codes() {
+    let relay = TestRelay::start(test_config()).await;
+    let (peer, mut lane) = relay.raw_member("alice", "lobby").await;
+    within(relay.handle.shutdown()).await;
+    match next_event(&mut lane).await {
+        LaneEvent::Closed { code, .. } => assert_eq!(code, ErrorCode::SERVER_SHUTTING_DOWN),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert_eq!(close_code(&peer.conn).await, u64::from(close::SHUTDOWN));
+}
+
+#[tokio::test]
+async fn a_command_addressed_only_to_its_sender_is_refused_not_sent_to_everyone() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    let own =
+        Request::Command { room: "lobby".into(), to: vec!["alice".into()], payload: "me".into() };
+    assert_eq!(refused_code(alice.request(own).await), ErrorCode::INVALID_TARGETS);
+    // bob's next command event is the one addressed to him, not alice's.
+    let to_bob =
+        Request::Command { room: "lobby".into(), to: vec!["bob".into()], payload: "you".into() };
+    sent_id(alice.request(to_bob).await);
+    let _ = &mut bob;
+    loop {
+        match next_event(&mut bob_lane).await {
+            LaneEvent::Command(message) => {
+                assert_eq!(message.payload, Bytes::from_static(b"you"));
+                break;
+            }
+            LaneEvent::UsersJoined(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_at_the_handshake() {
+    let mut config = test_config();
+    config.max_connections = 1;
+    let relay = TestRelay::start(config).await;
+    let (mut first, _) = relay.raw_member("alice", "lobby").await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        qrelay::transport::client_config(std::slice::from_ref(&relay.ca), Duration::from_secs(5))
+            .unwrap(),
+    );
+    let second = within(endpoint.connect(relay.addr, "localhost").unwrap()).await;
+    assert!(matches!(second, Err(quinn::ConnectionError::ConnectionClosed(_))), "{second:?}");
+    assert_eq!(relay.handle.stats().connections_refused, 1);
+    sent_id(first.broadcast("lobby", b"still served").await);
+}
