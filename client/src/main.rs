@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
 use qrelay::client::{Client, ClientConfig, ClientError, Event, Events};
-use qrelay::protocol::User;
+use qrelay::protocol::{ErrorCode, User};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
@@ -189,7 +189,7 @@ async fn connect(common: &Common) -> anyhow::Result<Session> {
         None => bail!(
             "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with \
              `qrelay token --user {id}`), or point --secret at the relay's token secret \
-             (not found: {})",
+             (not found: {}); a relay run with --insecure-dev-auth takes any --token",
             common.secret.display()
         ),
     };
@@ -263,9 +263,10 @@ async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode
                 print_json(&render::event_json(&event));
                 match &event {
                     Event::Disconnected { .. } => return Ok(ExitCode::FAILURE),
-                    Event::RoomClosed { room, .. } => {
+                    Event::RoomClosed { room, code, .. } => {
                         open.retain(|r| r != room);
-                        if open.is_empty() {
+                        // After a shutdown notice the `disconnected` event follows: wait for it.
+                        if open.is_empty() && *code != ErrorCode::SERVER_SHUTTING_DOWN {
                             eprintln!("no room left; exiting");
                             client.close().await;
                             return Ok(ExitCode::FAILURE);

@@ -196,6 +196,10 @@ async fn library_messages_between_two_clients() {
         other => panic!("expected the room to close, got {other:?}"),
     }
     assert!(alice.rooms().is_empty());
+    // And a new login to the same room gets a new lane.
+    within(alice.login_room("lobby", &relay.token("alice"))).await.expect("login again");
+    assert_eq!(alice.rooms(), vec!["lobby".to_string()]);
+    within(alice.send_barrage_message("lobby", "back")).await.expect("barrage after relogin");
     alice.close().await;
     bob.close().await;
 }
@@ -233,12 +237,15 @@ async fn kicked_warned_renewed_and_shut_down() {
 
     // Shutdown: the last event says why, later requests fail at once.
     relay.handle.shutdown().await;
+    let mut closed = Vec::new();
     let disconnected = loop {
         match within(carol_events.next()).await.expect("event") {
             Event::Disconnected { code, .. } => break code,
+            Event::RoomClosed { room, code, .. } => closed.push((room, code)),
             _ => continue,
         }
     };
+    assert_eq!(closed, vec![("lobby".to_string(), ErrorCode::SERVER_SHUTTING_DOWN)]);
     assert_eq!(disconnected, Some(u64::from(close::SHUTDOWN)));
     assert_eq!(within(carol_events.next()).await, None);
     let after = within(carol.send_broadcast_message("lobby", "x")).await;

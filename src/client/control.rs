@@ -25,11 +25,10 @@ pub(crate) async fn read_control(
                 tracing::info!(expires_at_ms, "token will expire");
                 deliver_now(&events, Event::TokenWillExpire { expires_at_ms });
             }
-            Ok(None) => {
-                let reason = "the server ended the control stream";
-                shared.close(close::PROTOCOL_VIOLATION, reason);
-                break reason.to_owned();
-            }
+            // A server that is shutting down may end the control stream just before it
+            // closes the connection: no reply can come any more, but lanes may still deliver
+            // their last events, so the connection is left for the server to close.
+            Ok(None) => break "the server ended the control stream".to_owned(),
             Err(ReadError::Codec(e)) => {
                 shared.protocol_violation(&e, "control stream");
                 break format!("bad frame on the control stream: {e}");

@@ -1,6 +1,7 @@
 //! The readers of room lanes: one task per lane, in the lane's order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::RecvStream;
 use tokio::sync::mpsc;
@@ -13,6 +14,9 @@ use crate::transport::{FrameReader, ReadError};
 use super::connection::{Shared, lock};
 use super::event::Event;
 use super::rooms::{LaneId, reset_code};
+
+/// How long a lane reader waits for the end of a lane after its `Closed` event.
+const LANE_DRAIN: Duration = Duration::from_secs(10);
 
 /// Accepts the lanes the server opens and reads each in its own task, until the connection
 /// ends and every lane reader has finished.
@@ -64,6 +68,7 @@ async fn read_lane(shared: Arc<Shared>, id: LaneId, recv: RecvStream, events: mp
                     }
                     if closed {
                         tracing::debug!("lane closed");
+                        drain(&mut reader).await;
                         return;
                     }
                 }
@@ -82,6 +87,20 @@ async fn read_lane(shared: Arc<Shared>, id: LaneId, recv: RecvStream, events: mp
     }
     .instrument(span)
     .await
+}
+
+/// Reads a closed lane to its end (the server finishes it right after `Closed`): QUIC
+/// returns the stream credit for a new lane only once an old one is fully read, and the
+/// protocol asks clients never to stop a lane.
+async fn drain(reader: &mut FrameReader) {
+    let to_end = async {
+        while let Ok(Some(extra)) = reader.next::<LaneEvent>().await {
+            tracing::warn!(?extra, "event after the lane's close event ignored");
+        }
+    };
+    if tokio::time::timeout(LANE_DRAIN, to_end).await.is_err() {
+        tracing::warn!("the server did not end a closed lane");
+    }
 }
 
 /// Handles a lane that could not be read further.

@@ -173,12 +173,7 @@ impl Client {
     /// then arrive on [`Events`], starting with the members already there.
     pub async fn login_room(&self, room: &str, token: &str) -> Result<(), ClientError> {
         check_room(room)?;
-        if token.is_empty() || token.len() > MAX_TOKEN {
-            return Err(ClientError::invalid(
-                ErrorCode::TOKEN_INVALID,
-                format!("a token is 1 to {MAX_TOKEN} bytes"),
-            ));
-        }
+        check_token(token)?;
         let request = Request::Login {
             room: room.to_owned(),
             user: self.handle.user.clone(),
@@ -275,12 +270,7 @@ impl Client {
 
     /// Replaces the connection's token (before or after it expires) without reconnecting.
     pub async fn renew_token(&self, token: &str) -> Result<(), ClientError> {
-        if token.is_empty() || token.len() > MAX_TOKEN {
-            return Err(ClientError::invalid(
-                ErrorCode::TOKEN_INVALID,
-                format!("a token is 1 to {MAX_TOKEN} bytes"),
-            ));
-        }
+        check_token(token)?;
         let request = Request::RenewToken { token: token.to_owned() };
         match self.shared().request(request).await? {
             Outcome::Done => Ok(()),
@@ -348,6 +338,16 @@ fn check_room(room: &str) -> Result<(), ClientError> {
             format!("room ID {room:?}: 1 to 128 bytes of [A-Za-z0-9] and ~!@#$%^&*()_+=-;',.<>|"),
         )
     })
+}
+
+fn check_token(token: &str) -> Result<(), ClientError> {
+    if token.len() > MAX_TOKEN {
+        return Err(ClientError::invalid(
+            ErrorCode::TOKEN_INVALID,
+            format!("a token of {} bytes; at most {MAX_TOKEN} allowed", token.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_message(payload: &[u8]) -> Result<(), ClientError> {
