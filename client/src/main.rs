@@ -356,14 +356,22 @@ async fn chat_line(client: &Client, room: &str, line: &str) -> bool {
     } else if line == "/quit" {
         return false;
     } else if let Some(text) = line.strip_prefix("/barrage ") {
-        client.send_barrage_message(room, text.to_owned()).await.map(|id| (id, text))
+        client
+            .send_barrage_message(room, text.to_owned())
+            .await
+            .map(|id| (id, " (barrage)".to_owned(), text))
     } else if let Some(rest) = line.strip_prefix("/cmd ") {
         let Some((users, text)) = rest.split_once(' ') else {
             eprintln!("usage: /cmd USER[,USER] TEXT");
             return true;
         };
         let to: Vec<&str> = users.split(',').filter(|u| !u.is_empty()).collect();
-        client.send_custom_command(room, text.to_owned(), &to).await.map(|id| (id, text))
+        let kind = if to.is_empty() {
+            " (command)".to_owned()
+        } else {
+            format!(" (command to {})", to.join(","))
+        };
+        client.send_custom_command(room, text.to_owned(), &to).await.map(|id| (id, kind, text))
     } else if line.starts_with('/') && !line.starts_with("//") {
         eprintln!(
             "unknown command; try /barrage TEXT, /cmd USER[,USER] TEXT, /quit (// sends a line starting with /)"
@@ -371,10 +379,15 @@ async fn chat_line(client: &Client, room: &str, line: &str) -> bool {
         return true;
     } else {
         let text = line.strip_prefix('/').filter(|_| line.starts_with("//")).unwrap_or(line);
-        client.send_broadcast_message(room, text.to_owned()).await.map(|id| (id, text))
+        client
+            .send_broadcast_message(room, text.to_owned())
+            .await
+            .map(|id| (id, String::new(), text))
     };
     match result {
-        Ok((id, text)) => println!("[{room}] {}: {text}  #{id}", render::who(client.user())),
+        Ok((id, kind, text)) => {
+            println!("[{room}] {}{kind}: {text}  #{id}", render::who(client.user()))
+        }
         Err(error) => eprintln!("{}", render::error_line(&error)),
     }
     true
