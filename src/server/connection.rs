@@ -53,18 +53,8 @@ pub async fn serve(
         rooms: HashMap::new(),
         token_warning: None,
     };
-    let ending = state.run(shutdown).instrument(span.clone()).await;
-    let close = match ending {
-        Ending::Shutdown => Some((ErrorCode::SERVER_SHUTTING_DOWN, "the server is shutting down")),
-        Ending::Closed => None,
-    };
-    span.in_scope(|| state.leave_all(close));
-    if matches!(ending, Ending::Shutdown) {
-        // Keep the connection open while lanes send their final events; the server closes
-        // every connection with `SHUTDOWN` right after (dropping the last handle would close
-        // this one with code 0 instead).
-        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, conn.closed()).await;
-    }
+    state.run(shutdown).instrument(span.clone()).await;
+    span.in_scope(|| state.leave_all(None));
 }
 
 /// Takes a connection off `connections_open` when its task ends, however it ends.
@@ -74,14 +64,6 @@ impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// Why a connection's loop ended.
-enum Ending {
-    /// The connection closed, failed or broke the protocol.
-    Closed,
-    /// The server is shutting down: lanes end with `SERVER_SHUTTING_DOWN`.
-    Shutdown,
 }
 
 struct ConnState {
@@ -98,22 +80,22 @@ struct ConnState {
 }
 
 impl ConnState {
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Ending {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         let timeout = Duration::from_millis(self.shared.config.control_stream_timeout_ms);
         let (mut control, recv) = tokio::select! {
             accepted = tokio::time::timeout(timeout, self.conn.accept_bi()) => match accepted {
                 Ok(Ok(streams)) => streams,
                 Ok(Err(e)) => {
                     debug!(error = %e, "closed before opening a control stream");
-                    return Ending::Closed;
+                    return;
                 }
                 Err(_) => {
                     info!("no control stream in time: closing");
                     self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
-                    return Ending::Closed;
+                    return;
                 }
             },
-            _ = shutdown.changed() => return Ending::Shutdown,
+            _ = shutdown.changed() => return self.shut_down().await,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
         loop {
@@ -124,32 +106,40 @@ impl ConnState {
                     Ok(None) => {
                         debug!("control stream finished: closing");
                         self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
-                        return Ending::Closed;
+                        return;
                     }
                     Err(e) => {
                         self.violation(&e);
-                        return Ending::Closed;
+                        return;
                     }
                 },
                 datagram = self.conn.read_datagram() => match datagram {
                     Ok(datagram) => self.handle_datagram(datagram),
                     Err(e) => {
                         debug!(error = %e, "connection ended");
-                        return Ending::Closed;
+                        return;
                     }
                 },
                 _ = sleep_until_opt(warn_at) => {
                     let expires_at_ms = self.token_warning.take().map_or(0, |(_, exp)| exp * 1000);
                     Some(ControlFrame::TokenWillExpire { expires_at_ms })
                 },
-                _ = shutdown.changed() => return Ending::Shutdown,
+                _ = shutdown.changed() => return self.shut_down().await,
             };
             if let Some(frame) = reply
                 && write_frame(&mut control, &frame).await.is_err()
             {
-                return Ending::Closed;
+                return;
             }
         }
+    }
+
+    /// Ends every lane with `SERVER_SHUTTING_DOWN` and keeps the connection, and the control
+    /// stream of the caller's frame, open until the server closes every connection with
+    /// `SHUTDOWN` (dropping them would send FIN, or close with code 0, first).
+    async fn shut_down(&mut self) {
+        self.leave_all(Some((ErrorCode::SERVER_SHUTTING_DOWN, "the server is shutting down")));
+        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, self.conn.closed()).await;
     }
 
     fn violation(&self, error: &ReadError) {
