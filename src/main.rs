@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Runtime worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long)]
     threads: Option<usize>,
+    /// Turn UDP segmentation offload (GSO) off.
+    #[arg(long)]
+    no_gso: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,6 +120,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => {}
     }
     config.insecure_dev_auth |= args.insecure_dev_auth;
+    if args.no_gso {
+        config.segmentation_offload = false;
+    }
     let threads = args.threads.unwrap_or(1);
     let identity = load_identity(&config)?;
     let runtime = if threads <= 1 {

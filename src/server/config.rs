@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// Events queued for one receiver's room lane before the receiver counts as too slow
     /// (its lane is closed with `SLOW_RECEIVER`). Default 4096.
     pub lane_queue: usize,
+    /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
+    /// switch off to compare, or on a path where GSO misbehaves.
+    pub segmentation_offload: bool,
     /// Frequency limits.
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             max_rooms_per_connection: 5,
             max_members_per_room: 10_000,
             lane_queue: 4096,
+            segmentation_offload: true,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
         }
@@ -143,5 +147,32 @@ impl RateLimits {
             command_to_many_per_user: 0.0,
             login_per_room: 0.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml_and_unknown_keys_are_errors() {
+        let text = toml::to_string_pretty(&ServerConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<ServerConfig>(&text).unwrap(), ServerConfig::default());
+        let partial: ServerConfig =
+            toml::from_str("max_rooms_per_connection = 7\n[limits]\nbarrage_per_room = 50.0\n")
+                .unwrap();
+        assert_eq!(partial.max_rooms_per_connection, 7);
+        assert_eq!(partial.limits.barrage_per_room, 50.0);
+        assert_eq!(partial.limits.broadcast_per_user, 2.0, "unset values keep their defaults");
+        assert!(toml::from_str::<ServerConfig>("max_room = 3").is_err());
+    }
+
+    #[test]
+    fn unusable_values_are_refused() {
+        let config = ServerConfig { lane_queue: 1, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
+        let config = ServerConfig { idle_timeout_ms: 0, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
+        assert!(ServerConfig::default().validate().is_ok());
     }
 }

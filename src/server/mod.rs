@@ -96,8 +96,16 @@ impl Server {
     /// Binds the UDP socket. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig, identity: Identity) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        let quic =
+        let mut quic =
             crate::transport::server_config(identity.chain, identity.key, config.idle_timeout())?;
+        if !config.segmentation_offload {
+            let mut transport = crate::transport::transport_config(
+                crate::transport::Side::Server,
+                config.idle_timeout(),
+            );
+            transport.enable_segmentation_offload(false);
+            quic.transport_config(Arc::new(transport));
+        }
         let endpoint = quinn::Endpoint::server(quic, config.listen)?;
         if config.insecure_dev_auth {
             warn!(
