@@ -19,7 +19,12 @@ fn code(outcome: Outcome) -> ErrorCode {
 }
 
 fn login(room: &str, id: &str, name: &str, token: String) -> Request {
-    Request::Login { room: room.into(), user: User { id: id.into(), name: name.into() }, token }
+    Request::Login {
+        room: room.into(),
+        user: User { id: id.into(), name: name.into() },
+        token,
+        recover: None,
+    }
 }
 
 #[tokio::test]

@@ -308,11 +308,13 @@ async fn barrage_travels_as_datagrams_both_ways() {
     let mut alice = relay.raw_peer().await;
     let user = User { id: sender_id.clone(), name: "n".repeat(MAX_USER_NAME) };
     let token = relay.token(&user.id);
-    let (room_number, session) =
-        match alice.request(Request::Login { room: room.clone(), user, token }).await {
-            Outcome::LoggedIn { room_number, session } => (room_number, session),
-            other => panic!("{other:?}"),
-        };
+    let (room_number, session) = match alice
+        .request(Request::Login { room: room.clone(), user, token, recover: None })
+        .await
+    {
+        Outcome::LoggedIn { room_number, session } => (room_number, session),
+        other => panic!("{other:?}"),
+    };
     let (bob, _bob_lane) = relay.raw_member("bob", &room).await;
 
     let payload = Bytes::from(vec![b'x'; MAX_PAYLOAD]);

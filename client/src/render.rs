@@ -49,6 +49,12 @@ pub enum EventJson<'a> {
         name: &'static str,
         detail: &'a str,
     },
+    Recovered {
+        room: &'a str,
+        complete: bool,
+        missed: Option<(u64, u64)>,
+        replayed: u64,
+    },
     TokenWillExpire {
         expires_at_ms: u64,
     },
@@ -159,6 +165,9 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
         Event::RoomClosed { room, code, detail } => {
             EventJson::RoomClosed { room, code: code.0, name: code.name(), detail }
         }
+        Event::Recovered { room, complete, missed, replayed } => {
+            EventJson::Recovered { room, complete: *complete, missed: *missed, replayed: *replayed }
+        }
         Event::TokenWillExpire { expires_at_ms } => {
             EventJson::TokenWillExpire { expires_at_ms: *expires_at_ms }
         }
@@ -237,6 +246,17 @@ pub fn event_lines(event: &Event) -> Vec<String> {
         Event::RoomClosed { room, code, detail } => {
             vec![format!("[{room}] room closed: {code}: {detail}")]
         }
+        Event::Recovered { room, complete: true, replayed, .. } => {
+            vec![format!("[{room}] recovered: {replayed} missed broadcasts follow")]
+        }
+        Event::Recovered { room, missed, replayed, .. } => vec![match missed {
+            Some((first, last)) => format!(
+                "[{room}] recovered partly: broadcasts #{first}-#{last} are lost, {replayed} follow"
+            ),
+            None => {
+                format!("[{room}] room restarted: earlier broadcasts are lost, {replayed} follow")
+            }
+        }],
         Event::TokenWillExpire { expires_at_ms } => {
             vec![format!("token expires at {expires_at_ms} ms since the epoch")]
         }

@@ -85,7 +85,8 @@ mod tests {
     fn rooms() -> Rooms {
         let mut rooms = Rooms::default();
         for (lane, room, number) in [(1, "a", 10), (2, "b", 20)] {
-            rooms.lane_opened(lane, LaneHeader { room: room.into(), room_number: number });
+            rooms
+                .lane_opened(lane, LaneHeader { room: room.into(), room_number: number, epoch: 1 });
             rooms.lane_event(
                 lane,
                 LaneEvent::UsersJoined(vec![Member {

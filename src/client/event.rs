@@ -59,6 +59,18 @@ pub enum Event {
         /// The server's explanation.
         detail: String,
     },
+    /// The answer to a recovering login: whether every missed broadcast follows (`complete`),
+    /// which ones are lost for good, and how many are replayed next.
+    Recovered {
+        /// The room.
+        room: String,
+        /// Nothing was missed: every broadcast after the last one seen is replayed.
+        complete: bool,
+        /// Broadcasts (first and last ID) no longer in the room's history.
+        missed: Option<(u64, u64)>,
+        /// How many broadcasts are replayed right after this event.
+        replayed: u64,
+    },
     /// The connection's token expires soon: call [`super::Client::renew_token`].
     TokenWillExpire {
         /// When it expires, in milliseconds since the Unix epoch.

@@ -178,6 +178,7 @@ impl Client {
             room: room.to_owned(),
             user: self.handle.user.clone(),
             token: token.to_owned(),
+            recover: None,
         };
         match self.shared().request(request).await? {
             Outcome::LoggedIn { room_number, session } => {

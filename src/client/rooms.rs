@@ -132,6 +132,9 @@ impl Rooms {
                 self.lane_ended(id);
                 Event::RoomClosed { room, code, detail }
             }
+            LaneEvent::Recovered { complete, missed, replayed } => {
+                Event::Recovered { room, complete, missed, replayed }
+            }
         };
         Some(event)
     }
@@ -199,7 +202,7 @@ mod tests {
     }
 
     fn header(room: &str, room_number: u32) -> LaneHeader {
-        LaneHeader { room: room.into(), room_number }
+        LaneHeader { room: room.into(), room_number, epoch: 1 }
     }
 
     fn barrage(room_number: u32, sender: u32) -> BarrageMessage {

@@ -50,7 +50,7 @@ impl Peer {
 
     async fn open_lane(&self, room: &str, room_number: u32) -> SendStream {
         let mut lane = within(self.conn.open_uni()).await.expect("open lane");
-        let header = LaneHeader { room: room.into(), room_number };
+        let header = LaneHeader { room: room.into(), room_number, epoch: 1 };
         send_frame(&mut lane, &header).await;
         lane
     }
@@ -115,7 +115,7 @@ async fn login(
     let mut peer = accept(conn.clone()).await;
     let frame = peer.request().await;
     match &frame.body {
-        Request::Login { room: r, user: u, token } => {
+        Request::Login { room: r, user: u, token, .. } => {
             assert_eq!((r.as_str(), u, token.as_str()), (room, &user("alice"), "token"));
         }
         other => panic!("expected a login, got {other:?}"),

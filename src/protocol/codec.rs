@@ -156,7 +156,12 @@ mod tests {
 
     fn sample_requests() -> Vec<RequestFrame> {
         let bodies = vec![
-            Request::Login { room: "lobby".into(), user: user(5, 5), token: "t.o.k".into() },
+            Request::Login {
+                room: "lobby".into(),
+                user: user(5, 5),
+                token: "t.o.k".into(),
+                recover: Some(Recover { epoch: u64::MAX, last_id: 7 }),
+            },
             Request::Logout { room: "lobby".into() },
             Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"hi") },
             Request::Command {
@@ -196,7 +201,8 @@ mod tests {
 
     #[test]
     fn lane_frames_round_trip() {
-        round_trip(LaneHeader { room: "r".repeat(MAX_ROOM_ID), room_number: 1 });
+        round_trip(LaneHeader { room: "r".repeat(MAX_ROOM_ID), room_number: 1, epoch: u64::MAX });
+        round_trip(LaneEvent::Recovered { complete: false, missed: Some((3, 9)), replayed: 4 });
         let member = Member { session: 9, user: user(3, 4) };
         round_trip(LaneEvent::UsersJoined(vec![member.clone(), member.clone()]));
         round_trip(LaneEvent::UsersLeft(vec![member]));
@@ -254,6 +260,7 @@ mod tests {
                 room: "r".repeat(MAX_ROOM_ID),
                 user: user(MAX_USER_ID, MAX_USER_NAME),
                 token: "t".repeat(MAX_TOKEN),
+                recover: Some(Recover { epoch: u64::MAX, last_id: u64::MAX }),
             },
         };
         let command = RequestFrame {

@@ -45,6 +45,9 @@ pub enum Request {
         user: User,
         /// A JWT that grants this user this room (see docs/PROTOCOL.md, "Tokens").
         token: String,
+        /// Set when logging in again after a lost connection or a closed lane: the server
+        /// replays the broadcasts after `last_id` that are still in the room's history.
+        recover: Option<Recover>,
     },
     /// Leave a room; its lane ends with a `Closed { LOGGED_OUT }` event.
     Logout {
@@ -72,6 +75,15 @@ pub enum Request {
         /// The new JWT; it must name the same user.
         token: String,
     },
+}
+
+/// Where a receiver's view of a room stopped, for recovery after a re-login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recover {
+    /// The room epoch from the lane header the receiver saw.
+    pub epoch: u64,
+    /// The last broadcast ID it received (0 if none).
+    pub last_id: u64,
 }
 
 /// A frame the server sends on a client's control stream.
@@ -129,6 +141,10 @@ pub struct LaneHeader {
     pub room: String,
     /// The room's server-wide number, as used in barrage datagrams.
     pub room_number: u32,
+    /// Identifies this incarnation of the room's broadcast sequence. It changes when the room
+    /// is created anew (after it emptied and its history expired, or after a server restart),
+    /// when broadcast IDs start again at 1.
+    pub epoch: u64,
 }
 
 /// An event on a room lane, in the room's order.
@@ -148,6 +164,18 @@ pub enum LaneEvent {
         code: ErrorCode,
         /// A human-readable explanation.
         detail: String,
+    },
+    /// Sent after the member list on a lane whose login asked to recover; the replayed
+    /// broadcasts follow it, before any new event.
+    Recovered {
+        /// Every broadcast after the receiver's `last_id` is replayed: nothing was missed.
+        complete: bool,
+        /// Broadcasts missed for good (first and last ID), when the history no longer reaches
+        /// back far enough. `None` with `complete: false` means the room's epoch changed: the
+        /// receiver cannot know what it missed of the old sequence.
+        missed: Option<(u64, u64)>,
+        /// How many broadcasts are replayed right after this event.
+        replayed: u64,
     },
 }
 

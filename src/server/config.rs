@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
+    /// Broadcasts each room keeps for recovery after a re-login (0 turns recovery off).
+    /// Default 500.
+    pub history_size: usize,
+    /// Seconds a broadcast stays in the history; an empty room lives until its history
+    /// expires. Default 300.
+    pub history_ttl_secs: u64,
     /// Frequency limits.
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
@@ -56,6 +62,8 @@ impl Default for ServerConfig {
             max_members_per_room: 10_000,
             lane_queue: 4096,
             segmentation_offload: true,
+            history_size: 500,
+            history_ttl_secs: 300,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
         }
@@ -78,6 +86,15 @@ impl ServerConfig {
         }
         if self.lane_queue < crate::protocol::MAX_BATCH {
             return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
+        }
+        // A new lane must hold the member list, the recovery event and a full replay.
+        let member_frames =
+            self.max_members_per_room.div_ceil(crate::protocol::MAX_USERS_PER_UPDATE);
+        if self.history_size + member_frames + 1 > self.lane_queue {
+            return Err(format!(
+                "lane_queue ({}) must exceed history_size ({}) plus the member-list frames ({member_frames})",
+                self.lane_queue, self.history_size
+            ));
         }
         Ok(())
     }

@@ -17,8 +17,9 @@ use super::stats::Counters;
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
     ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_COMMAND_TARGETS,
-    MAX_REQUEST_FRAME, MAX_TOKEN, Outcome, Reply, Request, RequestFrame, User, check_payload,
-    check_room_id, check_user_id, check_user_name, close, decode_datagram, encode_frame,
+    MAX_REQUEST_FRAME, MAX_TOKEN, Outcome, Recover, Reply, Request, RequestFrame, User,
+    check_payload, check_room_id, check_user_id, check_user_name, close, decode_datagram,
+    encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
 
@@ -159,7 +160,9 @@ impl ConnState {
 
     fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
         let outcome = match frame.body {
-            Request::Login { room, user, token } => self.login(room, user, &token),
+            Request::Login { room, user, token, recover } => {
+                self.login(room, user, &token, recover)
+            }
             Request::Logout { room } => self.logout(&room),
             Request::Broadcast { room, payload } => self
                 .sender_room(&room, &payload)
@@ -180,7 +183,13 @@ impl ConnState {
         ControlFrame::Reply(Reply { request, outcome })
     }
 
-    fn login(&mut self, room: String, user: User, token: &str) -> Result<Outcome, Refusal> {
+    fn login(
+        &mut self,
+        room: String,
+        user: User,
+        token: &str,
+        recover: Option<Recover>,
+    ) -> Result<Outcome, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
         check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
         check_user_name(&user.name)
@@ -213,9 +222,16 @@ impl ConnState {
                 format!("a connection may be in at most {max} rooms"),
             ));
         }
-        let (joined, queue) =
-            self.shared.router.join(&self.shared, &room, self.session, user.clone(), &self.conn)?;
-        let header = LaneHeader { room: room.clone(), room_number: joined.number };
+        let (joined, queue) = self.shared.router.join(
+            &self.shared,
+            &room,
+            self.session,
+            user.clone(),
+            &self.conn,
+            recover,
+        )?;
+        let header =
+            LaneHeader { room: room.clone(), room_number: joined.number, epoch: joined.epoch };
         let span = info_span!("lane", room = %room, user = %user.id);
         tokio::spawn(
             lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue)

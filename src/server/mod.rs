@@ -32,6 +32,10 @@ use crate::auth::TokenKey;
 use crate::protocol::close;
 use stats::Counters;
 
+/// Bounds of the period at which empty rooms with expired history are removed.
+const SWEEP_MIN: Duration = Duration::from_secs(1);
+const SWEEP_MAX: Duration = Duration::from_secs(30);
+
 /// How long [`ServerHandle::shutdown`] waits for clients to acknowledge the close.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -141,6 +145,7 @@ impl Server {
     pub async fn run(self) {
         let mut stop = self.shutdown.subscribe();
         info!(addr = ?self.endpoint.local_addr().ok(), "relay listening");
+        tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
@@ -164,6 +169,18 @@ impl Server {
             ));
         }
         info!("relay stopped accepting");
+    }
+}
+
+/// Removes empty rooms once their history has expired, until shutdown.
+async fn sweep_rooms(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let period = Duration::from_secs(shared.config.history_ttl_secs).clamp(SWEEP_MIN, SWEEP_MAX);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.router.sweep(),
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! One room: its members, its sequences and its frequency limits. Every operation takes the
 //! room's lock briefly, never across an await, and never waits on a receiver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::Shared;
@@ -13,7 +15,7 @@ use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
     BarrageMessage, BroadcastMessage, CommandMessage, ErrorCode, LaneEvent, MAX_USERS_PER_UPDATE,
-    Member, ServerDatagram, User, encode_body, encode_frame,
+    Member, Recover, ServerDatagram, User, encode_body, encode_frame,
 };
 
 /// A room and everything the relay knows about it.
@@ -23,6 +25,8 @@ pub struct Room {
     pub name: String,
     /// The server-wide room number used in barrage datagrams.
     pub number: u32,
+    /// This incarnation's broadcast sequence (see [`crate::protocol::LaneHeader::epoch`]).
+    pub epoch: u64,
     state: Mutex<RoomState>,
 }
 
@@ -32,6 +36,7 @@ struct RoomState {
     /// Set when the router removed the (empty) room; a login that raced it retries.
     closed: bool,
     broadcast_seq: u64,
+    history: History,
     barrage_seq: u64,
     command_seq: u64,
     broadcast_bucket: TokenBucket,
@@ -83,10 +88,15 @@ impl Room {
         Self {
             name,
             number,
+            epoch: rand::random(),
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
                 closed: false,
                 broadcast_seq: 0,
+                history: History::new(
+                    shared.config.history_size,
+                    Duration::from_secs(shared.config.history_ttl_secs),
+                ),
                 barrage_seq: 0,
                 command_seq: 0,
                 broadcast_bucket: TokenBucket::new(limits.broadcast_per_room),
@@ -109,6 +119,7 @@ impl Room {
         session: u32,
         user: User,
         conn: quinn::Connection,
+        recover: Option<Recover>,
     ) -> Result<LaneQueue, JoinError> {
         let config = &shared.config;
         let mut state = self.lock();
@@ -160,6 +171,20 @@ impl Room {
                 }
             }
         }
+        if let Some(recover) = recover {
+            let (event, replay) = state.recovery(self.epoch, recover);
+            let frame = frame_of(&event).into_iter().map(LaneItem::Frame);
+            let items = frame.chain(replay.into_iter().map(LaneItem::Broadcast));
+            // `validate()` keeps history_size well below lane_queue, so this fits a new lane.
+            if items.map(|item| lane.push(item)).any(|pushed| pushed.is_err()) {
+                lane.close(ErrorCode::SLOW_RECEIVER, "the replay did not fit the lane queue");
+                return Err(JoinError::Refused(
+                    ErrorCode::INTERNAL,
+                    "the replay does not fit this server's lane_queue setting".into(),
+                ));
+            }
+            debug!(room = %self.name, user = %user.id, ?event, "recovery");
+        }
         let limits = &config.limits;
         let entry = MemberEntry {
             session,
@@ -205,10 +230,12 @@ impl Room {
         self.lock().members.get(user_id).is_some_and(|m| m.session == session)
     }
 
-    /// Marks the room closed if it is empty (called by the router under its own lock).
+    /// Marks the room closed if it has no members and no unexpired history (called by the
+    /// router under its own lock). Returns whether it is closed.
     pub fn close_if_empty(&self) -> bool {
         let mut state = self.lock();
-        if state.members.is_empty() {
+        state.history.expire(Instant::now());
+        if state.members.is_empty() && state.history.is_empty() {
             state.closed = true;
         }
         state.closed
@@ -234,6 +261,7 @@ impl Room {
         let id = state.broadcast_seq;
         let message = BroadcastMessage { id, sent_at_ms: now_ms(), from, payload: send.payload };
         let encoded = encode_body(&message).map_err(internal)?;
+        state.history.push(id, encoded.clone());
         let delivered =
             state.fan_out(shared, &self.name, send.user_id, LaneItem::Broadcast(encoded), |_| true);
         Counters::bump(&shared.counters.broadcasts);
@@ -327,6 +355,24 @@ impl Room {
 }
 
 impl RoomState {
+    /// What a re-login that saw up to `recover` gets: the `Recovered` event and the encoded
+    /// broadcasts to replay.
+    fn recovery(&mut self, epoch: u64, recover: Recover) -> (LaneEvent, Vec<Bytes>) {
+        self.history.expire(Instant::now());
+        let same_epoch = recover.epoch == epoch && recover.last_id <= self.broadcast_seq;
+        // After an epoch change the receiver has seen nothing of this sequence.
+        let after = if same_epoch { recover.last_id } else { 0 };
+        let oldest = self.history.oldest_id().unwrap_or(self.broadcast_seq + 1);
+        let missed = (oldest > after + 1).then(|| (after + 1, oldest - 1));
+        let replay = self.history.after(after);
+        let event = LaneEvent::Recovered {
+            complete: same_epoch && missed.is_none(),
+            missed,
+            replayed: replay.len() as u64,
+        };
+        (event, replay)
+    }
+
     /// The sender as receivers see it, if `session` is the current member for `user_id`.
     fn sender(&self, session: u32, user_id: &str) -> Result<User, (ErrorCode, String)> {
         match self.members.get(user_id) {
@@ -386,6 +432,54 @@ impl RoomState {
         if let Some(frame) = frame_of(&event) {
             self.fan_out(shared, room, except, LaneItem::Frame(frame), |_| true);
         }
+    }
+}
+
+/// The last broadcasts of a room, bounded in count and age, for recovery after a re-login.
+#[derive(Debug)]
+struct History {
+    entries: VecDeque<(u64, Instant, Bytes)>,
+    size: usize,
+    ttl: Duration,
+}
+
+impl History {
+    fn new(size: usize, ttl: Duration) -> Self {
+        Self { entries: VecDeque::with_capacity(size.min(64)), size, ttl }
+    }
+
+    /// Records an encoded `BroadcastMessage`; the oldest entry goes when the history is full.
+    fn push(&mut self, id: u64, encoded: Bytes) {
+        if self.size == 0 {
+            return;
+        }
+        let now = Instant::now();
+        self.expire(now);
+        if self.entries.len() == self.size {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((id, now, encoded));
+    }
+
+    /// Drops entries older than the time to live.
+    fn expire(&mut self, now: Instant) {
+        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > self.ttl) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn oldest_id(&self) -> Option<u64> {
+        self.entries.front().map(|(id, _, _)| *id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The encoded broadcasts with an ID above `id`, oldest first.
+    fn after(&self, id: u64) -> Vec<Bytes> {
+        let start = self.entries.partition_point(|(entry, _, _)| *entry <= id);
+        self.entries.range(start..).map(|(_, _, encoded)| encoded.clone()).collect()
     }
 }
 

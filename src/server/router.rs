@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::Shared;
 use super::lane::LaneQueue;
 use super::room::{JoinError, Room};
-use crate::protocol::{ErrorCode, User};
+use crate::protocol::{ErrorCode, Recover, User};
 
 /// Every live room.
 #[derive(Debug, Default)]
@@ -34,10 +34,11 @@ impl Router {
         session: u32,
         user: User,
         conn: &quinn::Connection,
+        recover: Option<Recover>,
     ) -> Result<(Arc<Room>, LaneQueue), (ErrorCode, String)> {
         loop {
             let room = self.room_or_create(shared, name);
-            match room.join(shared, session, user.clone(), conn.clone()) {
+            match room.join(shared, session, user.clone(), conn.clone(), recover) {
                 Ok(queue) => return Ok((room, queue)),
                 Err(JoinError::RoomClosed) => continue,
                 Err(JoinError::Refused(code, detail)) => {
@@ -55,6 +56,11 @@ impl Router {
         if current && room.close_if_empty() {
             state.rooms.remove(&room.name);
         }
+    }
+
+    /// Removes every room with no members whose history has expired.
+    pub fn sweep(&self) {
+        self.lock().rooms.retain(|_, room| !room.close_if_empty());
     }
 
     /// How many rooms exist.

@@ -130,7 +130,7 @@ impl RawPeer {
     pub async fn login(&mut self, relay: &TestRelay, user: &str, room: &str) -> Outcome {
         let user = User { id: user.into(), name: format!("{user} name") };
         let token = relay.token(&user.id);
-        self.request(Request::Login { room: room.into(), user, token }).await
+        self.request(Request::Login { room: room.into(), user, token, recover: None }).await
     }
 
     pub async fn broadcast(&mut self, room: &str, payload: &'static [u8]) -> Outcome {
