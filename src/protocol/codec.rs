@@ -308,6 +308,84 @@ mod tests {
         }
     }
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    fn frame_hex<T: Serialize>(msg: &T) -> String {
+        let mut buf = BytesMut::new();
+        encode_frame(msg, &mut buf).unwrap();
+        hex(&buf)
+    }
+
+    /// The worked examples in docs/PROTOCOL.md, byte for byte.
+    #[test]
+    fn documented_examples_are_exact() {
+        let logout = RequestFrame { request: 1, body: Request::Logout { room: "lobby".into() } };
+        assert_eq!(frame_hex(&logout), "00 00 00 08 01 01 05 6c 6f 62 62 79");
+        let alice = User { id: "alice".into(), name: "Alice".into() };
+        let login = |recover| RequestFrame {
+            request: 1,
+            body: Request::Login {
+                room: "lobby".into(),
+                user: alice.clone(),
+                token: "t".into(),
+                recover,
+            },
+        };
+        assert_eq!(
+            frame_hex(&login(None)),
+            "00 00 00 17 01 00 05 6c 6f 62 62 79 05 61 6c 69 63 65 05 41 6c 69 63 65 01 74 00"
+        );
+        assert!(
+            frame_hex(&login(Some(Recover { epoch: 7, last_id: 5 }))).ends_with("01 74 01 07 05")
+        );
+        let reply = |request, outcome| ControlFrame::Reply(Reply { request, outcome });
+        assert_eq!(
+            frame_hex(&reply(1, Outcome::LoggedIn { room_number: 1, session: 3 })),
+            "00 00 00 05 00 01 00 01 03"
+        );
+        assert_eq!(
+            frame_hex(&reply(7, Outcome::Sent { message_id: 300 })),
+            "00 00 00 06 00 07 01 fb 2c 01"
+        );
+        let refused =
+            Outcome::Refused { code: ErrorCode::USER_RATE_LIMITED, detail: String::new() };
+        assert_eq!(frame_hex(&reply(2, refused)), "00 00 00 07 00 02 03 fb a2 0f 00");
+        let header = LaneHeader { room: "lobby".into(), room_number: 1, epoch: 7 };
+        assert_eq!(frame_hex(&header), "00 00 00 08 05 6c 6f 62 62 79 01 07");
+        let recovered = LaneEvent::Recovered { complete: false, missed: Some((6, 7)), replayed: 3 };
+        assert_eq!(frame_hex(&recovered), "00 00 00 06 05 00 01 06 07 03");
+        let bob = User { id: "bob".into(), name: "Bob".into() };
+        let message = BroadcastMessage {
+            id: 1,
+            sent_at_ms: 1_700_000_000_000,
+            from: bob,
+            payload: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(
+            frame_hex(&LaneEvent::Broadcasts(vec![message])),
+            "00 00 00 17 02 01 01 fd 00 68 e5 cf 8b 01 00 00 03 62 6f 62 03 42 6f 62 02 68 69"
+        );
+        let up = ClientDatagram::Barrage {
+            room_number: 1,
+            request: 9,
+            payload: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(hex(&encode_body(&up).unwrap()), "00 01 09 02 68 69");
+        let down = ServerDatagram::Barrage(BarrageMessage {
+            room_number: 1,
+            id: 5,
+            sent_at_ms: 1_700_000_000_000,
+            sender: 3,
+            payload: Bytes::from_static(b"hi"),
+        });
+        assert_eq!(
+            hex(&encode_body(&down).unwrap()),
+            "00 01 05 fd 00 68 e5 cf 8b 01 00 00 03 02 68 69"
+        );
+    }
+
     #[test]
     fn oversize_length_is_refused_before_the_body_arrives() {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
