@@ -76,7 +76,7 @@ struct TokenArgs {
     /// Issue a listen-only token (no sending).
     #[arg(long)]
     listen_only: bool,
-    /// The token secret file [default: certs/token.secret].
+    /// The token secret file.
     #[arg(long, default_value = "certs/token.secret")]
     secret: PathBuf,
 }
@@ -94,7 +94,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -135,15 +138,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
-    let server = Server::bind(config, identity).context("cannot start the relay")?;
+    let listen = config.listen;
+    let server = Server::bind(config, identity)
+        .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
     println!("qrelay listening on UDP {addr}");
     println!(
-        "  try:  cargo run -p qrelay-cli -- --server {addr} --ca {} listen --room lobby",
+        "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} listen --room lobby",
         certs_dir.join("ca.pem").display()
     );
-    println!("  token for another program:  qrelay token --user alice");
+    println!("  a token for another program:  cargo run --release -- token --user alice");
     let running = tokio::spawn(server.run());
     shutdown_signal().await;
     info!("shutting down");
@@ -231,6 +236,10 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         )
     })?;
     let rooms = (!args.rooms.is_empty()).then_some(args.rooms);
+    anyhow::ensure!(
+        args.ttl.as_secs() >= 1,
+        "--ttl must be at least 1s (a token is valid for whole seconds)"
+    );
     println!("{}", key.mint(&args.user, rooms, !args.listen_only, args.ttl)?);
     Ok(())
 }

@@ -219,7 +219,7 @@ impl ConnState {
         if self.rooms.len() >= max {
             return Err((
                 ErrorCode::TOO_MANY_ROOMS,
-                format!("a connection may be in at most {max} rooms"),
+                format!("this connection is already in {max} rooms, the maximum per connection"),
             ));
         }
         let (joined, queue) = self.shared.router.join(

@@ -46,10 +46,10 @@ pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The certificate or key was rejected.
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Tls(#[from] rustls::Error),
     /// The UDP socket could not be bound.
-    #[error("cannot listen: {0}")]
+    #[error("cannot bind the UDP socket")]
     Io(#[from] std::io::Error),
 }
 
