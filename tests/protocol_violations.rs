@@ -8,23 +8,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use qrelay::protocol::{
-    ClientDatagram, ErrorCode, LaneEvent, MAX_REQUEST_FRAME, Outcome, Request, close, encode_body,
+    ClientDatagram, ErrorCode, MAX_REQUEST_FRAME, Outcome, Request, close, encode_body,
 };
-
-/// Honest members `alice` (sender) and `bob` (receiver) in `room`; asserts a broadcast from
-/// alice still reaches bob.
-async fn assert_room_still_served(relay: &TestRelay, room: &str) {
-    let (mut alice, _alice_lane) = relay.raw_member("alice", room).await;
-    let (_bob, mut bob_lane) = relay.raw_member("bob", room).await;
-    let outcome = alice.broadcast(room, b"still here").await;
-    assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
-    loop {
-        if let LaneEvent::Broadcasts(messages) = next_event(&mut bob_lane).await {
-            assert_eq!(messages[0].payload, Bytes::from_static(b"still here"));
-            break;
-        }
-    }
-}
 
 #[tokio::test]
 async fn garbage_on_the_control_stream_closes_only_that_connection() {

@@ -11,10 +11,21 @@ use super::limits::{MAX_DATAGRAM_BUDGET, MAX_SERVER_FRAME};
 /// Bytes in the length prefix of a stream frame.
 pub const FRAME_HEADER_LEN: usize = 4;
 
-/// The bincode configuration of every body. The limit stops a hostile length field inside a
-/// body from allocating more than the largest legal frame.
+/// The bincode configuration of every frame body. The limit stops a hostile length field
+/// inside a body from allocating more than the largest legal frame.
 fn config() -> impl Config {
     standard().with_limit::<MAX_SERVER_FRAME>()
+}
+
+/// Bytes a datagram's decoding may claim. bincode counts in-memory sizes, so each integer of a
+/// barrage (at most six: variant, four fields, payload length) may claim up to 7 bytes more
+/// than it takes on the wire; any datagram within [`MAX_DATAGRAM_BUDGET`] still decodes.
+const DATAGRAM_CLAIM_LIMIT: usize = MAX_DATAGRAM_BUDGET + 64;
+
+/// The bincode configuration of datagrams: as [`config`], with a limit to match their size,
+/// so a hostile payload length in a 1 KiB datagram cannot allocate a 128 KiB buffer.
+fn datagram_config() -> impl Config {
+    standard().with_limit::<DATAGRAM_CLAIM_LIMIT>()
 }
 
 /// Why bytes could not be decoded (or, rarely, a value encoded).
@@ -86,12 +97,7 @@ pub fn decode_frame<T: DeserializeOwned>(
 
 /// Decodes a whole body; leftover bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(CodecError::TrailingBytes(body.len() - used));
-    }
-    Ok(value)
+    whole(body, bincode::serde::decode_from_slice(body, config()))
 }
 
 /// Decodes a datagram, refusing one longer than [`MAX_DATAGRAM_BUDGET`] unread.
@@ -99,7 +105,19 @@ pub fn decode_datagram<T: DeserializeOwned>(datagram: &[u8]) -> Result<T, CodecE
     if datagram.len() > MAX_DATAGRAM_BUDGET {
         return Err(CodecError::TooLarge { len: datagram.len(), max: MAX_DATAGRAM_BUDGET });
     }
-    decode_body(datagram)
+    whole(datagram, bincode::serde::decode_from_slice(datagram, datagram_config()))
+}
+
+/// The decoded value, if it used all of `body`.
+fn whole<T>(
+    body: &[u8],
+    decoded: Result<(T, usize), bincode::error::DecodeError>,
+) -> Result<T, CodecError> {
+    let (value, used) = decoded.map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - used));
+    }
+    Ok(value)
 }
 
 /// The variant index of [`super::LaneEvent::Broadcasts`] in its bincode encoding.
@@ -406,6 +424,69 @@ mod tests {
             decode_frame::<RequestFrame>(&mut buf, MAX_REQUEST_FRAME),
             Err(CodecError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn a_list_longer_than_its_maximum_does_not_decode() {
+        let member = Member { session: 1, user: user(1, 1) };
+        let message =
+            BroadcastMessage { id: 1, sent_at_ms: 2, from: user(1, 1), payload: max_payload() };
+        let command = |targets: usize| RequestFrame {
+            request: 1,
+            body: Request::Command {
+                room: "r".into(),
+                to: vec!["t".into(); targets],
+                payload: Bytes::from_static(b"x"),
+            },
+        };
+        assert!(
+            decode_body::<RequestFrame>(&encode_body(&command(MAX_COMMAND_TARGETS)).unwrap())
+                .is_ok()
+        );
+        let too_long = encode_body(&command(MAX_COMMAND_TARGETS + 1)).unwrap();
+        assert!(matches!(decode_body::<RequestFrame>(&too_long), Err(CodecError::Malformed(_))));
+        for (event, max) in [
+            (
+                LaneEvent::UsersJoined(vec![member.clone(); MAX_USERS_PER_UPDATE + 1]),
+                MAX_USERS_PER_UPDATE,
+            ),
+            (LaneEvent::UsersLeft(vec![member; MAX_USERS_PER_UPDATE + 1]), MAX_USERS_PER_UPDATE),
+            (LaneEvent::Broadcasts(vec![message; MAX_BATCH + 1]), MAX_BATCH),
+        ] {
+            let body = encode_body(&event).unwrap();
+            let error = decode_body::<LaneEvent>(&body).unwrap_err();
+            assert!(error.to_string().contains(&format!("at most {max}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn fuzzer_findings_are_refused() {
+        // A command claiming 65532 targets (serde used to preallocate 1 MiB for them).
+        let targets = [0x03, 0x03, 0x00, 0xFB, 0xFC, 0xFF, 0x6C, 0x2B];
+        let error = decode_body::<RequestFrame>(&targets).unwrap_err();
+        assert!(error.to_string().contains("at most 100"), "{error}");
+        // A 6-byte barrage claiming a 26010-byte payload (it used to be allocated).
+        let payload = [0x00, 0x01, 0x02, 0xFB, 0x9A, 0x65];
+        let error = decode_datagram::<ClientDatagram>(&payload).unwrap_err();
+        assert!(error.to_string().contains("LimitExceeded"), "{error}");
+    }
+
+    #[test]
+    fn datagram_claim_limit_admits_every_datagram_within_the_budget() {
+        // An oversize payload that still fits the budget decodes (the server answers it with
+        // PAYLOAD_TOO_LARGE), even with every integer at its widest.
+        let overhead = encode_body(&ClientDatagram::Barrage {
+            room_number: u32::MAX,
+            request: u32::MAX,
+            payload: Bytes::new(),
+        })
+        .unwrap()
+        .len();
+        let payload = Bytes::from(vec![1; MAX_DATAGRAM_BUDGET - overhead - 2]);
+        let up = ClientDatagram::Barrage { room_number: u32::MAX, request: u32::MAX, payload };
+        let body = encode_body(&up).unwrap();
+        assert!(body.len() <= MAX_DATAGRAM_BUDGET);
+        assert_eq!(decode_datagram::<ClientDatagram>(&body), Ok(up));
     }
 
     #[test]

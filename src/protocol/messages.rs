@@ -1,9 +1,13 @@
 //! Every message on the wire: control-stream requests and replies, room-lane events, datagrams.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use bytes::Bytes;
+use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::ErrorCode;
+use super::{ErrorCode, MAX_BATCH, MAX_COMMAND_TARGETS, MAX_USERS_PER_UPDATE};
 
 /// A user as other members see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +69,9 @@ pub enum Request {
     Command {
         /// The room to send in.
         room: String,
-        /// Target user IDs; empty means everyone else in the room.
+        /// Target user IDs; empty means everyone else in the room. At most
+        /// [`MAX_COMMAND_TARGETS`]: a longer list does not decode.
+        #[serde(deserialize_with = "targets")]
         to: Vec<String>,
         /// 1 to 1024 bytes.
         payload: Bytes,
@@ -150,12 +156,13 @@ pub struct LaneHeader {
 /// An event on a room lane, in the room's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LaneEvent {
-    /// Members joined (the first events on a lane list who was already there).
-    UsersJoined(Vec<Member>),
-    /// Members left.
-    UsersLeft(Vec<Member>),
-    /// Broadcast messages, in ID order, at most 50.
-    Broadcasts(Vec<BroadcastMessage>),
+    /// Members joined (the first events on a lane list who was already there), at most
+    /// [`MAX_USERS_PER_UPDATE`].
+    UsersJoined(#[serde(deserialize_with = "members")] Vec<Member>),
+    /// Members left, at most [`MAX_USERS_PER_UPDATE`].
+    UsersLeft(#[serde(deserialize_with = "members")] Vec<Member>),
+    /// Broadcast messages, in ID order, at most [`MAX_BATCH`].
+    Broadcasts(#[serde(deserialize_with = "broadcasts")] Vec<BroadcastMessage>),
     /// A custom command addressed to this receiver.
     Command(CommandMessage),
     /// The last event on a lane: the receiver is no longer in the room.
@@ -239,4 +246,58 @@ pub struct BarrageMessage {
     pub sender: u32,
     /// 1 to 1024 bytes.
     pub payload: Bytes,
+}
+
+// Every list on the wire has a maximum length, and a longer list does not decode. Beyond the
+// rule itself this bounds memory: serde's `Vec` preallocates up to 1 MiB for whatever count
+// the input claims, and bincode's limit does not cover that through serde, so a 20-byte body
+// could make the decoder allocate 1 MiB. These decoders allocate at most the maximum.
+
+fn targets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    deserializer.deserialize_seq(BoundedList::new(MAX_COMMAND_TARGETS))
+}
+
+fn members<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Member>, D::Error> {
+    deserializer.deserialize_seq(BoundedList::new(MAX_USERS_PER_UPDATE))
+}
+
+fn broadcasts<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<BroadcastMessage>, D::Error> {
+    deserializer.deserialize_seq(BoundedList::new(MAX_BATCH))
+}
+
+/// Decodes a list of at most `max` elements, refusing a longer one before allocating for it.
+struct BoundedList<T> {
+    max: usize,
+    element: PhantomData<T>,
+}
+
+impl<T> BoundedList<T> {
+    fn new(max: usize) -> Self {
+        Self { max, element: PhantomData }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedList<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of at most {} elements", self.max)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let claimed = seq.size_hint().unwrap_or(0);
+        if claimed > self.max {
+            return Err(A::Error::invalid_length(claimed, &self));
+        }
+        let mut list = Vec::with_capacity(claimed);
+        while let Some(element) = seq.next_element()? {
+            if list.len() == self.max {
+                return Err(A::Error::invalid_length(self.max + 1, &self));
+            }
+            list.push(element);
+        }
+        Ok(list)
+    }
 }

@@ -27,6 +27,15 @@ pub struct ServerConfig {
     /// Most connections at once, handshakes in progress included; more are refused at the
     /// handshake (QUIC transport error `CONNECTION_REFUSED`). Default 10000.
     pub max_connections: usize,
+    /// Most connections from one source IP address at once, handshakes in progress included;
+    /// more are refused at the handshake (`CONNECTION_REFUSED`), so one host cannot take every
+    /// slot. An IPv4 client of a dual-stack socket counts as its IPv4 address. Default 100.
+    pub max_connections_per_address: usize,
+    /// Handshakes in progress from which new connection attempts must first prove their
+    /// address with a QUIC Retry (one more round trip; the server keeps no state for them, and
+    /// a spoofed source cannot answer). At most this many handshakes from unvalidated
+    /// addresses run at once; 0 validates every address. Default 32.
+    pub retry_above_handshakes: usize,
     /// Most rooms one connection may be logged in to. Default 5.
     pub max_rooms_per_connection: usize,
     /// Most members in one room. Default 10000.
@@ -58,6 +67,8 @@ impl Default for ServerConfig {
             control_stream_timeout_ms: 10_000,
             token_warning_secs: 30,
             max_connections: 10_000,
+            max_connections_per_address: 100,
+            retry_above_handshakes: 32,
             max_rooms_per_connection: 5,
             max_members_per_room: 10_000,
             lane_queue: 4096,
@@ -83,6 +94,9 @@ impl ServerConfig {
         }
         if self.max_rooms_per_connection == 0 || self.max_members_per_room == 0 {
             return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());
+        }
+        if self.max_connections_per_address == 0 {
+            return Err("max_connections_per_address must be above 0".into());
         }
         if self.lane_queue < crate::protocol::MAX_BATCH {
             return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
@@ -189,6 +203,8 @@ mod tests {
         let config = ServerConfig { lane_queue: 1, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         let config = ServerConfig { idle_timeout_ms: 0, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
+        let config = ServerConfig { max_connections_per_address: 0, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         assert!(ServerConfig::default().validate().is_ok());
     }

@@ -11,31 +11,32 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Shared;
+use super::admission::Admitted;
 use super::lane;
 use super::room::{Room, Send};
 use super::stats::Counters;
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
-    ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_COMMAND_TARGETS,
-    MAX_REQUEST_FRAME, MAX_TOKEN, Outcome, Recover, Reply, Request, RequestFrame, User,
-    check_payload, check_room_id, check_user_id, check_user_name, close, decode_datagram,
-    encode_frame,
+    ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_REQUEST_FRAME, MAX_TOKEN,
+    Outcome, Recover, Reply, Request, RequestFrame, User, check_payload, check_room_id,
+    check_user_id, check_user_name, close, decode_datagram, encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
 
 type Refusal = (ErrorCode, String);
 
-/// Serves one incoming connection until it closes. The caller counted it in
-/// `connections_open` (so that handshakes in progress count against the limit); this
-/// function takes it off again.
+/// Serves one incoming connection until it closes. `admitted` holds its place in the
+/// connection limits (handshakes in progress count too) and gives it back when this returns.
 pub async fn serve(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
+    mut admitted: Admitted,
     shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
-    let _open = OpenGuard(&shared);
-    let conn = match incoming.await {
+    let handshake = incoming.await;
+    admitted.handshake_done();
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) => {
             debug!(%remote, error = %e, "handshake failed");
@@ -56,15 +57,6 @@ pub async fn serve(
     };
     state.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| state.leave_all(None));
-}
-
-/// Takes a connection off `connections_open` when its task ends, however it ends.
-struct OpenGuard<'a>(&'a Shared);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.counters.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 struct ConnState {
@@ -271,12 +263,7 @@ impl ConnState {
         mut to: Vec<String>,
         payload: Bytes,
     ) -> Result<Outcome, Refusal> {
-        if to.len() > MAX_COMMAND_TARGETS {
-            return Err((
-                ErrorCode::INVALID_TARGETS,
-                format!("at most {MAX_COMMAND_TARGETS} targets"),
-            ));
-        }
+        // More than MAX_COMMAND_TARGETS targets do not decode (a protocol violation).
         if let Some(bad) = to.iter().find(|t| check_user_id(t).is_err()) {
             return Err((
                 ErrorCode::INVALID_TARGETS,

@@ -1,11 +1,13 @@
 //! The relay: accepts QUIC connections, routes logins to rooms and fans messages out.
 //!
 //! - [`config`]: every setting and its default.
+//! - `admission`: Retry under handshake load, total and per-address connection limits.
 //! - `connection`: one client's control stream, datagrams and rooms.
 //! - `router` / `room`: room ID → room; members, sequences, frequency limits, fan-out.
 //! - `lane`: the per-(receiver, room) queue and writer task.
 //! - [`stats`]: counters of everything done, dropped or refused.
 
+mod admission;
 pub mod config;
 mod connection;
 mod lane;
@@ -71,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenKey,
     pub(crate) router: router::Router,
     pub(crate) counters: Counters,
+    per_address: admission::PerAddress,
     last_session: AtomicU32,
 }
 
@@ -121,6 +124,7 @@ impl Server {
             tokens: identity.tokens,
             router: router::Router::default(),
             counters: Counters::default(),
+            per_address: admission::PerAddress::default(),
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
@@ -152,19 +156,13 @@ impl Server {
                 _ = stop.changed() => None,
             };
             let Some(incoming) = incoming else { break };
-            let counters = &self.shared.counters;
-            if counters.connections_open.load(Ordering::Relaxed) as usize
-                >= self.shared.config.max_connections
-            {
-                Counters::bump(&counters.connections_refused);
-                warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
-                incoming.refuse();
+            let Some((incoming, admitted)) = admission::admit(&self.shared, incoming) else {
                 continue;
-            }
-            counters.connections_open.fetch_add(1, Ordering::Relaxed);
+            };
             tokio::spawn(connection::serve(
                 self.shared.clone(),
                 incoming,
+                admitted,
                 self.shutdown.subscribe(),
             ));
         }

@@ -28,10 +28,18 @@ macro_rules! stats {
 stats! {
     /// Connections that completed the handshake.
     connections_accepted,
-    /// Connections refused because `max_connections` was reached.
+    /// Connections refused at the handshake: `max_connections` or
+    /// `max_connections_per_address` was reached.
     connections_refused,
+    /// Of `connections_refused`, those refused for `max_connections_per_address`.
+    connections_refused_per_address,
+    /// Connection attempts answered with a QUIC Retry (address validation under handshake
+    /// load, see `retry_above_handshakes`).
+    retries,
     /// Connections open now (handshakes in progress included).
     connections_open,
+    /// Handshakes in progress now.
+    handshakes_in_progress,
     /// Room lanes whose writer is running now.
     lanes_open,
     /// Successful logins.

@@ -184,3 +184,18 @@ pub async fn close_code(conn: &quinn::Connection) -> u64 {
         other => panic!("expected an application close, got {other:?}"),
     }
 }
+
+/// Honest members `alice` (sender) and `bob` (receiver) in `room`; asserts a broadcast from
+/// alice still reaches bob.
+pub async fn assert_room_still_served(relay: &TestRelay, room: &str) {
+    let (mut alice, _alice_lane) = relay.raw_member("alice", room).await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", room).await;
+    let outcome = alice.broadcast(room, b"still here").await;
+    assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+    loop {
+        if let LaneEvent::Broadcasts(messages) = next_event(&mut bob_lane).await {
+            assert_eq!(messages[0].payload, Bytes::from_static(b"still here"));
+            break;
+        }
+    }
+}
