@@ -34,14 +34,14 @@ pub struct FleetPlan {
     pub room_names: Vec<String>,
     /// Room index of each connection.
     pub room_of: Vec<usize>,
-    /// Room sizes, by room index.
-    pub room_sizes: Vec<usize>,
     /// How many rooms.
     pub rooms: usize,
     /// Connections per UDP socket.
     pub per_endpoint: usize,
     /// Handshakes in flight at once.
     pub parallel: usize,
+    /// Receive and send buffer of each UDP socket, bytes.
+    pub socket_buffer: usize,
 }
 
 /// The connected clients and their receiver tasks.
@@ -71,7 +71,7 @@ type Connected = (usize, Result<(Client, JoinHandle<ReceiverTally>, Duration, Du
 
 /// Opens every connection, `plan.parallel` at a time, printing progress each second.
 pub async fn connect(
-    plan: &FleetPlan,
+    plan: &Arc<FleetPlan>,
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Fleet> {
@@ -82,7 +82,7 @@ pub async fn connect(
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
     let endpoints = (0..n.div_ceil(plan.per_endpoint))
-        .map(|_| quinn::Endpoint::client(bind).with_context(|| format!("cannot bind {bind}")))
+        .map(|_| endpoint(bind, plan.socket_buffer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let permits = Arc::new(Semaphore::new(plan.parallel));
     let done = Arc::new(AtomicUsize::new(0));
@@ -138,6 +138,22 @@ pub async fn connect(
     Ok(Fleet { endpoints, clients, receivers, report })
 }
 
+/// A client endpoint on a UDP socket with `buffer`-byte receive and send buffers: one
+/// socket carries many connections, so it gets the buffers of many (the kernel caps them at
+/// `net.core.rmem_max` and `wmem_max`; the default, about 200 KiB, drops packets on loopback
+/// under fan-out).
+fn endpoint(bind: SocketAddr, buffer: usize) -> anyhow::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .context("cannot open a UDP socket")?;
+    socket.set_recv_buffer_size(buffer).context("SO_RCVBUF")?;
+    socket.set_send_buffer_size(buffer).context("SO_SNDBUF")?;
+    socket.bind(&bind.into()).with_context(|| format!("cannot bind {bind}"))?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)
+        .context("cannot start a QUIC endpoint")
+}
+
 /// Connects connection `i`, logs it in and starts its receiver.
 async fn connect_one(
     plan: &FleetPlan,
@@ -154,8 +170,7 @@ async fn connect_one(
         Client::connect_with(endpoint, config).await.map_err(|e| format!("connect: {e}"))?;
     let connected = Instant::now();
     // The receiver starts before the login so that the room's first events are read at once.
-    let others = plan.room_sizes[plan.room_of[i]] - 1;
-    let receiver = tokio::spawn(Receiver::new(live, others).run(events, stop));
+    let receiver = tokio::spawn(Receiver::new(live, i).run(events, stop));
     if let Err(e) = client.login_room(&plan.room_names[i], &token).await {
         receiver.abort();
         return Err(format!("login: {e}"));

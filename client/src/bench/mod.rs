@@ -92,8 +92,12 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Connections per UDP socket (quinn endpoint).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     per_endpoint: usize,
+    /// Receive and send buffer of each of those sockets, bytes (capped by the kernel's
+    /// net.core.rmem_max and wmem_max).
+    #[arg(long, default_value_t = 4 << 20)]
+    socket_buffer: usize,
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 100)]
     connect_parallel: usize,
@@ -195,6 +199,7 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     validate(args)?;
     let run_id = rand::random::<u32>();
+    let in_process = matches!(target, Target::InProcess);
     let (relay, client, token, pid) = match target {
         Target::InProcess => {
             let (relay, client, token) = start_relay(args.connections)?;
@@ -212,18 +217,30 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         (None, Some(pid)) => format!("pid {pid}"),
         (None, None) => "none (pass --server-pid)".to_string(),
     };
+    let server_port = client.server.port();
     let udp_before = procfs::udp_buffer_errors();
+    let server_drops_before = procfs::udp_socket_drops(&[server_port]);
     let memory_before = pid.and_then(|pid| procfs::memory(Some(pid)));
 
-    let plan = fleet_plan(args, run_id, client, token);
-    let live = Arc::new(Live::new());
+    let plan = Arc::new(fleet_plan(args, run_id, client, token));
+    let live = Arc::new(Live::new(args.connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let connect_cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
     let mut fleet = fleet::connect(&plan, live.clone(), stop_rx).await?;
-    settle(&mut fleet.report, &live, args.settle).await;
+    if let (Some(a), Some(b)) = (connect_cpu_start, cpu.as_ref().and_then(CpuSource::cpu_time)) {
+        let used = b.saturating_sub(a);
+        fleet.report.server_cpu_seconds = Some(used.as_secs_f64());
+        fleet.report.server_cpu_per_handshake_us = (fleet.report.logged_in > 0)
+            .then(|| used.as_secs_f64() * 1e6 / fleet.report.logged_in as f64);
+    }
+    let membership = fleet.membership(&plan);
+    settle(&mut fleet.report, &live, &membership, args.settle).await;
     let memory_loaded = pid.and_then(|pid| procfs::memory(Some(pid)));
 
     // Traffic.
+    let own = CpuSource::Process(std::process::id());
     let cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let own_start = own.cpu_time();
     let start_ns = live.now_ns();
     let start = Instant::now();
     let draining = Arc::new(AtomicBool::new(false));
@@ -235,12 +252,12 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     }
     let send_seconds = start.elapsed().as_secs_f64();
     draining.store(true, Ordering::Relaxed);
-    let membership = fleet.membership(&plan);
     let ledger = Ledger::new(&membership, &sender_tallies, args.command_to);
     drain(&live, &ledger, &membership, args).await;
     let window = start.elapsed();
     let drain_seconds = window.as_secs_f64() - send_seconds;
     let cpu_end = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let own_end = own.cpu_time();
     progress.abort();
 
     // Collect.
@@ -250,6 +267,14 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         receivers.push((conn, task.await.context("a receiver task failed")?));
     }
     let client_memory = procfs::memory(None);
+    let client_ports: Vec<u16> =
+        fleet.endpoints.iter().filter_map(|e| e.local_addr().ok()).map(|a| a.port()).collect();
+    let client_socket_drops = procfs::udp_socket_drops(&client_ports);
+    let server_socket_drops = match (server_drops_before, procfs::udp_socket_drops(&[server_port]))
+    {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     let counters = relay.as_ref().map(|relay| relay.handle().stats());
     close(&mut fleet).await;
     if let Some(relay) = relay {
@@ -312,6 +337,14 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
+    // This process's CPU time over the same window, less the in-process relay's.
+    let client_cpu_seconds = match (own_start, own_end) {
+        (Some(a), Some(b)) => {
+            let relay_part = if in_process { cpu_used.unwrap_or_default() } else { Duration::ZERO };
+            Some(b.saturating_sub(a).saturating_sub(relay_part).as_secs_f64())
+        }
+        _ => None,
+    };
     let logged_in = fleet.report.logged_in;
     let server = ServerReport {
         measured,
@@ -345,7 +378,10 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
             .fold(0.0, f64::max),
         server,
         client_memory,
+        client_cpu_seconds,
         udp_buffer_drops,
+        server_socket_drops,
+        client_socket_drops,
         lost,
         duplicates,
     })
@@ -380,48 +416,64 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
 fn fleet_plan(args: &BenchArgs, run_id: u32, client: ClientConfig, token: Minter) -> FleetPlan {
     let n = args.connections;
     let room_of: Vec<usize> = (0..n).map(|i| i % args.rooms).collect();
-    let mut room_sizes = vec![0; args.rooms];
-    for &room in &room_of {
-        room_sizes[room] += 1;
-    }
     FleetPlan {
         client,
         token,
         users: (0..n).map(|i| format!("b{run_id:08x}-{i}")).collect(),
         room_names: room_of.iter().map(|r| format!("bench-{run_id:08x}-{r}")).collect(),
         room_of,
-        room_sizes,
         rooms: args.rooms,
         per_endpoint: args.per_endpoint,
         parallel: args.connect_parallel,
+        socket_buffer: args.socket_buffer,
     }
 }
 
-/// Waits until every receiver has seen every other member of its room (bounded).
-async fn settle(report: &mut ConnectReport, live: &Live, bound: Duration) {
+/// Waits until every receiver has seen every other logged-in member of its room (bounded).
+async fn settle(
+    report: &mut ConnectReport,
+    live: &Live,
+    membership: &report::Membership,
+    bound: Duration,
+) {
+    let mut sizes = vec![0usize; membership.rooms];
+    for room in membership.room_of.iter().flatten() {
+        sizes[*room] += 1;
+    }
+    let receivers: Vec<(usize, usize)> = membership
+        .room_of
+        .iter()
+        .enumerate()
+        .filter_map(|(conn, room)| room.map(|room| (conn, sizes[room] - 1)))
+        .collect();
+    let settled = || {
+        receivers
+            .iter()
+            .filter(|(conn, others)| live.members[*conn].load(Ordering::Relaxed) >= *others)
+            .count()
+    };
     let start = Instant::now();
-    let want = report.logged_in;
     let mut last_print = Instant::now();
-    while live.settled.load(Ordering::Relaxed) < want && start.elapsed() < bound {
+    while settled() < receivers.len() && start.elapsed() < bound {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             eprintln!(
-                "[settle {:5.1}s] {}/{want} receivers have seen their whole room",
+                "[settle {:5.1}s] {}/{} receivers have seen their whole room",
                 start.elapsed().as_secs_f64(),
-                live.settled.load(Ordering::Relaxed)
+                settled(),
+                receivers.len()
             );
         }
     }
-    // A failed connection leaves its room's receivers one member short: they settle never.
-    report.settled = live.settled.load(Ordering::Relaxed) >= want;
+    report.settled = settled() == receivers.len();
     report.settle_seconds = start.elapsed().as_secs_f64();
 }
 
 /// Starts one sender task per sending connection that logged in.
 fn spawn_senders(
     args: &BenchArgs,
-    plan: &FleetPlan,
+    plan: &Arc<FleetPlan>,
     fleet: &Fleet,
     live: &Arc<Live>,
 ) -> Vec<tokio::task::JoinHandle<traffic::SenderTally>> {
@@ -525,6 +577,7 @@ fn scenario(args: &BenchArgs) -> BTreeMap<String, serde_json::Value> {
         "payload": args.payload,
         "in_process": args.in_process,
         "per_endpoint": args.per_endpoint,
+        "socket_buffer": args.socket_buffer,
         "connect_parallel": args.connect_parallel,
     });
     match value {

@@ -52,6 +52,18 @@ pub fn udp_buffer_errors() -> Option<(u64, u64)> {
     parse_snmp_udp(&std::fs::read_to_string("/proc/net/snmp").ok()?)
 }
 
+/// Datagrams dropped so far by the UDP sockets bound to `ports` (the `drops` column of
+/// `/proc/net/udp` and `/proc/net/udp6`; a socket's count lives as long as the socket).
+pub fn udp_socket_drops(ports: &[u16]) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            *total.get_or_insert(0) += parse_udp_drops(&text, ports);
+        }
+    }
+    total
+}
+
 /// `utime + stime` from a `stat` line. The command name (field 2) is in parentheses and may
 /// itself contain spaces and parentheses, so fields are counted after its last `)`.
 fn parse_stat_cpu(stat: &str) -> Option<Duration> {
@@ -84,6 +96,19 @@ fn parse_snmp_udp(snmp: &str) -> Option<(u64, u64)> {
     Some((value("RcvbufErrors")?, value("SndbufErrors")?))
 }
 
+fn parse_udp_drops(table: &str, ports: &[u16]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let drops: u64 = fields.last()?.parse().ok()?;
+            ports.contains(&port).then_some(drops)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +136,17 @@ mod tests {
                     Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
                     Udp: 100 2 3 90 7 1 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
         assert_eq!(parse_snmp_udp(snmp), Some((7, 1)));
+    }
+
+    #[test]
+    fn udp_drops_of_chosen_ports() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            7738: 0100007F:1151 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 53854 2 000000002603fdb8 12\n\
+            9490: 00000000:9829 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 59797 2 00000000e58903c1 5\n\
+            9491: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 59798 2 00000000e58903c2 99\n";
+        assert_eq!(parse_udp_drops(table, &[0x1151, 0x9829]), 17);
+        assert_eq!(parse_udp_drops(table, &[4433]), 12); // 0x1151
+        assert_eq!(parse_udp_drops(table, &[4434]), 0);
     }
 
     #[test]

@@ -205,6 +205,10 @@ pub struct ConnectReport {
     pub handshake: Latency,
     /// Time of one login request after it.
     pub login: Latency,
+    /// The relay's CPU time during the phase (handshakes, logins, join events).
+    pub server_cpu_seconds: Option<f64>,
+    /// That per connection, microseconds.
+    pub server_cpu_per_handshake_us: Option<f64>,
     /// Whether every receiver saw every other member of its room join before traffic.
     pub settled: bool,
     /// How long that took (or the bound, if it never did).
@@ -261,9 +265,16 @@ pub struct Report {
     pub server: ServerReport,
     /// This process's memory at the end.
     pub client_memory: Option<Memory>,
+    /// CPU time of the tool itself (the in-process relay's excluded) over the traffic window:
+    /// near 2 s per second on 2 cores means the tool, not the relay, was the limit.
+    pub client_cpu_seconds: Option<f64>,
     /// Datagrams the kernel dropped for full UDP buffers during the run (machine-wide; on
     /// loopback this is packet loss): receive, send.
     pub udp_buffer_drops: Option<(u64, u64)>,
+    /// Datagrams dropped during the run by the relay's UDP socket (full receive buffer).
+    pub server_socket_drops: Option<u64>,
+    /// Datagrams dropped by this tool's UDP sockets.
+    pub client_socket_drops: Option<u64>,
     /// Reliable messages lost, every kind.
     pub lost: u64,
     /// Reliable messages delivered twice, every kind.
@@ -283,7 +294,7 @@ impl Report {
         let _ = writeln!(
             out,
             "connect: {}/{} logged in over {} endpoints in {:.2} s: {:.0} handshakes/s \
-             (handshake p50 {} p99 {}, login p50 {}){}",
+             (handshake p50 {} p99 {} max {}, login p50 {}){}",
             c.logged_in,
             c.connections,
             c.endpoints,
@@ -291,6 +302,7 @@ impl Report {
             c.handshakes_per_sec,
             ms(c.handshake.p50_us),
             ms(c.handshake.p99_us),
+            ms(c.handshake.max_us),
             ms(c.login.p50_us),
             if c.failures.is_empty() {
                 String::new()
@@ -300,7 +312,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "rooms settled: {} after {:.2} s",
+            "relay cpu while connecting: {} ({} per connection); rooms settled: {} after {:.2} s",
+            opt(c.server_cpu_seconds, |v| format!("{v:.2} s")),
+            opt(c.server_cpu_per_handshake_us, |v| format!("{v:.0} µs")),
             if c.settled { "yes" } else { "NO" },
             c.settle_seconds
         );
@@ -378,12 +392,18 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "client: rss {} KiB (peak {}); sends behind schedule >10 ms: {} (max lag {:.1} ms); \
-             kernel UDP buffer drops (rcv, snd): {}",
+            "client: cpu {}, rss {} KiB (peak {}); sends behind schedule >10 ms: {} (max lag {:.1} ms)",
+            opt(self.client_cpu_seconds, |v| format!("{v:.2} s")),
             self.client_memory.map_or(0, |m| m.rss_kib),
             self.client_memory.map_or(0, |m| m.peak_kib),
             self.late_sends,
             self.max_send_lag_ms,
+        );
+        let _ = writeln!(
+            out,
+            "UDP drops: relay socket {}, tool sockets {}, whole machine (rcv, snd) {}",
+            opt(self.server_socket_drops, |n| n.to_string()),
+            opt(self.client_socket_drops, |n| n.to_string()),
             opt(self.udp_buffer_drops, |(r, s)| format!("{r}, {s}")),
         );
         let _ = writeln!(

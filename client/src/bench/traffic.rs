@@ -92,8 +92,8 @@ pub struct Live {
     pub accepted: [AtomicU64; 3],
     /// When the last delivery was recorded, ns since `base`.
     pub last_delivery_ns: AtomicU64,
-    /// Receivers that have seen every other member of their room join.
-    pub settled: AtomicUsize,
+    /// Other members each connection has seen in its room (joins minus leaves).
+    pub members: Vec<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -109,8 +109,8 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Live {
-    /// Fresh recorders with time zero now.
-    pub fn new() -> Live {
+    /// Fresh recorders for `connections` connections, with time zero now.
+    pub fn new(connections: usize) -> Live {
         Live {
             base: Instant::now(),
             recorders: Mutex::new(Recorders {
@@ -121,7 +121,7 @@ impl Live {
             sent: Default::default(),
             accepted: Default::default(),
             last_delivery_ns: AtomicU64::new(0),
-            settled: AtomicUsize::new(0),
+            members: (0..connections).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 
@@ -211,12 +211,9 @@ pub struct ReceiverTally {
 /// The receiving side of one connection: checks and times every message until `stop`.
 pub struct Receiver {
     live: Arc<Live>,
+    /// This receiver's connection index.
+    conn: usize,
     tally: ReceiverTally,
-    /// Other members seen in the room (joins minus leaves).
-    members: usize,
-    /// Members expected before this receiver counts as settled.
-    settle_at: usize,
-    settled: bool,
     last_broadcast: u64,
     last_command: u64,
     barrage_newest: u64,
@@ -227,22 +224,18 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver in a room that will have `others` other members.
-    pub fn new(live: Arc<Live>, others: usize) -> Receiver {
-        let mut receiver = Receiver {
+    /// The receiver of connection `conn`.
+    pub fn new(live: Arc<Live>, conn: usize) -> Receiver {
+        Receiver {
             live,
+            conn,
             tally: ReceiverTally::default(),
-            members: 0,
-            settle_at: others,
-            settled: false,
             last_broadcast: 0,
             last_command: 0,
             barrage_newest: 0,
             barrage_seen: 0,
             samples: Vec::with_capacity(64),
-        };
-        receiver.check_settled();
-        receiver
+        }
     }
 
     /// Reads `events` until `stop` turns true or the connection ends.
@@ -295,11 +288,10 @@ impl Receiver {
                 }
             }
             Event::UsersJoined { users, .. } => {
-                self.members += users.len();
-                self.check_settled();
+                self.live.members[self.conn].fetch_add(users.len(), Ordering::Relaxed);
             }
             Event::UsersLeft { users, .. } => {
-                self.members = self.members.saturating_sub(users.len())
+                self.live.members[self.conn].fetch_sub(users.len(), Ordering::Relaxed);
             }
             Event::RoomClosed { code, .. } => {
                 self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
@@ -349,13 +341,6 @@ impl Receiver {
         let fresh = self.barrage_seen & bit == 0;
         self.barrage_seen |= bit;
         fresh
-    }
-
-    fn check_settled(&mut self) {
-        if !self.settled && self.members >= self.settle_at {
-            self.settled = true;
-            self.live.settled.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Moves the pending latencies into the shared histograms.
@@ -556,7 +541,7 @@ mod tests {
 
     #[test]
     fn barrage_window_finds_duplicates_and_accepts_reordering() {
-        let mut receiver = Receiver::new(Arc::new(Live::new()), 0);
+        let mut receiver = Receiver::new(Arc::new(Live::new(1)), 0);
         assert!(receiver.barrage_fresh(5));
         assert!(receiver.barrage_fresh(3)); // late, reordered
         assert!(!receiver.barrage_fresh(3));
@@ -569,8 +554,8 @@ mod tests {
 
     #[test]
     fn reliable_duplicates_are_ids_not_above_the_last() {
-        let live = Arc::new(Live::new());
-        let mut receiver = Receiver::new(live.clone(), 1);
+        let live = Arc::new(Live::new(1));
+        let mut receiver = Receiver::new(live.clone(), 0);
         let message = |id| qrelay::protocol::BroadcastMessage {
             id,
             sent_at_ms: 0,
