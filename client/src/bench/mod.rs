@@ -99,7 +99,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4 << 20)]
     socket_buffer: usize,
     /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 20)]
     connect_parallel: usize,
     /// Longest wait for every receiver to see its room's members before sending.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
