@@ -2,6 +2,7 @@
 //! script. One-shot commands and `listen` print one JSON object per line on stdout; `chat`
 //! is interactive. Diagnostics go to stderr (`RUST_LOG`, default `warn`).
 
+mod bench;
 mod render;
 
 use std::net::SocketAddr;
@@ -102,6 +103,10 @@ enum Action {
         #[arg(long)]
         room: String,
     },
+    /// Load test: open many connections in rooms, send at a target rate for a bounded time,
+    /// report deliveries/s, latency percentiles, losses and the relay's CPU and memory. Exits
+    /// non-zero if a reliable message was lost or duplicated.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -143,6 +148,9 @@ struct Session {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Action::Bench(args) = cli.action {
+        return bench::main(&cli.common, args).await;
+    }
     let session = connect(&cli.common).await?;
     match cli.action {
         Action::Listen { rooms } => listen(session, rooms).await,
@@ -166,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Action::Chat { room } => chat(session, room).await,
+        Action::Bench(_) => unreachable!("handled above"),
     }
 }
 

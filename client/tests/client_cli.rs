@@ -365,3 +365,71 @@ async fn cli_listen_reports_a_lost_connection() {
     let status = within(child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_an_external_relay_reports_json() {
+    let relay = Relay::start(|_| {}).await;
+    // The relay runs in this test process: its PID gives the tool CPU time and memory to read.
+    let pid = std::process::id().to_string();
+    let args = [
+        "bench",
+        "--connections",
+        "6",
+        "--rooms",
+        "2",
+        "--senders",
+        "2",
+        "--kind",
+        "broadcast,command",
+        "--rate",
+        "100",
+        "--duration",
+        "500ms",
+        "--json",
+        "--server-pid",
+        &pid,
+    ];
+    let (ok, report) = relay.run("ignored", &args).await;
+    assert!(ok, "{report}");
+    assert_eq!(report["connect"]["logged_in"], 6);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicates"], 0);
+    let kinds = report["kinds"].as_array().expect("kinds");
+    assert_eq!(kinds.len(), 2);
+    for kind in kinds {
+        let accepted = kind["accepted"].as_u64().expect("accepted");
+        assert!(accepted > 0, "{kind}");
+        // Two members per room besides the sender.
+        assert_eq!(kind["delivery"]["expected"].as_u64(), Some(accepted * 2), "{kind}");
+        assert_eq!(kind["delivery"]["delivered"], kind["delivery"]["expected"], "{kind}");
+    }
+    assert!(report["server"]["cpu_seconds"].is_number(), "{}", report["server"]);
+    assert!(report["server"]["memory_loaded"]["rss_kib"].as_u64() > Some(0));
+    assert_eq!(relay.handle.stats().logins, 6);
+}
+
+#[tokio::test]
+async fn clients_can_share_one_endpoint() {
+    let relay = Relay::start(|_| {}).await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let connect = |id: &str| {
+        let mut config = relay.config.clone();
+        config.user = user(id);
+        Client::connect_with(&endpoint, config)
+    };
+    let (alice, _alice_events) = within(connect("alice")).await.expect("alice");
+    let (bob, mut bob_events) = within(connect("bob")).await.expect("bob");
+    within(alice.login_room("lobby", &relay.token("alice"))).await.expect("login");
+    within(bob.login_room("lobby", &relay.token("bob"))).await.expect("login");
+    assert_eq!(within(alice.send_broadcast_message("lobby", "hi")).await, Ok(1));
+    assert!(matches!(next_message(&mut bob_events).await, Event::Broadcasts { .. }));
+    // Closing one connection leaves the endpoint, and the other connection, working.
+    within(alice.close()).await;
+    let (carol, _carol_events) = within(connect("carol")).await.expect("carol");
+    within(carol.login_room("lobby", &relay.token("carol"))).await.expect("login");
+    assert_eq!(within(carol.send_broadcast_message("lobby", "still here")).await, Ok(2));
+    assert!(matches!(next_message(&mut bob_events).await, Event::Broadcasts { .. }));
+    bob.close().await;
+    carol.close().await;
+    within(endpoint.wait_idle()).await;
+}

@@ -1,7 +1,7 @@
 //! The reader of barrage datagrams: decode, name the room and sender, deliver in lists.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -19,9 +19,8 @@ pub(crate) async fn read_datagrams(shared: Arc<Shared>, events: mpsc::Sender<Eve
     while let Ok(first) = shared.conn.read_datagram().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            // A zero timeout polls once: it takes a datagram only if one is already queued.
-            match tokio::time::timeout(Duration::ZERO, shared.conn.read_datagram()).await {
-                Ok(Ok(datagram)) => batch.push(datagram),
+            match ready_now(shared.conn.read_datagram()) {
+                Some(Ok(datagram)) => batch.push(datagram),
                 _ => break,
             }
         }
@@ -32,6 +31,16 @@ pub(crate) async fn read_datagrams(shared: Arc<Shared>, events: mpsc::Sender<Eve
         for event in batches {
             let _ = events.send(event).await;
         }
+    }
+}
+
+/// Polls `future` once: its output if it is ready now. (A zero `tokio::time::timeout` is no
+/// substitute: when the future is pending it waits for the timer's next tick, about 1 ms.)
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 

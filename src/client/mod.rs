@@ -99,7 +99,10 @@ pub struct Client {
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
+    /// The endpoint the connection runs on (kept alive as long as the handle).
     endpoint: quinn::Endpoint,
+    /// Whether the endpoint was bound for this connection alone ([`Client::connect`]).
+    owns_endpoint: bool,
     user: User,
 }
 
@@ -115,18 +118,11 @@ impl Client {
     /// The server closes a connection that sends nothing on its control stream within 10 s
     /// of the handshake (close code `NO_CONTROL_STREAM`): log in (or send some request)
     /// soon after connecting.
+    ///
+    /// Each call binds its own UDP socket (one endpoint per connection); to open many
+    /// connections from one process, share endpoints with [`Client::connect_with`].
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
-        check_user_id(&config.user.id).map_err(|code| {
-            ClientError::invalid(
-                code,
-                "user ID: 1 to 64 bytes of [A-Za-z0-9] and ~!@#$%^&*()_+=-;',.<>|",
-            )
-        })?;
-        check_user_name(&config.user.name).map_err(|code| {
-            ClientError::invalid(code, "user name: 1 to 256 bytes, no control characters")
-        })?;
-        let quic = client_config(&config.roots, config.idle_timeout)
-            .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
+        check_user(&config.user)?;
         let bind: SocketAddr = if config.server.is_ipv6() {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -134,39 +130,26 @@ impl Client {
         };
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
-        let connecting = endpoint
-            .connect_with(quic, config.server, &config.server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let conn = tokio::time::timeout(config.request_timeout, connecting)
-            .await
-            .map_err(|_| ClientError::Connect(format!("no answer from {} in time", config.server)))?
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let span = tracing::info_span!("conn", conn = conn.stable_id(), user = %config.user.id);
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ClientError::Connect(format!("cannot open the control stream: {e}")))?;
-        span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
+        establish(endpoint, true, config).await
+    }
 
-        let shared = Arc::new(Shared::new(conn, send, config.request_timeout));
-        let (events_tx, events) = Events::channel();
-        let readers = vec![
-            tokio::spawn(
-                control::read_control(Arc::clone(&shared), recv, events_tx.clone())
-                    .instrument(span.clone()),
-            ),
-            tokio::spawn(
-                lanes::accept_lanes(Arc::clone(&shared), events_tx.clone())
-                    .instrument(span.clone()),
-            ),
-            tokio::spawn(
-                datagrams::read_datagrams(Arc::clone(&shared), events_tx.clone())
-                    .instrument(span.clone()),
-            ),
-        ];
-        tokio::spawn(supervise(Arc::clone(&shared), readers, events_tx).instrument(span));
-        let handle = Handle { shared, endpoint, user: config.user };
-        Ok((Client { handle: Arc::new(handle) }, events))
+    /// Like [`Client::connect`], but on an endpoint the caller created, so that many
+    /// connections share one UDP socket and one endpoint driver task (a load generator opens
+    /// thousands of connections; a socket each would cost a file descriptor, a socket buffer
+    /// and a wake-up per packet per connection).
+    ///
+    /// `endpoint` is a client endpoint bound to an address of the server's family, e.g.
+    /// `quinn::Endpoint::client("0.0.0.0:0".parse()?)?`; it needs no default client config
+    /// (each connection gets its own from `config`). The endpoint stays usable for other
+    /// connections; [`Client::close`] then closes only this connection and does not wait for
+    /// the endpoint to go idle: call `endpoint.wait_idle()` before the process exits if the
+    /// server should see every close at once.
+    pub async fn connect_with(
+        endpoint: &quinn::Endpoint,
+        config: ClientConfig,
+    ) -> Result<(Client, Events), ClientError> {
+        check_user(&config.user)?;
+        establish(endpoint.clone(), false, config).await
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
@@ -303,14 +286,61 @@ impl Client {
     /// Closes the connection (code `NORMAL`) and waits briefly for the close to be sent.
     /// Waiting requests fail with [`ClientError::Disconnected`]; [`Events`] ends with
     /// [`Event::Disconnected`].
+    ///
+    /// On an endpoint shared through [`Client::connect_with`] this does not wait: the
+    /// endpoint's owner waits for it to go idle.
     pub async fn close(&self) {
         self.shared().close(close::NORMAL, "client closed");
-        let _ = tokio::time::timeout(CLOSE_LINGER, self.handle.endpoint.wait_idle()).await;
+        if self.handle.owns_endpoint {
+            let _ = tokio::time::timeout(CLOSE_LINGER, self.handle.endpoint.wait_idle()).await;
+        }
     }
 
     fn shared(&self) -> &Shared {
         &self.handle.shared
     }
+}
+
+/// Connects on `endpoint`, opens the control stream and starts the reader tasks.
+async fn establish(
+    endpoint: quinn::Endpoint,
+    owns_endpoint: bool,
+    config: ClientConfig,
+) -> Result<(Client, Events), ClientError> {
+    let quic = client_config(&config.roots, config.idle_timeout)
+        .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
+    let connecting = endpoint
+        .connect_with(quic, config.server, &config.server_name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let conn = tokio::time::timeout(config.request_timeout, connecting)
+        .await
+        .map_err(|_| ClientError::Connect(format!("no answer from {} in time", config.server)))?
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let span = tracing::info_span!("conn", conn = conn.stable_id(), user = %config.user.id);
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connect(format!("cannot open the control stream: {e}")))?;
+    span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
+
+    let shared = Arc::new(Shared::new(conn, send, config.request_timeout));
+    let (events_tx, events) = Events::channel();
+    let readers = vec![
+        tokio::spawn(
+            control::read_control(Arc::clone(&shared), recv, events_tx.clone())
+                .instrument(span.clone()),
+        ),
+        tokio::spawn(
+            lanes::accept_lanes(Arc::clone(&shared), events_tx.clone()).instrument(span.clone()),
+        ),
+        tokio::spawn(
+            datagrams::read_datagrams(Arc::clone(&shared), events_tx.clone())
+                .instrument(span.clone()),
+        ),
+    ];
+    tokio::spawn(supervise(Arc::clone(&shared), readers, events_tx).instrument(span));
+    let handle = Handle { shared, endpoint, owns_endpoint, user: config.user };
+    Ok((Client { handle: Arc::new(handle) }, events))
 }
 
 /// Waits for the connection to end, fails waiting requests, lets the readers finish, then
@@ -330,6 +360,18 @@ async fn supervise(
         let _ = reader.await;
     }
     let _ = events.send(event).await;
+}
+
+fn check_user(user: &User) -> Result<(), ClientError> {
+    check_user_id(&user.id).map_err(|code| {
+        ClientError::invalid(
+            code,
+            "user ID: 1 to 64 bytes of [A-Za-z0-9] and ~!@#$%^&*()_+=-;',.<>|",
+        )
+    })?;
+    check_user_name(&user.name).map_err(|code| {
+        ClientError::invalid(code, "user name: 1 to 256 bytes, no control characters")
+    })
 }
 
 fn check_room(room: &str) -> Result<(), ClientError> {

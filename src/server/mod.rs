@@ -6,6 +6,7 @@
 //! - `router` / `room`: room ID → room; members, sequences, frequency limits, fan-out.
 //! - `lane`: the per-(receiver, room) queue and writer task.
 //! - [`stats`]: counters of everything done, dropped or refused.
+//! - `thread`: [`RelayThread`], a relay on a dedicated thread (benchmarks, the load tool).
 
 mod admission;
 pub mod config;
@@ -15,6 +16,7 @@ mod rate;
 mod room;
 mod router;
 pub mod stats;
+mod thread;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use tracing::{info, warn};
 pub use config::{RateLimits, ServerConfig, TlsFiles};
 pub use room::now_ms;
 pub use stats::Stats;
+pub use thread::RelayThread;
 
 use crate::auth::TokenKey;
 use crate::protocol::close;

@@ -1,0 +1,85 @@
+//! Shared by the loopback benches: a relay on its own thread (a `current_thread` runtime, as
+//! `qrelay serve` runs by default) with in-memory certificates and no frequency limits, and
+//! clients of the client library on the bench's own runtime.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anyhow::Context;
+use qrelay::auth::TokenKey;
+use qrelay::certs::DevPki;
+use qrelay::client::{Client, ClientConfig, Event, Events};
+use qrelay::protocol::User;
+use qrelay::server::{Identity, RateLimits, RelayThread, ServerConfig};
+use rustls::pki_types::CertificateDer;
+
+/// How long one step may take before the bench gives up (a lost reliable message would
+/// otherwise hang it).
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A relay on 127.0.0.1 on its own thread.
+pub struct BenchRelay {
+    relay: RelayThread,
+    ca: CertificateDer<'static>,
+    tokens: TokenKey,
+}
+
+impl BenchRelay {
+    /// Starts a relay with the benchmark profile (no frequency limits).
+    pub fn start() -> anyhow::Result<BenchRelay> {
+        let pki = DevPki::generate()?;
+        let (chain, key) = pki.server_identity()?;
+        let tokens = TokenKey::new(b"bench secret, not for production use");
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            limits: RateLimits::unlimited(),
+            ..ServerConfig::default()
+        };
+        let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })?;
+        Ok(BenchRelay { relay, ca: pki.ca()?, tokens })
+    }
+
+    /// Connects a client as `user` (one UDP socket per client) and logs it in to `room`.
+    pub async fn member(&self, user: &str, room: &str) -> anyhow::Result<(Client, Events)> {
+        let config = ClientConfig::new(
+            self.relay.local_addr(),
+            "localhost",
+            vec![self.ca.clone()],
+            User { id: user.into(), name: user.into() },
+        );
+        let (client, events) = Client::connect(config).await.context("connect")?;
+        let token = self.tokens.mint(user, None, true, Duration::from_secs(3600))?;
+        client.login_room(room, &token).await.context("login")?;
+        Ok((client, events))
+    }
+
+    /// Shuts the relay down and waits for its thread.
+    pub async fn stop(self) {
+        self.relay.stop().await;
+    }
+}
+
+/// The next broadcast, barrage or command event, skipping user updates; fails on the end of
+/// the room or the connection, or after [`STEP`].
+pub async fn next_message(events: &mut Events) -> anyhow::Result<Event> {
+    loop {
+        let event = tokio::time::timeout(STEP, events.next())
+            .await
+            .context("no message in time")?
+            .context("the connection ended")?;
+        match event {
+            Event::Broadcasts { .. } | Event::Barrages { .. } | Event::Command { .. } => {
+                return Ok(event);
+            }
+            Event::UsersJoined { .. } | Event::UsersLeft { .. } | Event::TokenWillExpire { .. } => {
+            }
+            other => anyhow::bail!("unexpected event {other:?}"),
+        }
+    }
+}
+
+/// A single-threaded runtime for the clients: the relay runs on its own thread, so client and
+/// relay each keep one core, as a relay and its clients in separate processes would.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}

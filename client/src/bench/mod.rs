@@ -1,0 +1,590 @@
+//! `qrelay-cli bench`: the load tool, for the scales criterion cannot reach.
+//!
+//! A run opens N connections (spread over a few shared UDP sockets) in M rooms, waits until
+//! every receiver has seen its room's members join, lets S of the connections send at a total
+//! target rate for a fixed duration, drains, and reports per message kind: deliveries/s,
+//! one-way latency (the sender's stamp in the payload; every client is in this process),
+//! lost and duplicated reliable messages, dropped and late barrage, and the relay's CPU time
+//! and memory. Every phase is bounded in time.
+//!
+//! - `fleet`: the connection phase;
+//! - `traffic`: senders, receivers and the live recorders;
+//! - `report`: expected against received, percentiles, output;
+//! - `procfs`: CPU time, memory and UDP drops from `/proc`.
+
+mod fleet;
+mod procfs;
+mod report;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::Args;
+use qrelay::auth::TokenKey;
+use qrelay::certs::{DevPki, load_certs};
+use qrelay::client::ClientConfig;
+use qrelay::protocol::{MAX_PAYLOAD, User};
+use qrelay::server::{Identity, RateLimits, RelayThread, ServerConfig};
+use serde_json::json;
+use tokio::sync::watch;
+
+use fleet::{Fleet, FleetPlan, Minter};
+use procfs::CpuSource;
+use report::{
+    ConnectReport, KindReport, Latency, Ledger, Report, ServerReport, cpu_per_delivery_us,
+    delivery, per_second,
+};
+use traffic::{BARRAGE_LATE, CommandTo, Kind, Live, STAMP_LEN, SendPlan, run_sender};
+
+/// Most connections one run opens (the relay's default `max_connections`).
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Longest sending phase.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+/// Longest wait for outstanding deliveries, and for rooms to settle.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Highest total send rate, messages per second.
+const MAX_RATE: f64 = 10_000_000.0;
+/// How long the barrage count must stand still before the drain ends.
+const BARRAGE_QUIET: Duration = Duration::from_millis(300);
+/// How long closing connections may take at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Options of `qrelay-cli bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Client connections to open (each logs in to one room), at most 10000.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Rooms; connection i joins room i mod M.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// How many of the connections send (the first S; 0 for an idle run).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Message kinds to send, in turn (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "broadcast")]
+    kind: Vec<Kind>,
+    /// Whom a custom command goes to: everyone else in the room, or one member in turn.
+    #[arg(long, value_enum, default_value = "all")]
+    command_to: CommandTo,
+    /// Target messages per second, all senders together.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long to send, e.g. 10s or 1m (at most 10m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Payload bytes of each message (16 to 1024; the first 16 carry the timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Run a relay inside this process (127.0.0.1:0, its own thread with a current_thread
+    /// runtime, no frequency limits, in-memory certificates) instead of using --server.
+    #[arg(long)]
+    in_process: bool,
+    /// PID of the external relay, to report its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Connections per UDP socket (quinn endpoint).
+    #[arg(long, default_value_t = 100)]
+    per_endpoint: usize,
+    /// Receive and send buffer of each of those sockets, bytes (capped by the kernel's
+    /// net.core.rmem_max and wmem_max).
+    #[arg(long, default_value_t = 4 << 20)]
+    socket_buffer: usize,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 20)]
+    connect_parallel: usize,
+    /// Longest wait for every receiver to see its room's members before sending.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Longest wait for outstanding deliveries after sending stops.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+}
+
+/// The relay a run measures.
+pub enum Target {
+    /// A relay on a thread of this process.
+    InProcess,
+    /// A relay elsewhere on this machine.
+    External {
+        /// Address, TLS name, CA, timeouts.
+        client: ClientConfig,
+        /// Mints (or hands out) a login token for a user ID.
+        token: Minter,
+        /// Its process, for CPU time and memory.
+        pid: Option<u32>,
+    },
+}
+
+/// Runs `qrelay-cli bench` and prints its report; fails when reliable messages were lost.
+pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let target = if args.in_process {
+        Target::InProcess
+    } else {
+        let roots = load_certs(&common.ca).context(
+            "no CA certificate to trust (pass --ca, or use --in-process to start a relay here)",
+        )?;
+        let mut client =
+            ClientConfig::new(common.server, &common.server_name, roots, placeholder());
+        client.request_timeout = Duration::from_secs_f64(common.timeout);
+        let token: Minter = match &common.token {
+            Some(token) => {
+                let token = token.clone();
+                Arc::new(move |_: &str| Ok(token.clone()))
+            }
+            None => {
+                let key = TokenKey::from_file(&common.secret).with_context(|| {
+                    format!("cannot read the token secret {}", common.secret.display())
+                })?;
+                Arc::new(move |user: &str| Ok(key.mint(user, None, true, TOKEN_TTL)?))
+            }
+        };
+        Target::External { client, token, pid: args.server_pid }
+    };
+    let json = args.json;
+    let report = run(&args, target).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How long the tokens the tool mints are valid.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+fn placeholder() -> User {
+    User { id: "bench".into(), name: "bench".into() }
+}
+
+/// Checks the options against the tool's bounds.
+fn validate(args: &BenchArgs) -> anyhow::Result<()> {
+    ensure!(
+        (1..=MAX_CONNECTIONS).contains(&args.connections),
+        "--connections must be 1 to {MAX_CONNECTIONS}"
+    );
+    ensure!((1..=args.connections).contains(&args.rooms), "--rooms must be 1 to --connections");
+    ensure!(args.senders <= args.connections, "--senders must be at most --connections");
+    ensure!(
+        args.rate > 0.0 && args.rate <= MAX_RATE,
+        "--rate must be above 0 and at most {MAX_RATE}"
+    );
+    ensure!(
+        !args.duration.is_zero() && args.duration <= MAX_DURATION,
+        "--duration must be above 0 and at most 10m"
+    );
+    ensure!(
+        (STAMP_LEN..=MAX_PAYLOAD).contains(&args.payload),
+        "--payload must be {STAMP_LEN} to {MAX_PAYLOAD} bytes"
+    );
+    ensure!(!args.kind.is_empty(), "--kind needs at least one kind");
+    ensure!(args.per_endpoint >= 1 && args.connect_parallel >= 1, "counts must be at least 1");
+    ensure!(
+        args.settle <= MAX_WAIT && args.drain <= MAX_WAIT,
+        "--settle and --drain must be at most 5m"
+    );
+    Ok(())
+}
+
+/// Runs one load scenario against `target` and returns its report.
+pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
+    validate(args)?;
+    let run_id = rand::random::<u32>();
+    let in_process = matches!(target, Target::InProcess);
+    let (relay, client, token, pid) = match target {
+        Target::InProcess => {
+            let (relay, client, token) = start_relay(args.connections)?;
+            (Some(relay), client, token, None)
+        }
+        Target::External { client, token, pid } => (None, client, token, pid),
+    };
+    let cpu = match (&relay, pid) {
+        (Some(relay), _) => relay.os_thread_id().map(CpuSource::Thread),
+        (None, Some(pid)) => Some(CpuSource::Process(pid)),
+        (None, None) => None,
+    };
+    let measured = match (&relay, pid) {
+        (Some(_), _) => "in-process relay thread".to_string(),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => "none (pass --server-pid)".to_string(),
+    };
+    let server_port = client.server.port();
+    let udp_before = procfs::udp_buffer_errors();
+    let server_drops_before = procfs::udp_socket_drops(&[server_port]);
+    let memory_before = pid.and_then(|pid| procfs::memory(Some(pid)));
+
+    let plan = Arc::new(fleet_plan(args, run_id, client, token));
+    let live = Arc::new(Live::new(args.connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let connect_cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let mut fleet = fleet::connect(&plan, live.clone(), stop_rx).await?;
+    if let (Some(a), Some(b)) = (connect_cpu_start, cpu.as_ref().and_then(CpuSource::cpu_time)) {
+        let used = b.saturating_sub(a);
+        fleet.report.server_cpu_seconds = Some(used.as_secs_f64());
+        fleet.report.server_cpu_per_handshake_us = (fleet.report.logged_in > 0)
+            .then(|| used.as_secs_f64() * 1e6 / fleet.report.logged_in as f64);
+    }
+    let membership = fleet.membership(&plan);
+    settle(&mut fleet.report, &live, &membership, args.settle).await;
+    let memory_loaded = pid.and_then(|pid| procfs::memory(Some(pid)));
+
+    // Traffic.
+    let own = CpuSource::Process(std::process::id());
+    let cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let own_start = own.cpu_time();
+    let start_ns = live.now_ns();
+    let start = Instant::now();
+    let draining = Arc::new(AtomicBool::new(false));
+    let progress = tokio::spawn(traffic_progress(live.clone(), start, draining.clone()));
+    let senders = spawn_senders(args, &plan, &fleet, &live);
+    let mut sender_tallies = Vec::with_capacity(senders.len());
+    for sender in senders {
+        sender_tallies.push(sender.await.context("a sender task failed")?);
+    }
+    let send_seconds = start.elapsed().as_secs_f64();
+    draining.store(true, Ordering::Relaxed);
+    let ledger = Ledger::new(&membership, &sender_tallies, args.command_to);
+    drain(&live, &ledger, &membership, args).await;
+    let window = start.elapsed();
+    let drain_seconds = window.as_secs_f64() - send_seconds;
+    let cpu_end = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let own_end = own.cpu_time();
+    progress.abort();
+
+    // Collect.
+    let _ = stop_tx.send(true);
+    let mut receivers = Vec::with_capacity(fleet.receivers.len());
+    for (conn, task) in std::mem::take(&mut fleet.receivers) {
+        receivers.push((conn, task.await.context("a receiver task failed")?));
+    }
+    let client_memory = procfs::memory(None);
+    let client_ports: Vec<u16> =
+        fleet.endpoints.iter().filter_map(|e| e.local_addr().ok()).map(|a| a.port()).collect();
+    let client_socket_drops = procfs::udp_socket_drops(&client_ports);
+    let server_socket_drops = match (server_drops_before, procfs::udp_socket_drops(&[server_port]))
+    {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let counters = relay.as_ref().map(|relay| relay.handle().stats());
+    close(&mut fleet).await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    let memory_after = pid.and_then(|pid| procfs::memory(Some(pid)));
+    let udp_buffer_drops = match (udp_before, procfs::udp_buffer_errors()) {
+        (Some((r0, s0)), Some((r1, s1))) => Some((r1.saturating_sub(r0), s1.saturating_sub(s0))),
+        _ => None,
+    };
+
+    // Report.
+    let last_ns = live.last_delivery_ns.load(Ordering::Relaxed);
+    let delivery_window = Duration::from_nanos(last_ns.saturating_sub(start_ns));
+    let mut kinds = Vec::new();
+    let mut all_delivered = 0;
+    let (mut lost, mut duplicates) = (0, 0);
+    for kind in Kind::ALL.into_iter().filter(|k| args.kind.contains(k)) {
+        let mut sent = traffic::Sent::default();
+        for tally in &sender_tallies {
+            let s = &tally.kinds[kind.index()];
+            sent.sent += s.sent;
+            sent.accepted += s.accepted;
+            sent.timeouts += s.timeouts;
+            sent.errors += s.errors;
+            for (code, n) in &s.refused {
+                *sent.refused.entry(code.clone()).or_default() += n;
+            }
+        }
+        let d = delivery(kind, &ledger, &membership, &receivers);
+        all_delivered += d.delivered;
+        if kind.reliable() {
+            lost += d.missing;
+            duplicates += d.duplicates;
+        }
+        kinds.push(KindReport {
+            kind,
+            sent: sent.sent,
+            accepted: sent.accepted,
+            refused: sent.refused,
+            timeouts: sent.timeouts,
+            errors: sent.errors,
+            deliveries_per_sec: per_second(d.delivered, delivery_window),
+            latency: Latency::of(&live.histogram(kind)),
+            delivery: d,
+            lost: if kind.reliable() { d.missing } else { 0 },
+            dropped: if kind.reliable() { 0 } else { d.missing },
+        });
+    }
+    let mut rooms_closed = BTreeMap::new();
+    let (mut disconnected, mut foreign) = (0, 0);
+    for (_, tally) in &receivers {
+        if let Some(code) = &tally.room_closed {
+            *rooms_closed.entry(code.clone()).or_default() += 1;
+        }
+        disconnected += u64::from(tally.disconnected);
+        foreign += tally.foreign;
+    }
+    let cpu_used = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    // This process's CPU time over the same window, less the in-process relay's.
+    let client_cpu_seconds = match (own_start, own_end) {
+        (Some(a), Some(b)) => {
+            let relay_part = if in_process { cpu_used.unwrap_or_default() } else { Duration::ZERO };
+            Some(b.saturating_sub(a).saturating_sub(relay_part).as_secs_f64())
+        }
+        _ => None,
+    };
+    let logged_in = fleet.report.logged_in;
+    let server = ServerReport {
+        measured,
+        cpu_seconds: cpu_used.map(|c| c.as_secs_f64()),
+        cpu_utilisation: cpu_used.map(|c| c.as_secs_f64() / window.as_secs_f64().max(1e-3)),
+        cpu_per_delivery_us: cpu_used.and_then(|c| cpu_per_delivery_us(c, all_delivered)),
+        memory_before,
+        memory_loaded,
+        memory_after,
+        kib_per_connection: match (memory_before, memory_loaded) {
+            (Some(before), Some(loaded)) if logged_in > 0 => {
+                Some(loaded.rss_kib.saturating_sub(before.rss_kib) as f64 / logged_in as f64)
+            }
+            _ => None,
+        },
+        counters,
+    };
+    Ok(Report {
+        scenario: scenario(args),
+        connect: fleet.report.clone(),
+        send_seconds,
+        drain_seconds,
+        kinds,
+        rooms_closed,
+        disconnected,
+        foreign_messages: foreign,
+        late_sends: sender_tallies.iter().map(|s| s.late_sends).sum(),
+        max_send_lag_ms: sender_tallies
+            .iter()
+            .map(|s| s.max_lag.as_secs_f64() * 1e3)
+            .fold(0.0, f64::max),
+        server,
+        client_memory,
+        client_cpu_seconds,
+        udp_buffer_drops,
+        server_socket_drops,
+        client_socket_drops,
+        lost,
+        duplicates,
+    })
+}
+
+/// Starts the in-process relay: benchmark limits, room for every connection, in-memory
+/// certificates and token key. Returns it with the client settings and token minter.
+fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig, Minter)> {
+    let pki = DevPki::generate().context("cannot generate certificates")?;
+    let (chain, key) = pki.server_identity().context("certificate")?;
+    let tokens = TokenKey::new(&rand::random::<[u8; 32]>());
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        limits: RateLimits::unlimited(),
+        max_connections: connections + 100,
+        max_members_per_room: connections + 1,
+        ..ServerConfig::default()
+    };
+    let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })
+        .context("cannot start the in-process relay")?;
+    let client = ClientConfig::new(
+        relay.local_addr(),
+        "localhost",
+        vec![pki.ca().context("CA certificate")?],
+        placeholder(),
+    );
+    let token = Arc::new(move |user: &str| Ok(tokens.mint(user, None, true, TOKEN_TTL)?));
+    Ok((relay, client, token))
+}
+
+/// Users, rooms and sockets of a run.
+fn fleet_plan(args: &BenchArgs, run_id: u32, client: ClientConfig, token: Minter) -> FleetPlan {
+    let n = args.connections;
+    let room_of: Vec<usize> = (0..n).map(|i| i % args.rooms).collect();
+    FleetPlan {
+        client,
+        token,
+        users: (0..n).map(|i| format!("b{run_id:08x}-{i}")).collect(),
+        room_names: room_of.iter().map(|r| format!("bench-{run_id:08x}-{r}")).collect(),
+        room_of,
+        rooms: args.rooms,
+        per_endpoint: args.per_endpoint,
+        parallel: args.connect_parallel,
+        socket_buffer: args.socket_buffer,
+    }
+}
+
+/// Waits until every receiver has seen every other logged-in member of its room (bounded).
+async fn settle(
+    report: &mut ConnectReport,
+    live: &Live,
+    membership: &report::Membership,
+    bound: Duration,
+) {
+    let mut sizes = vec![0usize; membership.rooms];
+    for room in membership.room_of.iter().flatten() {
+        sizes[*room] += 1;
+    }
+    let receivers: Vec<(usize, usize)> = membership
+        .room_of
+        .iter()
+        .enumerate()
+        .filter_map(|(conn, room)| room.map(|room| (conn, sizes[room] - 1)))
+        .collect();
+    let settled = || {
+        receivers
+            .iter()
+            .filter(|(conn, others)| live.members[*conn].load(Ordering::Relaxed) >= *others)
+            .count()
+    };
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    while settled() < receivers.len() && start.elapsed() < bound {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "[settle {:5.1}s] {}/{} receivers have seen their whole room",
+                start.elapsed().as_secs_f64(),
+                settled(),
+                receivers.len()
+            );
+        }
+    }
+    report.settled = settled() == receivers.len();
+    report.settle_seconds = start.elapsed().as_secs_f64();
+}
+
+/// Starts one sender task per sending connection that logged in.
+fn spawn_senders(
+    args: &BenchArgs,
+    plan: &Arc<FleetPlan>,
+    fleet: &Fleet,
+    live: &Arc<Live>,
+) -> Vec<tokio::task::JoinHandle<traffic::SenderTally>> {
+    let senders: Vec<usize> = (0..args.senders).filter(|&i| fleet.clients[i].is_some()).collect();
+    let mut tasks = Vec::with_capacity(senders.len());
+    for &conn in &senders {
+        let Some(client) = fleet.clients[conn].clone() else { continue };
+        let room = plan.room_of[conn];
+        let others = (0..plan.users.len())
+            .filter(|&j| j != conn && plan.room_of[j] == room && fleet.clients[j].is_some())
+            .map(|j| (j, plan.users[j].clone()))
+            .collect();
+        let send = SendPlan {
+            conn,
+            room: plan.room_names[conn].clone(),
+            rate: args.rate / senders.len() as f64,
+            kinds: args.kind.clone(),
+            command_to: args.command_to,
+            others,
+            payload: args.payload,
+            duration: args.duration,
+        };
+        tasks.push(tokio::spawn(run_sender(client, send, live.clone())));
+    }
+    tasks
+}
+
+/// Waits (at most `--drain`) until every expected reliable delivery has arrived, then until
+/// barrage stops arriving.
+async fn drain(live: &Live, ledger: &Ledger, membership: &report::Membership, args: &BenchArgs) {
+    let start = Instant::now();
+    let want = ledger.reliable_total(membership);
+    while live.reliable_delivered() < want && start.elapsed() < args.drain {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if args.kind.contains(&Kind::Barrage) {
+        let barrage = &live.delivered[Kind::Barrage.index()];
+        let mut seen = barrage.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        // Anything later than BARRAGE_LATE is late anyway; stop once it has been quiet.
+        while quiet_since.elapsed() < BARRAGE_QUIET.max(BARRAGE_LATE)
+            && start.elapsed() < args.drain
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = barrage.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+        }
+    }
+}
+
+/// Closes every connection and waits (bounded) for the closes to be sent.
+async fn close(fleet: &mut Fleet) {
+    for client in fleet.clients.iter().flatten() {
+        client.close().await;
+    }
+    fleet.clients.clear();
+    let mut idle = tokio::task::JoinSet::new();
+    for endpoint in &fleet.endpoints {
+        let endpoint = endpoint.clone();
+        idle.spawn(async move { endpoint.wait_idle().await });
+    }
+    if tokio::time::timeout(CLOSE_WAIT, idle.join_all()).await.is_err() {
+        eprintln!("warning: some connections had not finished closing after {CLOSE_WAIT:?}");
+    }
+}
+
+/// One progress line per second while traffic runs.
+async fn traffic_progress(live: Arc<Live>, start: Instant, draining: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last_delivered = 0;
+    loop {
+        tick.tick().await;
+        let (sent, accepted, delivered) = live.totals();
+        let p99 = live
+            .take_interval_p99()
+            .map_or_else(|| "-".to_string(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
+        eprintln!(
+            "[{} {:5.1}s] sent {sent} accepted {accepted} delivered {delivered} ({}/s) p99 {p99}",
+            if draining.load(Ordering::Relaxed) { "drain" } else { "send " },
+            start.elapsed().as_secs_f64(),
+            delivered - last_delivered,
+        );
+        last_delivered = delivered;
+    }
+}
+
+/// The options of a run, for the report.
+fn scenario(args: &BenchArgs) -> BTreeMap<String, serde_json::Value> {
+    let value = json!({
+        "connections": args.connections,
+        "rooms": args.rooms,
+        "senders": args.senders,
+        "kinds": args.kind,
+        "command_to": args.command_to,
+        "rate": args.rate,
+        "duration_s": args.duration.as_secs_f64(),
+        "payload": args.payload,
+        "in_process": args.in_process,
+        "per_endpoint": args.per_endpoint,
+        "socket_buffer": args.socket_buffer,
+        "connect_parallel": args.connect_parallel,
+    });
+    match value {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,577 @@
+//! The traffic of a load run: senders that keep a target rate, receivers that check and time
+//! every message, and the live recorders both report into.
+//!
+//! A payload carries its send time: nanoseconds since the run's shared `Instant` (every client
+//! is in this process), the sender's connection index and a marker, then padding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use qrelay::client::{Client, ClientError, Event, Events};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Bytes of the stamp at the start of every payload; the smallest payload the tool sends.
+pub const STAMP_LEN: usize = 16;
+/// Marks a payload as this tool's (bytes 12..16 of the stamp).
+const MARKER: &[u8; 4] = b"qrb1";
+/// A barrage delivered later than this after it was sent counts as late.
+pub const BARRAGE_LATE: Duration = Duration::from_millis(100);
+/// Sends one sender may have waiting for their result; past this it waits (and lags).
+const MAX_IN_FLIGHT: usize = 4096;
+/// A send this much behind its schedule counts as late.
+const SEND_LAG_LATE: Duration = Duration::from_millis(10);
+/// Longest latency the histograms hold (longer ones are recorded as this).
+const HISTOGRAM_MAX: Duration = Duration::from_secs(60);
+/// How many barrage IDs behind the newest one a receiver still checks for duplicates.
+const BARRAGE_WINDOW: u64 = 64;
+
+/// A message kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Reliable, ordered, to everyone else in the room.
+    Broadcast,
+    /// Best effort datagram, to everyone else in the room.
+    Barrage,
+    /// Reliable custom command (see `--command-to`).
+    Command,
+}
+
+impl Kind {
+    /// Every kind, in report order.
+    pub const ALL: [Kind; 3] = [Kind::Broadcast, Kind::Barrage, Kind::Command];
+
+    /// Index into per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether every accepted message must arrive.
+    pub fn reliable(self) -> bool {
+        self != Kind::Barrage
+    }
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Broadcast => "broadcast",
+            Kind::Barrage => "barrage",
+            Kind::Command => "command",
+        }
+    }
+}
+
+/// Whom a custom command is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandTo {
+    /// Everyone else in the room (an empty target list).
+    All,
+    /// One other member, round-robin over the room.
+    One,
+}
+
+/// Latency histograms and delivery counters that every receiver reports into.
+#[derive(Debug)]
+pub struct Live {
+    /// Time zero of every stamp.
+    pub base: Instant,
+    /// Histograms, behind one lock taken once per receiver wake-up.
+    recorders: Mutex<Recorders>,
+    /// Messages delivered (duplicates excluded), per kind.
+    pub delivered: [AtomicU64; 3],
+    /// Messages sent, per kind.
+    pub sent: [AtomicU64; 3],
+    /// Messages accepted by the relay, per kind.
+    pub accepted: [AtomicU64; 3],
+    /// When the last delivery was recorded, ns since `base`.
+    pub last_delivery_ns: AtomicU64,
+    /// Other members each connection has seen in its room (joins minus leaves).
+    pub members: Vec<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct Recorders {
+    /// Whole-run latency, per kind.
+    total: [Histogram<u64>; 3],
+    /// Latency since the last progress line, all kinds.
+    interval: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX.as_nanos() as u64, 3).expect("valid bounds")
+}
+
+impl Live {
+    /// Fresh recorders for `connections` connections, with time zero now.
+    pub fn new(connections: usize) -> Live {
+        Live {
+            base: Instant::now(),
+            recorders: Mutex::new(Recorders {
+                total: [histogram(), histogram(), histogram()],
+                interval: histogram(),
+            }),
+            delivered: Default::default(),
+            sent: Default::default(),
+            accepted: Default::default(),
+            last_delivery_ns: AtomicU64::new(0),
+            members: (0..connections).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Nanoseconds since `base`.
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Recorders> {
+        self.recorders.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The 99th percentile since the last call, then starts a new interval.
+    pub fn take_interval_p99(&self) -> Option<Duration> {
+        let mut recorders = self.lock();
+        let p99 = (!recorders.interval.is_empty())
+            .then(|| Duration::from_nanos(recorders.interval.value_at_quantile(0.99)));
+        recorders.interval.reset();
+        p99
+    }
+
+    /// A copy of the whole-run histogram of `kind`.
+    pub fn histogram(&self, kind: Kind) -> Histogram<u64> {
+        self.lock().total[kind.index()].clone()
+    }
+
+    /// Sums over every kind.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let sum =
+            |counters: &[AtomicU64; 3]| counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        (sum(&self.sent), sum(&self.accepted), sum(&self.delivered))
+    }
+
+    /// Reliable messages delivered so far, all kinds.
+    pub fn reliable_delivered(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .filter(|k| k.reliable())
+            .map(|k| self.delivered[k.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A payload of `len` bytes stamped with `sent_ns` and `sender`.
+pub fn stamp(len: usize, sent_ns: u64, sender: u32) -> Bytes {
+    let mut payload = BytesMut::with_capacity(len.max(STAMP_LEN));
+    payload.put_u64_le(sent_ns);
+    payload.put_u32_le(sender);
+    payload.put_slice(MARKER);
+    payload.resize(len.max(STAMP_LEN), 0);
+    payload.freeze()
+}
+
+/// The send time of a payload this tool stamped, or `None` for anyone else's.
+pub fn stamped_ns(payload: &[u8]) -> Option<u64> {
+    if payload.len() < STAMP_LEN || &payload[12..16] != MARKER {
+        return None;
+    }
+    Some(u64::from_le_bytes(payload[..8].try_into().ok()?))
+}
+
+/// What one receiver saw of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Distinct messages delivered.
+    pub messages: u64,
+    /// Messages delivered again (reliable: an ID not above the last one on the lane; barrage:
+    /// an ID seen within the last [`BARRAGE_WINDOW`]).
+    pub duplicates: u64,
+    /// Barrage delivered more than [`BARRAGE_LATE`] after it was sent.
+    pub late: u64,
+}
+
+/// What one receiver saw during the run.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverTally {
+    /// Per kind.
+    pub kinds: [Received; 3],
+    /// Messages without this tool's stamp (someone else in the room).
+    pub foreign: u64,
+    /// The code of the `RoomClosed` event, if the room lane ended during the run.
+    pub room_closed: Option<String>,
+    /// Whether the connection ended during the run.
+    pub disconnected: bool,
+}
+
+/// The receiving side of one connection: checks and times every message until `stop`.
+pub struct Receiver {
+    live: Arc<Live>,
+    /// This receiver's connection index.
+    conn: usize,
+    tally: ReceiverTally,
+    last_broadcast: u64,
+    last_command: u64,
+    barrage_newest: u64,
+    /// Bit `i` set: barrage ID `barrage_newest - i` was seen.
+    barrage_seen: u64,
+    /// Latencies not yet in the shared histograms.
+    samples: Vec<(Kind, u64)>,
+}
+
+impl Receiver {
+    /// The receiver of connection `conn`.
+    pub fn new(live: Arc<Live>, conn: usize) -> Receiver {
+        Receiver {
+            live,
+            conn,
+            tally: ReceiverTally::default(),
+            last_broadcast: 0,
+            last_command: 0,
+            barrage_newest: 0,
+            barrage_seen: 0,
+            samples: Vec::with_capacity(64),
+        }
+    }
+
+    /// Reads `events` until `stop` turns true or the connection ends.
+    pub async fn run(
+        mut self,
+        mut events: Events,
+        mut stop: watch::Receiver<bool>,
+    ) -> ReceiverTally {
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => break,
+                event = events.next() => event,
+            };
+            let Some(event) = event else { break };
+            let mut open = self.handle(event);
+            // Take whatever else is ready, then report once for the whole wake-up.
+            while open && let Some(event) = events.try_next() {
+                open = self.handle(event);
+            }
+            self.flush();
+            if !open {
+                break;
+            }
+        }
+        self.flush();
+        self.tally
+    }
+
+    /// Accounts one event; `false` once the connection has ended.
+    fn handle(&mut self, event: Event) -> bool {
+        let now = self.live.now_ns();
+        match event {
+            Event::Broadcasts { messages, .. } => {
+                for m in messages {
+                    let fresh = m.id > self.last_broadcast;
+                    self.last_broadcast = self.last_broadcast.max(m.id);
+                    self.message(Kind::Broadcast, &m.payload, fresh, now);
+                }
+            }
+            Event::Command { message, .. } => {
+                let fresh = message.id > self.last_command;
+                self.last_command = self.last_command.max(message.id);
+                self.message(Kind::Command, &message.payload, fresh, now);
+            }
+            Event::Barrages { messages, .. } => {
+                for m in messages {
+                    let fresh = self.barrage_fresh(m.id);
+                    self.message(Kind::Barrage, &m.payload, fresh, now);
+                }
+            }
+            Event::UsersJoined { users, .. } => {
+                self.live.members[self.conn].fetch_add(users.len(), Ordering::Relaxed);
+            }
+            Event::UsersLeft { users, .. } => {
+                self.live.members[self.conn].fetch_sub(users.len(), Ordering::Relaxed);
+            }
+            Event::RoomClosed { code, .. } => {
+                self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
+            }
+            Event::TokenWillExpire { .. } => {}
+            Event::Disconnected { .. } => {
+                self.tally.disconnected = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    fn message(&mut self, kind: Kind, payload: &[u8], fresh: bool, now_ns: u64) {
+        let Some(sent_ns) = stamped_ns(payload) else {
+            self.tally.foreign += 1;
+            return;
+        };
+        let received = &mut self.tally.kinds[kind.index()];
+        if !fresh {
+            received.duplicates += 1;
+            return;
+        }
+        received.messages += 1;
+        let latency = now_ns.saturating_sub(sent_ns);
+        if kind == Kind::Barrage && latency > BARRAGE_LATE.as_nanos() as u64 {
+            received.late += 1;
+        }
+        self.samples.push((kind, latency));
+    }
+
+    /// Whether barrage `id` is new, within a window of recent IDs (barrage may be reordered).
+    fn barrage_fresh(&mut self, id: u64) -> bool {
+        if id > self.barrage_newest {
+            let shift = id - self.barrage_newest;
+            self.barrage_seen =
+                if shift >= BARRAGE_WINDOW { 0 } else { self.barrage_seen << shift };
+            self.barrage_seen |= 1;
+            self.barrage_newest = id;
+            return true;
+        }
+        let age = self.barrage_newest - id;
+        if age >= BARRAGE_WINDOW {
+            return true; // too old to tell: counted as new
+        }
+        let bit = 1u64 << age;
+        let fresh = self.barrage_seen & bit == 0;
+        self.barrage_seen |= bit;
+        fresh
+    }
+
+    /// Moves the pending latencies into the shared histograms.
+    fn flush(&mut self) {
+        if self.samples.is_empty() {
+            return;
+        }
+        let mut counts = [0u64; 3];
+        {
+            let mut recorders = self.live.lock();
+            for &(kind, latency) in &self.samples {
+                recorders.total[kind.index()].saturating_record(latency.max(1));
+                recorders.interval.saturating_record(latency.max(1));
+                counts[kind.index()] += 1;
+            }
+        }
+        for kind in Kind::ALL {
+            self.live.delivered[kind.index()].fetch_add(counts[kind.index()], Ordering::Relaxed);
+        }
+        self.live.last_delivery_ns.fetch_max(self.live.now_ns(), Ordering::Relaxed);
+        self.samples.clear();
+    }
+}
+
+/// What one sender did, per kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Send calls made.
+    pub sent: u64,
+    /// Accepted by the relay (a result with a message ID).
+    pub accepted: u64,
+    /// Refused by the relay or the client library, by error code name.
+    pub refused: BTreeMap<String, u64>,
+    /// No result in time (for barrage: the datagram or its result was lost).
+    pub timeouts: u64,
+    /// Failed otherwise (connection lost, …).
+    pub errors: u64,
+}
+
+/// What one sender did during the run.
+#[derive(Debug, Clone, Default)]
+pub struct SenderTally {
+    /// The sender's connection index.
+    pub conn: usize,
+    /// Per kind.
+    pub kinds: [Sent; 3],
+    /// Accepted commands addressed to one member (`--command-to one`), by target connection.
+    pub direct: HashMap<usize, u64>,
+    /// Sends made more than [`SEND_LAG_LATE`] after their scheduled time.
+    pub late_sends: u64,
+    /// The largest delay of a send behind its schedule.
+    pub max_lag: Duration,
+}
+
+/// What a sender sends and how fast.
+#[derive(Debug, Clone)]
+pub struct SendPlan {
+    /// The sender's connection index.
+    pub conn: usize,
+    /// The room it sends in.
+    pub room: String,
+    /// Messages per second from this sender.
+    pub rate: f64,
+    /// Kinds, taken in turn.
+    pub kinds: Vec<Kind>,
+    /// How commands are addressed.
+    pub command_to: CommandTo,
+    /// The other members of the room (connection index, user ID), for `--command-to one`.
+    pub others: Vec<(usize, String)>,
+    /// Payload size.
+    pub payload: usize,
+    /// How long to send.
+    pub duration: Duration,
+}
+
+/// Sends at `plan.rate` for `plan.duration`, without waiting for one result before the next
+/// send, then waits for every outstanding result.
+pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> SenderTally {
+    let mut tally = SenderTally { conn: plan.conn, ..SenderTally::default() };
+    let interval = Duration::from_secs_f64(1.0 / plan.rate).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let plan = Arc::new(plan);
+    let mut in_flight = JoinSet::new();
+    let start = Instant::now();
+    let mut count: u64 = 0;
+    'sending: loop {
+        ticker.tick().await;
+        let elapsed = start.elapsed();
+        if elapsed >= plan.duration {
+            break;
+        }
+        // Message k is due at k / rate: send every one that is due by now.
+        let due = (elapsed.as_secs_f64() * plan.rate) as u64 + 1;
+        while count < due {
+            while in_flight.len() >= MAX_IN_FLIGHT {
+                match in_flight.join_next().await {
+                    Some(result) => record(&mut tally, &live, result),
+                    None => break,
+                }
+                if start.elapsed() >= plan.duration {
+                    break 'sending;
+                }
+            }
+            let lag =
+                start.elapsed().saturating_sub(Duration::from_secs_f64(count as f64 / plan.rate));
+            tally.max_lag = tally.max_lag.max(lag);
+            if lag > SEND_LAG_LATE {
+                tally.late_sends += 1;
+            }
+            let kind = plan.kinds[count as usize % plan.kinds.len()];
+            let target = match (kind, plan.command_to) {
+                (Kind::Command, CommandTo::One) if !plan.others.is_empty() => {
+                    Some((count as usize / plan.kinds.len()) % plan.others.len())
+                }
+                _ => None,
+            };
+            tally.kinds[kind.index()].sent += 1;
+            live.sent[kind.index()].fetch_add(1, Ordering::Relaxed);
+            in_flight.spawn(send_one(client.clone(), plan.clone(), live.clone(), kind, target));
+            count += 1;
+        }
+        while let Some(result) = in_flight.try_join_next() {
+            record(&mut tally, &live, result);
+        }
+    }
+    while let Some(result) = in_flight.join_next().await {
+        record(&mut tally, &live, result);
+    }
+    tally
+}
+
+/// The outcome of one send: its kind, its target (index into `others`) and its result.
+type SendOutcome = (Kind, Option<usize>, Result<u64, ClientError>);
+
+async fn send_one(
+    client: Client,
+    plan: Arc<SendPlan>,
+    live: Arc<Live>,
+    kind: Kind,
+    target: Option<usize>,
+) -> SendOutcome {
+    let payload = stamp(plan.payload, live.now_ns(), plan.conn as u32);
+    let room = plan.room.as_str();
+    let result = match kind {
+        Kind::Broadcast => client.send_broadcast_message(room, payload).await,
+        Kind::Barrage => client.send_barrage_message(room, payload).await,
+        Kind::Command => match target {
+            Some(t) => {
+                client.send_custom_command(room, payload, &[plan.others[t].1.as_str()]).await
+            }
+            None => client.send_custom_command(room, payload, &[]).await,
+        },
+    };
+    (kind, target.map(|t| plan.others[t].0), result)
+}
+
+fn record(
+    tally: &mut SenderTally,
+    live: &Live,
+    result: Result<SendOutcome, tokio::task::JoinError>,
+) {
+    let Ok((kind, target, result)) = result else {
+        // A send task panicked or was cancelled: count it as an error of the first kind.
+        tally.kinds[0].errors += 1;
+        return;
+    };
+    let sent = &mut tally.kinds[kind.index()];
+    match result {
+        Ok(_) => {
+            sent.accepted += 1;
+            live.accepted[kind.index()].fetch_add(1, Ordering::Relaxed);
+            if let Some(target) = target {
+                *tally.direct.entry(target).or_default() += 1;
+            }
+        }
+        Err(ClientError::Timeout) => sent.timeouts += 1,
+        Err(e @ (ClientError::Refused { .. } | ClientError::Invalid { .. })) => {
+            *sent.refused.entry(e.code().name().to_string()).or_default() += 1;
+        }
+        Err(_) => sent.errors += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_foreign_payloads_are_recognised() {
+        let payload = stamp(64, 123_456_789, 7);
+        assert_eq!(payload.len(), 64);
+        assert_eq!(stamped_ns(&payload), Some(123_456_789));
+        assert_eq!(stamp(3, 1, 1).len(), STAMP_LEN);
+        assert_eq!(stamped_ns(b"hello, room"), None);
+        assert_eq!(stamped_ns(&[0u8; 64]), None);
+    }
+
+    #[test]
+    fn barrage_window_finds_duplicates_and_accepts_reordering() {
+        let mut receiver = Receiver::new(Arc::new(Live::new(1)), 0);
+        assert!(receiver.barrage_fresh(5));
+        assert!(receiver.barrage_fresh(3)); // late, reordered
+        assert!(!receiver.barrage_fresh(3));
+        assert!(!receiver.barrage_fresh(5));
+        assert!(receiver.barrage_fresh(100)); // window jumps
+        assert!(receiver.barrage_fresh(99));
+        assert!(!receiver.barrage_fresh(100));
+        assert!(receiver.barrage_fresh(5)); // too old to tell
+    }
+
+    #[test]
+    fn reliable_duplicates_are_ids_not_above_the_last() {
+        let live = Arc::new(Live::new(1));
+        let mut receiver = Receiver::new(live.clone(), 0);
+        let message = |id| qrelay::protocol::BroadcastMessage {
+            id,
+            sent_at_ms: 0,
+            from: qrelay::protocol::User { id: "a".into(), name: "a".into() },
+            payload: stamp(16, 0, 0),
+        };
+        let event = |ids: &[u64]| Event::Broadcasts {
+            room: "r".into(),
+            messages: ids.iter().map(|&id| message(id)).collect(),
+        };
+        assert!(receiver.handle(event(&[1, 2, 3])));
+        assert!(receiver.handle(event(&[3, 4])));
+        receiver.flush();
+        let broadcast = receiver.tally.kinds[Kind::Broadcast.index()];
+        assert_eq!((broadcast.messages, broadcast.duplicates), (4, 1));
+        assert_eq!(live.delivered[Kind::Broadcast.index()].load(Ordering::Relaxed), 4);
+        assert_eq!(live.histogram(Kind::Broadcast).len(), 4);
+    }
+}
