@@ -115,6 +115,7 @@ fn codec(c: &mut Criterion) {
             room: "lobby".into(),
             user: user(),
             token: "t".repeat(200), // about the size of a minted HS256 token
+            recover: None,
         },
     };
     frame_pair(c, "request_login", 0, login, MAX_REQUEST_FRAME);

@@ -296,7 +296,7 @@ impl Receiver {
             Event::RoomClosed { code, .. } => {
                 self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
             }
-            Event::TokenWillExpire { .. } => {}
+            Event::TokenWillExpire { .. } | Event::Recovered { .. } => {}
             Event::Disconnected { .. } => {
                 self.tally.disconnected = true;
                 return false;
