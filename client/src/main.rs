@@ -56,14 +56,22 @@ struct Common {
     /// Token-signing secret to mint a 1-hour token from when --token is absent.
     #[arg(long, global = true, default_value = "certs/token.secret")]
     secret: PathBuf,
-    /// Seconds to wait for each reply (a lost barrage fails after this).
+    /// Seconds to wait for each reply (a lost barrage fails after this), and for each
+    /// connection attempt.
     #[arg(long, global = true, default_value_t = 5.0)]
     timeout: f64,
+    /// Do not reconnect after a lost connection: the first loss ends the command.
+    #[arg(long, global = true)]
+    no_reconnect: bool,
+    /// Seconds to keep trying to reconnect after a lost connection before giving up.
+    #[arg(long, global = true, default_value_t = 120.0)]
+    reconnect_for: f64,
 }
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Log in to rooms and print every event as a JSON line until Ctrl-C.
+    /// Log in to rooms and print every event as a JSON line until Ctrl-C. Keeps running
+    /// through reconnects; exits non-zero when reconnecting gives up or no room is left.
     Listen {
         /// A room to log in to (repeat for several).
         #[arg(long = "room", required = true)]
@@ -205,9 +213,14 @@ async fn connect(common: &Common) -> anyhow::Result<Session> {
     if !(common.timeout > 0.0 && common.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
+    if !(common.reconnect_for >= 0.0 && common.reconnect_for.is_finite()) {
+        bail!("--reconnect-for must be a number of seconds, 0 or more");
+    }
     let mut config =
         ClientConfig::new(common.server, &common.server_name, roots, User { id, name });
     config.request_timeout = Duration::from_secs_f64(common.timeout);
+    config.reconnect.enabled = !common.no_reconnect;
+    config.reconnect.max_elapsed = Duration::from_secs_f64(common.reconnect_for);
     let (client, events) = Client::connect(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Session { client, events, token })
 }
@@ -245,8 +258,9 @@ where
     Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Logs in to every room and prints events until Ctrl-C, the connection ends, or no room is
-/// left.
+/// Logs in to every room and prints events until Ctrl-C, the client ends (connection lost
+/// and not reconnected), or no room is left. Reconnects and recoveries are printed as they
+/// happen (`connection_state`, `recovered`).
 async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode> {
     let Session { client, mut events, token } = session;
     let mut open = Vec::new();
@@ -274,7 +288,8 @@ async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode
                     Event::Disconnected { .. } => return Ok(ExitCode::FAILURE),
                     Event::RoomClosed { room, code, .. } => {
                         open.retain(|r| r != room);
-                        // After a shutdown notice the `disconnected` event follows: wait for it.
+                        // After a shutdown notice (only with --no-reconnect; otherwise the room
+                        // is logged in to again) the `disconnected` event follows: wait for it.
                         if open.is_empty() && *code != ErrorCode::SERVER_SHUTTING_DOWN {
                             eprintln!("no room left; exiting");
                             client.close().await;

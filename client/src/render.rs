@@ -2,7 +2,7 @@
 //! commands) or readable lines (`chat`).
 
 use bytes::Bytes;
-use qrelay::client::{ClientError, Event, ReceivedBarrage};
+use qrelay::client::{ClientError, ConnectionState, Event, ReceivedBarrage};
 use qrelay::protocol::{BroadcastMessage, CommandMessage, User, close};
 use serde::Serialize;
 
@@ -57,6 +57,14 @@ pub enum EventJson<'a> {
     },
     TokenWillExpire {
         expires_at_ms: u64,
+    },
+    /// `reconnecting` (with `attempt`), `reconnected`, or `failed` (with `reason`).
+    ConnectionState {
+        state: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     Disconnected {
         code: Option<u64>,
@@ -171,6 +179,14 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
         Event::TokenWillExpire { expires_at_ms } => {
             EventJson::TokenWillExpire { expires_at_ms: *expires_at_ms }
         }
+        Event::ConnectionState(state) => {
+            let (state, attempt, reason) = match state {
+                ConnectionState::Reconnecting { attempt } => ("reconnecting", Some(*attempt), None),
+                ConnectionState::Reconnected => ("reconnected", None, None),
+                ConnectionState::Failed { reason } => ("failed", None, Some(reason.as_str())),
+            };
+            EventJson::ConnectionState { state, attempt, reason }
+        }
         Event::Disconnected { code, reason } => {
             EventJson::Disconnected { code: *code, name: code.map(close::name), reason }
         }
@@ -260,6 +276,15 @@ pub fn event_lines(event: &Event) -> Vec<String> {
         Event::TokenWillExpire { expires_at_ms } => {
             vec![format!("token expires at {expires_at_ms} ms since the epoch")]
         }
+        Event::ConnectionState(ConnectionState::Reconnecting { attempt }) => {
+            vec![format!("connection lost; reconnecting (attempt {attempt})")]
+        }
+        Event::ConnectionState(ConnectionState::Reconnected) => {
+            vec!["reconnected; logging in to the room again".to_owned()]
+        }
+        Event::ConnectionState(ConnectionState::Failed { reason }) => {
+            vec![format!("cannot reconnect: {reason}")]
+        }
         Event::Disconnected { code, reason } => vec![match code {
             Some(code) => format!("disconnected: {} ({code}): {reason}", close::name(*code)),
             None => format!("disconnected: {reason}"),
@@ -342,6 +367,39 @@ mod tests {
             json!({"event":"disconnected","code":null,"name":null,"reason":"timed out"})
         );
         assert_eq!(event_lines(&gone), vec!["disconnected: SHUTDOWN (3): bye"]);
+    }
+
+    #[test]
+    fn connection_states_and_recovery() {
+        let state = |s| Event::ConnectionState(s);
+        assert_eq!(
+            value(event_json(&state(ConnectionState::Reconnecting { attempt: 2 }))),
+            json!({"event":"connection_state","state":"reconnecting","attempt":2})
+        );
+        assert_eq!(
+            value(event_json(&state(ConnectionState::Reconnected))),
+            json!({"event":"connection_state","state":"reconnected"})
+        );
+        let failed = state(ConnectionState::Failed { reason: "gone".into() });
+        assert_eq!(
+            value(event_json(&failed)),
+            json!({"event":"connection_state","state":"failed","reason":"gone"})
+        );
+        assert_eq!(event_lines(&failed), vec!["cannot reconnect: gone"]);
+        let recovered = Event::Recovered {
+            room: "r".into(),
+            complete: false,
+            missed: Some((3, 9)),
+            replayed: 4,
+        };
+        assert_eq!(
+            value(event_json(&recovered)),
+            json!({"event":"recovered","room":"r","complete":false,"missed":[3,9],"replayed":4})
+        );
+        assert_eq!(
+            event_lines(&recovered),
+            vec!["[r] recovered partly: broadcasts #3-#9 are lost, 4 follow"]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use qrelay::auth::{Claims, TokenKey, unix_seconds};
 use qrelay::certs::DevPki;
-use qrelay::client::{Client, ClientConfig, ClientError, Event, Events};
+use qrelay::client::{Client, ClientConfig, ClientError, Event, Events, ReconnectPolicy};
 use qrelay::protocol::{ErrorCode, User, close};
 use qrelay::server::{Identity, RateLimits, Server, ServerConfig, ServerHandle};
 use serde_json::Value;
@@ -29,21 +29,28 @@ struct Relay {
     config: ClientConfig,
     tokens: TokenKey,
     dir: tempfile::TempDir,
+    pki: DevPki,
+}
+
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        limits: RateLimits::unlimited(),
+        ..ServerConfig::default()
+    }
+}
+
+fn bind(config: ServerConfig, pki: &DevPki) -> Result<Server, qrelay::server::ServerError> {
+    let (chain, key) = pki.server_identity().expect("identity");
+    Server::bind(config, Identity { chain, key, tokens: TokenKey::new(SECRET) })
 }
 
 impl Relay {
     async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Relay {
         let pki = DevPki::generate().expect("pki");
-        let (chain, key) = pki.server_identity().expect("identity");
-        let tokens = TokenKey::new(SECRET);
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            limits: RateLimits::unlimited(),
-            ..ServerConfig::default()
-        };
+        let mut config = server_config();
         adjust(&mut config);
-        let server = Server::bind(config, Identity { chain, key, tokens: tokens.clone() })
-            .expect("bind relay");
+        let server = bind(config, &pki).expect("bind relay");
         let handle = server.handle();
         let addr = server.local_addr().expect("addr");
         tokio::spawn(server.run());
@@ -52,7 +59,29 @@ impl Relay {
         std::fs::write(dir.path().join("token.secret"), hex::encode(SECRET)).expect("secret");
         let user = User { id: "x".into(), name: "x".into() };
         let config = ClientConfig::new(addr, "localhost", vec![pki.ca().expect("ca")], user);
-        Relay { handle, config, tokens, dir }
+        Relay { handle, config, tokens: TokenKey::new(SECRET), dir, pki }
+    }
+
+    /// Shuts the relay down and starts a new one on the same address with the same
+    /// certificates and token secret.
+    async fn restart(self) -> Relay {
+        self.handle.shutdown().await;
+        let Relay { handle, config, tokens, dir, pki } = self;
+        drop(handle);
+        let listen = ServerConfig { listen: config.server, ..server_config() };
+        // The old socket is released once the old connections' tasks have ended.
+        let server = within(async {
+            loop {
+                match bind(listen.clone(), &pki) {
+                    Ok(server) => return server,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await;
+        let handle = server.handle();
+        tokio::spawn(server.run());
+        Relay { handle, config, tokens, dir, pki }
     }
 
     fn token(&self, user: &str) -> String {
@@ -206,7 +235,9 @@ async fn library_messages_between_two_clients() {
 
 #[tokio::test]
 async fn kicked_warned_renewed_and_shut_down() {
-    let relay = Relay::start(|c| c.token_warning_secs = 1200).await;
+    let mut relay = Relay::start(|c| c.token_warning_secs = 1200).await;
+    // Without reconnect, a shutdown closes the rooms and ends the client.
+    relay.config.reconnect = ReconnectPolicy::disabled();
     let (first, mut first_events) = relay.client("bob", &["lobby"]).await;
     let (_second, _second_events) = relay.client("bob", &["lobby"]).await;
     match next_message(&mut first_events).await {
@@ -343,11 +374,11 @@ async fn cli_listen_prints_events_until_kicked() {
 }
 
 #[tokio::test]
-async fn cli_listen_reports_a_lost_connection() {
+async fn cli_listen_without_reconnect_reports_a_lost_connection() {
     let relay = Relay::start(|_| {}).await;
     let mut child = relay
         .cli("bob")
-        .args(["listen", "--room", "a", "--room", "b"])
+        .args(["--no-reconnect", "listen", "--room", "a", "--room", "b"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn listen");
@@ -432,4 +463,63 @@ async fn clients_can_share_one_endpoint() {
     bob.close().await;
     carol.close().await;
     within(endpoint.wait_idle()).await;
+}
+
+#[tokio::test]
+async fn cli_listen_keeps_running_through_a_restart_and_exits_when_it_gives_up() {
+    let relay = Relay::start(|_| {}).await;
+    let mut child = relay
+        .cli("bob")
+        .args(["--timeout", "0.5", "--reconnect-for", "2", "listen", "--room", "lobby"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(next_line(&mut lines).await["ok"], true);
+
+    // A restart: listen reconnects, logs in again and says the room started anew.
+    let relay = relay.restart().await;
+    let first = next_line(&mut lines).await;
+    assert_eq!(
+        first,
+        serde_json::json!({"event":"connection_state","state":"reconnecting","attempt":1})
+    );
+    let recovered = loop {
+        let line = next_line(&mut lines).await;
+        match line["event"].as_str() {
+            Some("connection_state") => assert_ne!(line["state"], "failed", "{line}"),
+            Some("recovered") => break line,
+            _ => panic!("unexpected line {line}"),
+        }
+    };
+    assert_eq!(
+        recovered,
+        serde_json::json!({"event":"recovered","room":"lobby","complete":false,"missed":null,"replayed":0})
+    );
+    let (alice, _alice_events) = relay.client("alice", &["lobby"]).await;
+    within(alice.send_broadcast_message("lobby", "after the restart")).await.expect("send");
+    let broadcast = loop {
+        let line = next_line(&mut lines).await;
+        if line["event"] == "broadcast" {
+            break line;
+        }
+    };
+    assert_eq!(broadcast["messages"][0]["text"], "after the restart");
+    alice.close().await;
+
+    // Gone for good: listen gives up after --reconnect-for and exits 1.
+    relay.handle.shutdown().await;
+    let mut states = Vec::new();
+    let last = loop {
+        let line = next_line(&mut lines).await;
+        match line["event"].as_str() {
+            Some("connection_state") => states.push(line["state"].as_str().map(str::to_owned)),
+            Some("disconnected") => break line,
+            _ => {}
+        }
+    };
+    assert_eq!(states.last(), Some(&Some("failed".to_owned())), "{states:?}");
+    assert_eq!(last["name"], "SHUTDOWN");
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(1));
 }

@@ -1,14 +1,16 @@
-//! The state a connection's handle and its reader tasks share, and the request/reply
-//! exchange on the control stream.
+//! One QUIC connection to the relay: opening it, the request/reply exchange on its control
+//! stream, and closing it. A client goes through several of these when it reconnects; what
+//! outlives them is in [`super::shared`].
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{ConnectionError, SendDatagramError, SendStream, VarInt, WriteError};
+use quinn::{ConnectionError, RecvStream, SendDatagramError, SendStream, VarInt, WriteError};
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::protocol::{
@@ -18,26 +20,23 @@ use crate::protocol::{
 
 use super::error::ClientError;
 use super::event::Event;
-use super::rooms::Rooms;
-use super::stats::Stats;
 
-/// What the [`super::Client`] handles and the reader tasks of one connection share.
+/// One connection: the QUIC connection, its control stream and the requests waiting for a
+/// reply on it.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Connection {
     /// The QUIC connection.
-    pub(crate) conn: quinn::Connection,
+    pub(crate) quic: quinn::Connection,
     /// How long a request waits for its reply.
-    pub(crate) request_timeout: Duration,
+    request_timeout: Duration,
     /// The sending half of the control stream. A tokio mutex so that one frame is written
-    /// whole before the next starts (see [`Shared::write_frame`]).
+    /// whole before the next starts (see [`Connection::write_frame`]).
     control: Arc<tokio::sync::Mutex<SendStream>>,
     /// Requests waiting for their reply.
     pending: Mutex<Pending>,
-    /// Logins, lanes and members.
-    pub(crate) rooms: Mutex<Rooms>,
-    /// Counters.
-    pub(crate) stats: Stats,
-    /// The code and reason this side closed the connection with, for the `Disconnected` event.
+    /// The code and reason this side closed the connection with, for the `Disconnected`
+    /// event; set only by [`Connection::close`], so it also tells a close by this library
+    /// (final) from a lost connection (reconnected).
     local_close: Mutex<Option<(u32, String)>>,
 }
 
@@ -52,51 +51,95 @@ struct Pending {
     closed: Option<String>,
 }
 
-/// Removes a request from [`Pending`] when its caller stops waiting (reply, timeout or
-/// cancellation), so an abandoned request never leaks its entry.
-struct Waiting<'a> {
-    shared: &'a Shared,
+/// A request written on the control stream whose reply has not been read yet. Dropping it
+/// (reply, timeout or cancellation) removes the request from [`Pending`], so an abandoned
+/// request never leaks its entry.
+pub(crate) struct Sent<'a> {
+    connection: &'a Connection,
     request: u32,
+    reply: Option<oneshot::Receiver<Outcome>>,
 }
 
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.pending).waiting.remove(&self.request);
+impl Sent<'_> {
+    /// Waits for the reply (the caller bounds the wait).
+    pub(crate) async fn outcome(mut self) -> Result<Outcome, ClientError> {
+        match self.reply.take() {
+            Some(reply) => self.connection.reply(reply).await,
+            None => Err(ClientError::Protocol("reply already taken".into())),
+        }
     }
 }
 
-impl Shared {
-    /// Wraps a connection and its control stream's sending half.
-    pub(crate) fn new(
-        conn: quinn::Connection,
-        control: SendStream,
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        lock(&self.connection.pending).waiting.remove(&self.request);
+    }
+}
+
+/// How a connection ended, as the supervisor needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    /// The `Disconnected` event to emit if the client does not reconnect.
+    pub(crate) event: Event,
+    /// A one-line reason, for logs and for requests that fail because of it.
+    pub(crate) reason: String,
+    /// Whether this library closed it ([`super::Client::close`], the last handle dropped,
+    /// or a protocol violation by the server): such a close is final.
+    pub(crate) by_client: bool,
+}
+
+impl Connection {
+    /// Connects to `server` through `endpoint` and opens the control stream, all within
+    /// `timeout`. Returns the connection and the receiving half of its control stream.
+    pub(crate) async fn open(
+        endpoint: &quinn::Endpoint,
+        quic: quinn::ClientConfig,
+        server: SocketAddr,
+        server_name: &str,
+        timeout: Duration,
         request_timeout: Duration,
-    ) -> Self {
-        Self {
-            conn,
+    ) -> Result<(Arc<Connection>, RecvStream), ClientError> {
+        let connecting = endpoint
+            .connect_with(quic, server, server_name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let open = async {
+            let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+            let (send, recv) = conn.open_bi().await.map_err(|e| {
+                ClientError::Connect(format!("cannot open the control stream: {e}"))
+            })?;
+            Ok((conn, send, recv))
+        };
+        let (conn, send, recv) = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| ClientError::Connect(format!("no answer from {server} in time")))??;
+        let connection = Connection {
+            quic: conn,
             request_timeout,
-            control: Arc::new(tokio::sync::Mutex::new(control)),
+            control: Arc::new(tokio::sync::Mutex::new(send)),
             pending: Mutex::new(Pending::default()),
-            rooms: Mutex::new(Rooms::default()),
-            stats: Stats::default(),
             local_close: Mutex::new(None),
-        }
+        };
+        Ok((Arc::new(connection), recv))
     }
 
     /// Sends a request on the control stream and waits for its reply, at most the request
     /// timeout. Cancelling the returned future is safe: a frame is never left half-written.
     pub(crate) async fn request(&self, body: Request) -> Result<Outcome, ClientError> {
-        let (request, reply) = self.register()?;
-        let _waiting = Waiting { shared: self, request };
-        let mut frame = BytesMut::new();
-        encode_frame(&RequestFrame { request, body }, &mut frame).map_err(encode_error)?;
-        let exchange = async {
-            self.write_frame(frame.freeze()).await?;
-            self.reply(reply).await
-        };
+        let exchange = async { self.send(body).await?.outcome().await };
         tokio::time::timeout(self.request_timeout, exchange)
             .await
             .unwrap_or(Err(ClientError::Timeout))
+    }
+
+    /// Writes a request on the control stream without waiting for its reply: several
+    /// requests can be in flight, and the server handles them in the order written.
+    pub(crate) async fn send(&self, body: Request) -> Result<Sent<'_>, ClientError> {
+        let (request, reply) = self.register()?;
+        let sent = Sent { connection: self, request, reply: Some(reply) };
+        let mut frame = BytesMut::new();
+        encode_frame(&RequestFrame { request, body }, &mut frame).map_err(encode_error)?;
+        self.write_frame(frame.freeze()).await?;
+        Ok(sent)
     }
 
     /// Sends a barrage datagram and waits for its reply on the control stream. The datagram
@@ -107,31 +150,28 @@ impl Shared {
         payload: Bytes,
     ) -> Result<Outcome, ClientError> {
         let (request, reply) = self.register()?;
-        let _waiting = Waiting { shared: self, request };
+        let sent = Sent { connection: self, request, reply: Some(reply) };
         let datagram = ClientDatagram::Barrage { room_number, request, payload };
         let datagram = encode_body(&datagram).map_err(encode_error)?;
-        self.conn.send_datagram(datagram).map_err(|e| match e {
+        self.quic.send_datagram(datagram).map_err(|e| match e {
             SendDatagramError::ConnectionLost(e) => ClientError::Disconnected(e.to_string()),
             other => ClientError::DatagramUnavailable(other.to_string()),
         })?;
-        tokio::time::timeout(self.request_timeout, self.reply(reply))
+        tokio::time::timeout(self.request_timeout, sent.outcome())
             .await
             .unwrap_or(Err(ClientError::Timeout))
     }
 
-    /// Hands a reply to the request waiting for it (the control reader calls this).
-    pub(crate) fn complete(&self, reply: Reply) {
+    /// Hands a reply to the request waiting for it (the control reader calls this). Returns
+    /// `false` when no request was waiting for it any more (a late reply).
+    pub(crate) fn complete(&self, reply: Reply) -> bool {
         let waiter = lock(&self.pending).waiting.remove(&reply.request);
         match waiter {
             // The waiter may be gone just now (timed out); the reply is then late.
-            Some(waiter) => {
-                if waiter.send(reply.outcome).is_err() {
-                    Stats::add(&self.stats.late_replies, 1);
-                }
-            }
+            Some(waiter) => waiter.send(reply.outcome).is_ok(),
             None => {
-                Stats::add(&self.stats.late_replies, 1);
                 tracing::debug!(request = reply.request, "reply to no waiting request");
+                false
             }
         }
     }
@@ -149,7 +189,7 @@ impl Shared {
     /// `Disconnected` event.
     pub(crate) fn close(&self, code: u32, reason: &str) {
         lock(&self.local_close).get_or_insert_with(|| (code, reason.to_owned()));
-        self.conn.close(VarInt::from_u32(code), reason.as_bytes());
+        self.quic.close(VarInt::from_u32(code), reason.as_bytes());
     }
 
     /// Closes the connection because the server broke the protocol.
@@ -162,20 +202,28 @@ impl Shared {
         self.close(code, &format!("{what}: {error}"));
     }
 
-    /// The `Disconnected` event for the error that ended the connection.
-    pub(crate) fn disconnected_event(&self, error: &ConnectionError) -> Event {
+    /// How the connection ended, from the error quinn reports; fails every waiting request.
+    pub(crate) fn ended(&self, error: &ConnectionError) -> Ended {
+        let local = lock(&self.local_close).clone();
+        let by_client = local.is_some();
         let (code, reason) = match error {
             ConnectionError::ApplicationClosed(close) => (
                 Some(close.error_code.into_inner()),
                 String::from_utf8_lossy(&close.reason).into_owned(),
             ),
-            ConnectionError::LocallyClosed => match lock(&self.local_close).clone() {
+            ConnectionError::LocallyClosed => match local {
                 Some((code, reason)) => (Some(u64::from(code)), reason),
                 None => (Some(u64::from(close::NORMAL)), "closed locally".into()),
             },
             other => (None, other.to_string()),
         };
-        Event::Disconnected { code, reason }
+        let summary = match code {
+            Some(code) if reason.is_empty() => format!("closed with {}", close::name(code)),
+            Some(code) => format!("closed with {}: {reason}", close::name(code)),
+            None => reason.clone(),
+        };
+        self.fail_all(summary.clone());
+        Ended { event: Event::Disconnected { code, reason }, reason: summary, by_client }
     }
 
     /// Allocates a request ID and the channel its reply will come on.
@@ -222,6 +270,16 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// The local address a client endpoint binds to reach `server`: any address, any port, of
+/// the same IP family.
+pub(crate) fn bind_address(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
     }
 }
 

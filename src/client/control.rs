@@ -8,19 +8,26 @@ use tokio::sync::mpsc;
 use crate::protocol::{ControlFrame, MAX_SERVER_FRAME, close};
 use crate::transport::{FrameReader, ReadError};
 
-use super::connection::Shared;
+use super::connection::Connection;
 use super::event::Event;
+use super::shared::Shared;
+use super::stats::Stats;
 
-/// Reads the control stream until the connection ends, then fails every waiting request.
+/// Reads the control stream of `connection` until it ends, then fails every waiting request.
 pub(crate) async fn read_control(
     shared: Arc<Shared>,
+    connection: Arc<Connection>,
     recv: RecvStream,
     events: mpsc::Sender<Event>,
 ) {
     let mut reader = FrameReader::new(recv, MAX_SERVER_FRAME);
     let reason = loop {
         match reader.next::<ControlFrame>().await {
-            Ok(Some(ControlFrame::Reply(reply))) => shared.complete(reply),
+            Ok(Some(ControlFrame::Reply(reply))) => {
+                if !connection.complete(reply) {
+                    Stats::add(&shared.stats.late_replies, 1);
+                }
+            }
             Ok(Some(ControlFrame::TokenWillExpire { expires_at_ms })) => {
                 tracing::info!(expires_at_ms, "token will expire");
                 deliver_now(&events, Event::TokenWillExpire { expires_at_ms });
@@ -30,19 +37,19 @@ pub(crate) async fn read_control(
             // their last events, so the connection is left for the server to close.
             Ok(None) => break "the server ended the control stream".to_owned(),
             Err(ReadError::Codec(e)) => {
-                shared.protocol_violation(&e, "control stream");
+                connection.protocol_violation(&e, "control stream");
                 break format!("bad frame on the control stream: {e}");
             }
             Err(ReadError::Truncated) => {
                 let reason = "the control stream ended inside a frame";
-                shared.close(close::PROTOCOL_VIOLATION, reason);
+                connection.close(close::PROTOCOL_VIOLATION, reason);
                 break reason.to_owned();
             }
             Err(ReadError::Stream(e)) => break e.to_string(),
         }
     };
     tracing::debug!(reason, "control stream closed");
-    shared.fail_all(reason);
+    connection.fail_all(reason);
 }
 
 /// Queues an event without making the control reader wait for a slow consumer (replies

@@ -8,18 +8,24 @@ use tokio::sync::mpsc;
 
 use crate::protocol::{MAX_BATCH, ServerDatagram, decode_datagram};
 
-use super::connection::{Shared, lock};
+use super::connection::{Connection, lock};
 use super::event::{Event, ReceivedBarrage};
 use super::rooms::{Rooms, Unresolved};
+use super::shared::Shared;
 use super::stats::Stats;
 
-/// Reads datagrams until the connection ends. After one arrives, those already queued are
-/// taken too (up to [`MAX_BATCH`]), so a burst becomes one event per room.
-pub(crate) async fn read_datagrams(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
-    while let Ok(first) = shared.conn.read_datagram().await {
+/// Reads the datagrams of `connection` until it ends. After one arrives, those already
+/// queued are taken too (up to [`MAX_BATCH`]), so a burst becomes one event per room.
+pub(crate) async fn read_datagrams(
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    events: mpsc::Sender<Event>,
+) {
+    let quic = &connection.quic;
+    while let Ok(first) = quic.read_datagram().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match ready_now(shared.conn.read_datagram()) {
+            match ready_now(quic.read_datagram()) {
                 Some(Ok(datagram)) => batch.push(datagram),
                 _ => break,
             }
@@ -92,7 +98,7 @@ mod tests {
     }
 
     fn rooms() -> Rooms {
-        let mut rooms = Rooms::default();
+        let mut rooms = Rooms::new(User { id: "me".into(), name: "Me".into() }, true);
         for (lane, room, number) in [(1, "a", 10), (2, "b", 20)] {
             rooms
                 .lane_opened(lane, LaneHeader { room: room.into(), room_number: number, epoch: 1 });

@@ -1,4 +1,5 @@
-//! What a client receives: room events, token warnings and the end of the connection.
+//! What a client receives: room events, token warnings, connection state changes and the
+//! end of the client.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -7,7 +8,9 @@ use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, User};
 
 /// Events buffered between the connection's reader tasks and [`Events::next`]. When the
 /// consumer falls this far behind, the lane readers wait (and, through QUIC flow control,
-/// so does the server's writer for this client): backpressure, not loss.
+/// so does the server's writer for this client): backpressure, not loss. A consumer that
+/// stays behind until the server's lane queue overflows is dropped from the room as too slow;
+/// the client then logs in again and the missed broadcasts are replayed ([`Event::Recovered`]).
 pub const EVENT_QUEUE: usize = 256;
 
 /// One thing that happened on the connection, in the order of its room's lane.
@@ -50,7 +53,9 @@ pub enum Event {
         message: CommandMessage,
     },
     /// This client is no longer in the room: logged out, kicked because the same user logged
-    /// in elsewhere, too slow a receiver, or the server is shutting down.
+    /// in elsewhere, or a login again after a reconnect was refused (e.g. `TOKEN_EXPIRED`).
+    /// With automatic reconnect off, also too slow a receiver or the server shutting down
+    /// (with it on, those rooms are logged in to again and report [`Event::Recovered`]).
     RoomClosed {
         /// The room.
         room: String,
@@ -59,29 +64,68 @@ pub enum Event {
         /// The server's explanation.
         detail: String,
     },
-    /// The answer to a recovering login: whether every missed broadcast follows (`complete`),
-    /// which ones are lost for good, and how many are replayed next.
+    /// The room was logged in to again (after a reconnect, or after the server dropped this
+    /// client as too slow a receiver) and the server replays the broadcasts it missed. The
+    /// replayed broadcasts follow as ordinary [`Event::Broadcasts`]; the client drops any it
+    /// had already delivered, so every broadcast ID reaches the application at most once.
+    ///
+    /// With `complete: false` something is lost for good, and the application should say so
+    /// or fetch it from its own source of truth:
+    /// - `missed: Some((first, last))`: the room's history no longer reaches back; broadcasts
+    ///   `first..=last` will never arrive (show a gap, or reload that range elsewhere);
+    /// - `missed: None`: the room was created anew (server restart, or the room stayed empty
+    ///   until its history expired): broadcast IDs start again at 1 and nothing is known
+    ///   about what the old sequence still carried; resynchronise the room's state.
+    ///
+    /// Members who left while the client was away are reported just before this event as
+    /// [`Event::UsersLeft`]; members who joined, as [`Event::UsersJoined`]. Custom commands
+    /// sent while the client was away are not recovered.
     Recovered {
         /// The room.
         room: String,
-        /// Nothing was missed: every broadcast after the last one seen is replayed.
+        /// Nothing was missed: every broadcast after the last one delivered is replayed.
         complete: bool,
         /// Broadcasts (first and last ID) no longer in the room's history.
         missed: Option<(u64, u64)>,
-        /// How many broadcasts are replayed right after this event.
+        /// How many broadcasts the server replays right after this event (those the client
+        /// already had, or sent itself, are then dropped, so fewer may arrive).
         replayed: u64,
     },
+    /// The connection to the relay changed state (the SDKs' room state callbacks); being
+    /// connected is implicit after [`super::Client::connect`].
+    ConnectionState(ConnectionState),
     /// The connection's token expires soon: call [`super::Client::renew_token`].
     TokenWillExpire {
         /// When it expires, in milliseconds since the Unix epoch.
         expires_at_ms: u64,
     },
-    /// The connection is closed; this is the last event.
+    /// The client is done: closed by [`super::Client::close`], lost with automatic reconnect
+    /// off, or reconnecting gave up (after [`ConnectionState::Failed`]). Always the last event;
+    /// a lost connection that is reconnected does not produce it.
     Disconnected {
         /// The QUIC application close code (see [`crate::protocol::close`]), or `None` when the
         /// connection ended without one (idle timeout, transport error).
         code: Option<u64>,
         /// The close reason or the error that ended the connection.
+        reason: String,
+    },
+}
+
+/// The state of the connection, reported by [`Event::ConnectionState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// The connection was lost; attempt `attempt` (1, 2, …) to connect again follows after a
+    /// backoff. Meanwhile requests fail at once with [`super::ClientError::Disconnected`].
+    Reconnecting {
+        /// Which attempt of this outage comes next, from 1.
+        attempt: u32,
+    },
+    /// Connected again. Every room is being logged in to again; each reports
+    /// [`Event::Recovered`] (or [`Event::RoomClosed`] if the server refused it).
+    Reconnected,
+    /// Reconnecting gave up (the policy's bound was reached); [`Event::Disconnected`] follows.
+    Failed {
+        /// Why: the bound and the last error.
         reason: String,
     },
 }

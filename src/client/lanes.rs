@@ -11,25 +11,35 @@ use tracing::Instrument;
 use crate::protocol::{ErrorCode, LaneEvent, LaneHeader, MAX_SERVER_FRAME, close};
 use crate::transport::{FrameReader, ReadError};
 
-use super::connection::{Shared, lock};
+use super::connection::{Connection, lock};
 use super::event::Event;
-use super::rooms::{LaneId, reset_code};
+use super::reconnect;
+use super::rooms::{LaneId, LaneOutput, reset_code};
+use super::shared::Shared;
+use super::stats::Stats;
 
 /// How long a lane reader waits for the end of a lane after its `Closed` event.
 const LANE_DRAIN: Duration = Duration::from_secs(10);
 
-/// Accepts the lanes the server opens and reads each in its own task, until the connection
-/// ends and every lane reader has finished.
-pub(crate) async fn accept_lanes(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
+/// Accepts the lanes the server opens on `connection` and reads each in its own task,
+/// until the connection ends and every lane reader has finished.
+pub(crate) async fn accept_lanes(
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    events: mpsc::Sender<Event>,
+) {
     let mut lanes = JoinSet::new();
-    let mut next_id: LaneId = 0;
     loop {
         tokio::select! {
-            accepted = shared.conn.accept_uni() => match accepted {
+            accepted = connection.quic.accept_uni() => match accepted {
                 Ok(recv) => {
-                    next_id += 1;
-                    let task = read_lane(Arc::clone(&shared), next_id, recv, events.clone());
-                    lanes.spawn(task.in_current_span());
+                    let lane = Lane {
+                        shared: Arc::clone(&shared),
+                        connection: Arc::clone(&connection),
+                        id: shared.next_lane(),
+                        events: events.clone(),
+                    };
+                    lanes.spawn(lane.read(recv).in_current_span());
                 }
                 Err(_) => break,
             },
@@ -39,54 +49,124 @@ pub(crate) async fn accept_lanes(shared: Arc<Shared>, events: mpsc::Sender<Event
     while lanes.join_next().await.is_some() {}
 }
 
-/// Reads one lane: its header, then events until `Closed`.
-async fn read_lane(shared: Arc<Shared>, id: LaneId, recv: RecvStream, events: mpsc::Sender<Event>) {
-    let mut reader = FrameReader::new(recv, MAX_SERVER_FRAME);
-    let header = match reader.next::<LaneHeader>().await {
-        Ok(Some(header)) => header,
-        Ok(None) => {
-            tracing::warn!("a lane ended before its header");
-            return;
-        }
-        Err(e) => {
-            lane_failed(&shared, id, e, &events).await;
-            return;
-        }
-    };
-    let span = tracing::debug_span!("lane", room = %header.room, room_number = header.room_number);
-    async {
-        tracing::debug!("lane opened");
-        lock(&shared.rooms).lane_opened(id, header);
-        loop {
-            match reader.next::<LaneEvent>().await {
-                Ok(Some(event)) => {
-                    let closed = matches!(event, LaneEvent::Closed { .. });
-                    let event = lock(&shared.rooms).lane_event(id, event);
-                    if let Some(event) = event {
-                        // A consumer that dropped `Events` is fine: keep the state current.
-                        let _ = events.send(event).await;
+/// One lane's reader.
+struct Lane {
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    id: LaneId,
+    events: mpsc::Sender<Event>,
+}
+
+impl Lane {
+    /// Reads the lane: its header, then events until `Closed`.
+    async fn read(self, recv: RecvStream) {
+        let mut reader = FrameReader::new(recv, MAX_SERVER_FRAME);
+        let header = match reader.next::<LaneHeader>().await {
+            Ok(Some(header)) => header,
+            Ok(None) => {
+                tracing::warn!("a lane ended before its header");
+                return;
+            }
+            Err(e) => {
+                self.failed(e).await;
+                return;
+            }
+        };
+        let span = tracing::debug_span!(
+            "lane",
+            room = %header.room,
+            room_number = header.room_number,
+            epoch = header.epoch
+        );
+        async {
+            tracing::debug!("lane opened");
+            lock(&self.shared.rooms).lane_opened(self.id, header);
+            loop {
+                match reader.next::<LaneEvent>().await {
+                    Ok(Some(event)) => {
+                        let closed = matches!(event, LaneEvent::Closed { .. });
+                        let output = lock(&self.shared.rooms).lane_event(self.id, event);
+                        self.hand_over(output).await;
+                        if closed {
+                            tracing::debug!("lane closed");
+                            drain(&mut reader).await;
+                            return;
+                        }
                     }
-                    if closed {
-                        tracing::debug!("lane closed");
-                        drain(&mut reader).await;
+                    Ok(None) => {
+                        let detail = "the lane ended without a close event";
+                        tracing::warn!(detail);
+                        self.closed(ErrorCode::PROTOCOL, detail.into()).await;
+                        return;
+                    }
+                    Err(e) => {
+                        self.failed(e).await;
                         return;
                     }
                 }
-                Ok(None) => {
-                    let detail = "the lane ended without a close event";
-                    tracing::warn!(detail);
-                    room_closed(&shared, id, ErrorCode::PROTOCOL, detail, &events).await;
-                    return;
-                }
-                Err(e) => {
-                    lane_failed(&shared, id, e, &events).await;
-                    return;
-                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Hands the events of one lane event to the application, and records the broadcasts
+    /// as delivered at that moment (so a later recovery asks for exactly what the application
+    /// has not got). A lane closed as too slow is then logged in to again.
+    async fn hand_over(&self, output: LaneOutput) {
+        let LaneOutput { events, delivered, dropped, relogin } = output;
+        if dropped > 0 {
+            Stats::add(&self.shared.stats.broadcast_duplicates, dropped);
+            tracing::debug!(dropped, "broadcasts already delivered or own dropped");
+        }
+        // The permits are taken before recording: once they are held, handing the events
+        // over cannot fail or wait. An application that dropped `Events` gets nothing, but
+        // the state stays current.
+        let permits = if events.is_empty() {
+            None
+        } else {
+            self.events.reserve_many(events.len()).await.ok()
+        };
+        if let Some(last_id) = delivered {
+            lock(&self.shared.rooms).delivered(self.id, last_id);
+        }
+        if let Some(permits) = permits {
+            for (permit, event) in permits.zip(events) {
+                permit.send(event);
+            }
+        }
+        if let Some(room) = relogin {
+            tracing::info!(room, "dropped as too slow a receiver: logging in again");
+            reconnect::relogin(&self.shared, &self.connection, &room, &self.events).await;
+        }
+    }
+
+    /// Handles a lane that could not be read further.
+    async fn failed(&self, error: ReadError) {
+        match error {
+            ReadError::Stream(quinn::ReadError::Reset(code)) => {
+                let code = reset_code(code.into_inner());
+                tracing::warn!(%code, "the server reset a lane");
+                self.closed(code, format!("the server reset the lane with code {}", code.0)).await;
+            }
+            // The connection is gone: the supervisor reconnects or ends the client.
+            ReadError::Stream(_) => lock(&self.shared.rooms).lane_lost(self.id),
+            ReadError::Codec(e) => {
+                self.connection.protocol_violation(&e, "room lane");
+                lock(&self.shared.rooms).lane_lost(self.id);
+            }
+            ReadError::Truncated => {
+                self.connection.close(close::PROTOCOL_VIOLATION, "a lane ended inside a frame");
+                lock(&self.shared.rooms).lane_lost(self.id);
             }
         }
     }
-    .instrument(span)
-    .await
+
+    /// Ends a lane that closed without a `Closed` event.
+    async fn closed(&self, code: ErrorCode, detail: String) {
+        let output = lock(&self.shared.rooms).lane_closed(self.id, code, detail);
+        self.hand_over(output).await;
+    }
 }
 
 /// Reads a closed lane to its end (the server finishes it right after `Closed`): QUIC
@@ -100,44 +180,5 @@ async fn drain(reader: &mut FrameReader) {
     };
     if tokio::time::timeout(LANE_DRAIN, to_end).await.is_err() {
         tracing::warn!("the server did not end a closed lane");
-    }
-}
-
-/// Handles a lane that could not be read further.
-async fn lane_failed(shared: &Shared, id: LaneId, error: ReadError, events: &mpsc::Sender<Event>) {
-    match error {
-        ReadError::Stream(quinn::ReadError::Reset(code)) => {
-            let code = reset_code(code.into_inner());
-            tracing::warn!(%code, "the server reset a lane");
-            let detail = format!("the server reset the lane with code {}", code.0);
-            room_closed(shared, id, code, &detail, events).await;
-        }
-        // The connection is gone: the `Disconnected` event tells the application.
-        ReadError::Stream(_) => {
-            lock(&shared.rooms).lane_ended(id);
-        }
-        ReadError::Codec(e) => {
-            shared.protocol_violation(&e, "room lane");
-            lock(&shared.rooms).lane_ended(id);
-        }
-        ReadError::Truncated => {
-            shared.close(close::PROTOCOL_VIOLATION, "a lane ended inside a frame");
-            lock(&shared.rooms).lane_ended(id);
-        }
-    }
-}
-
-/// Ends a lane that closed without a `Closed` event, telling the application.
-async fn room_closed(
-    shared: &Shared,
-    id: LaneId,
-    code: ErrorCode,
-    detail: &str,
-    events: &mpsc::Sender<Event>,
-) {
-    let room = lock(&shared.rooms).lane_ended(id);
-    if let Some(room) = room {
-        let event = Event::RoomClosed { room, code, detail: detail.to_owned() };
-        let _ = events.send(event).await;
     }
 }

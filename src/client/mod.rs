@@ -2,15 +2,21 @@
 //!
 //! Shape (mirrors the room-messaging SDKs): [`Client::connect`] returns a cheap, cloneable
 //! [`Client`] handle for requests and an [`Events`] stream for what arrives. Inside:
-//! - `connection`: state shared by the handle and the reader tasks; request/reply matching;
+//! - `shared`: what lives as long as the client: the current connection (swapped on
+//!   reconnect), the rooms, the counters;
+//! - `connection`: one QUIC connection: opening it, request/reply matching, closing;
+//! - `reconnect`: the supervisor task: watches the connection, reconnects with backoff and
+//!   logs back in to every room with recovery; [`ReconnectPolicy`];
 //! - `control`: the control-stream reader (replies, token warnings);
 //! - `lanes`: one reader task per room lane (user updates, broadcasts, commands, close);
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
-//! - `rooms`: pure state: logins, lanes, members, barrage sender resolution.
+//! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
+//!   broadcast ID delivered), lanes, members, barrage sender resolution.
 //!
-//! A supervisor task waits for the connection to end, fails every waiting request with
-//! [`ClientError::Disconnected`], waits for the readers, then emits [`Event::Disconnected`]
-//! as the last event.
+//! When the connection is lost the supervisor fails every waiting request with
+//! [`ClientError::Disconnected`], waits for the readers, then reconnects (reporting
+//! [`Event::ConnectionState`]) or, when it gives up or the client was closed, emits
+//! [`Event::Disconnected`] as the last event.
 
 mod connection;
 mod control;
@@ -18,17 +24,17 @@ mod datagrams;
 mod error;
 mod event;
 mod lanes;
+mod reconnect;
 mod rooms;
+mod shared;
 mod stats;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use crate::protocol::{
     ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, Outcome, Request, User, check_payload,
@@ -36,10 +42,14 @@ use crate::protocol::{
 };
 use crate::transport::client_config;
 
-use connection::{Shared, lock};
+use connection::{Connection, lock};
+use shared::Shared;
 
 pub use error::ClientError;
-pub use event::{EVENT_QUEUE, Event, Events, ReceivedBarrage};
+pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, ReceivedBarrage};
+pub use reconnect::{
+    DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
+};
 pub use stats::ClientStats;
 
 /// Default for [`ClientConfig::idle_timeout`].
@@ -66,10 +76,12 @@ pub struct ClientConfig {
     /// How long a request (and the QUIC handshake) may take before it fails with
     /// [`ClientError::Timeout`] (or [`ClientError::Connect`]).
     pub request_timeout: Duration,
+    /// Whether and how to reconnect after a lost connection (on by default).
+    pub reconnect: ReconnectPolicy,
 }
 
 impl ClientConfig {
-    /// A configuration with the default timeouts.
+    /// A configuration with the default timeouts and automatic reconnect.
     pub fn new(
         server: SocketAddr,
         server_name: impl Into<String>,
@@ -83,27 +95,33 @@ impl ClientConfig {
             user,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            reconnect: ReconnectPolicy::default(),
         }
     }
 }
 
-/// A connection to a relay. Cloning is cheap; every clone drives the same connection, which
-/// is closed by [`Client::close`] or when the last clone is dropped.
+/// A client of a relay. Cloning is cheap; every clone drives the same client, which is
+/// closed by [`Client::close`] or when the last clone is dropped.
+///
+/// **Reconnect.** When the connection is lost (idle timeout, network error, server restart),
+/// the client connects again by itself (see [`ReconnectPolicy`]) and logs back in to every
+/// room it is in, with the token last used for that room, asking the server to replay the
+/// broadcasts it missed; [`Event::ConnectionState`] and [`Event::Recovered`] report it. While
+/// it reconnects, logins and sends fail at once with [`ClientError::Disconnected`] (code
+/// `DISCONNECTED`): retry after [`ConnectionState::Reconnected`]. [`Client::logout_room`]
+/// and [`Client::renew_token`] still work then (they act on what is logged in again).
 #[derive(Debug, Clone)]
 pub struct Client {
     handle: Arc<Handle>,
 }
 
-/// Owns the endpoint and closes the connection when the last [`Client`] goes away (the
-/// reader tasks hold only `Shared`, so they do not keep the connection alive).
+/// Closes the client when the last [`Client`] goes away (the reader tasks and the
+/// supervisor hold only `Shared`, so they do not keep the client alive).
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    /// The endpoint the connection runs on (kept alive as long as the handle).
-    endpoint: quinn::Endpoint,
-    /// Whether the endpoint was bound for this connection alone ([`Client::connect`]).
+    /// Whether the endpoint was bound for this client alone ([`Client::connect`]).
     owns_endpoint: bool,
-    user: User,
 }
 
 impl Drop for Handle {
@@ -113,21 +131,18 @@ impl Drop for Handle {
 }
 
 impl Client {
-    /// Connects, opens the control stream and starts the reader tasks.
+    /// Connects, opens the control stream and starts the reader tasks and the reconnect
+    /// supervisor. A failure to connect here is returned, not retried.
     ///
     /// The server closes a connection that sends nothing on its control stream within 10 s
-    /// of the handshake (close code `NO_CONTROL_STREAM`): log in (or send some request)
-    /// soon after connecting.
+    /// of the handshake (close code `NO_CONTROL_STREAM`, not reconnected): log in (or send
+    /// some request) soon after connecting.
     ///
     /// Each call binds its own UDP socket (one endpoint per connection); to open many
     /// connections from one process, share endpoints with [`Client::connect_with`].
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         check_user(&config.user)?;
-        let bind: SocketAddr = if config.server.is_ipv6() {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        };
+        let bind = connection::bind_address(config.server);
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
         establish(endpoint, true, config).await
@@ -136,7 +151,7 @@ impl Client {
     /// Like [`Client::connect`], but on an endpoint the caller created, so that many
     /// connections share one UDP socket and one endpoint driver task (a load generator opens
     /// thousands of connections; a socket each would cost a file descriptor, a socket buffer
-    /// and a wake-up per packet per connection).
+    /// and a wake-up per packet per connection). Reconnects use the same endpoint.
     ///
     /// `endpoint` is a client endpoint bound to an address of the server's family, e.g.
     /// `quinn::Endpoint::client("0.0.0.0:0".parse()?)?`; it needs no default client config
@@ -153,31 +168,52 @@ impl Client {
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
-    /// then arrive on [`Events`], starting with the members already there.
+    /// then arrive on [`Events`], starting with the members already there. The token is kept
+    /// to log in again after a reconnect.
     pub async fn login_room(&self, room: &str, token: &str) -> Result<(), ClientError> {
         check_room(room)?;
         check_token(token)?;
+        let connection = self.shared().connection()?;
         let request = Request::Login {
             room: room.to_owned(),
-            user: self.handle.user.clone(),
+            user: self.shared().config.user.clone(),
             token: token.to_owned(),
             recover: None,
         };
-        match self.shared().request(request).await? {
-            Outcome::LoggedIn { room_number, session } => {
+        // Registered before the request goes out: the lane may arrive before the reply.
+        let created = lock(&self.shared().rooms).login_started(room, token);
+        let result = match connection.request(request).await {
+            Ok(Outcome::LoggedIn { room_number, session }) => {
                 tracing::debug!(room, room_number, session, "logged in");
                 lock(&self.shared().rooms).logged_in(room, room_number);
-                Ok(())
+                return Ok(());
             }
-            other => Err(unexpected(other)),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        };
+        if created {
+            lock(&self.shared().rooms).login_failed(room);
         }
+        result
     }
 
     /// Leaves `room`; its lane ends with [`Event::RoomClosed`] (code `LOGGED_OUT`).
+    ///
+    /// While reconnecting, the room is only forgotten (it is not logged in to again; the
+    /// server already dropped it with the lost connection): this succeeds and no
+    /// `RoomClosed` event follows.
     pub async fn logout_room(&self, room: &str) -> Result<(), ClientError> {
         check_room(room)?;
+        let connection = match self.shared().connection() {
+            Ok(connection) => connection,
+            Err(error) if self.shared().closed().is_some() => return Err(error),
+            Err(_) => {
+                lock(&self.shared().rooms).logged_out(room);
+                return Ok(());
+            }
+        };
         let request = Request::Logout { room: room.to_owned() };
-        let result = match self.shared().request(request).await? {
+        let result = match connection.request(request).await? {
             Outcome::Done => Ok(()),
             other => Err(unexpected(other)),
         };
@@ -199,7 +235,7 @@ impl Client {
         check_room(room)?;
         check_message(&payload)?;
         let request = Request::Broadcast { room: room.to_owned(), payload };
-        sent(self.shared().request(request).await?)
+        sent(self.shared().connection()?.request(request).await?)
     }
 
     /// Sends a barrage message as a QUIC datagram; returns its message ID.
@@ -215,10 +251,11 @@ impl Client {
         let payload = payload.into();
         check_room(room)?;
         check_message(&payload)?;
+        let connection = self.shared().connection()?;
         let room_number = lock(&self.shared().rooms)
             .room_number(room)
             .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))?;
-        sent(self.shared().barrage(room_number, payload).await?)
+        sent(connection.barrage(room_number, payload).await?)
     }
 
     /// Sends a reliable custom command to the listed user IDs in `room` (an empty list means
@@ -249,26 +286,41 @@ impl Client {
             to: to.iter().map(|id| (*id).to_owned()).collect(),
             payload,
         };
-        sent(self.shared().request(request).await?)
+        sent(self.shared().connection()?.request(request).await?)
     }
 
     /// Replaces the connection's token (before or after it expires) without reconnecting.
+    /// Every room then logs in again with it after a reconnect.
+    ///
+    /// While reconnecting, the token is only kept for those logins (the server checks it
+    /// then; a refusal closes the room with [`Event::RoomClosed`]): this succeeds.
     pub async fn renew_token(&self, token: &str) -> Result<(), ClientError> {
         check_token(token)?;
+        let connection = match self.shared().connection() {
+            Ok(connection) => connection,
+            Err(error) if self.shared().closed().is_some() => return Err(error),
+            Err(_) => {
+                lock(&self.shared().rooms).renewed(token);
+                return Ok(());
+            }
+        };
         let request = Request::RenewToken { token: token.to_owned() };
-        match self.shared().request(request).await? {
-            Outcome::Done => Ok(()),
+        match connection.request(request).await? {
+            Outcome::Done => {
+                lock(&self.shared().rooms).renewed(token);
+                Ok(())
+            }
             other => Err(unexpected(other)),
         }
     }
 
     /// The user this client logs in as.
     pub fn user(&self) -> &User {
-        &self.handle.user
+        &self.shared().config.user
     }
 
-    /// The rooms this client is logged in to (by login replies, minus logouts and closed
-    /// lanes), sorted.
+    /// The rooms this client is in (by login replies, minus logouts and closed rooms;
+    /// rooms being logged in to again after a reconnect included), sorted.
     pub fn rooms(&self) -> Vec<String> {
         lock(&self.shared().rooms).joined_rooms()
     }
@@ -278,21 +330,24 @@ impl Client {
         self.shared().stats.snapshot()
     }
 
-    /// The underlying QUIC connection (for its statistics; do not open streams on it).
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.shared().conn
+    /// The current QUIC connection (for its statistics; do not open streams on it), or
+    /// `None` while reconnecting and after the end. Closing it counts as a lost connection:
+    /// the client reconnects.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        self.shared().current().map(|connection| connection.quic.clone())
     }
 
-    /// Closes the connection (code `NORMAL`) and waits briefly for the close to be sent.
-    /// Waiting requests fail with [`ClientError::Disconnected`]; [`Events`] ends with
-    /// [`Event::Disconnected`].
+    /// Closes the connection (code `NORMAL`), or stops reconnecting, and waits briefly for
+    /// the close to be sent. Waiting requests fail with [`ClientError::Disconnected`];
+    /// [`Events`] ends with [`Event::Disconnected`].
     ///
     /// On an endpoint shared through [`Client::connect_with`] this does not wait: the
     /// endpoint's owner waits for it to go idle.
     pub async fn close(&self) {
         self.shared().close(close::NORMAL, "client closed");
         if self.handle.owns_endpoint {
-            let _ = tokio::time::timeout(CLOSE_LINGER, self.handle.endpoint.wait_idle()).await;
+            let endpoint = &self.shared().endpoint;
+            let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
         }
     }
 
@@ -301,7 +356,7 @@ impl Client {
     }
 }
 
-/// Connects on `endpoint`, opens the control stream and starts the reader tasks.
+/// Connects through `endpoint` and starts the readers and the reconnect supervisor.
 async fn establish(
     endpoint: quinn::Endpoint,
     owns_endpoint: bool,
@@ -309,57 +364,22 @@ async fn establish(
 ) -> Result<(Client, Events), ClientError> {
     let quic = client_config(&config.roots, config.idle_timeout)
         .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
-    let connecting = endpoint
-        .connect_with(quic, config.server, &config.server_name)
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
-    let conn = tokio::time::timeout(config.request_timeout, connecting)
-        .await
-        .map_err(|_| ClientError::Connect(format!("no answer from {} in time", config.server)))?
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
-    let span = tracing::info_span!("conn", conn = conn.stable_id(), user = %config.user.id);
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| ClientError::Connect(format!("cannot open the control stream: {e}")))?;
+    let (connection, recv) = Connection::open(
+        &endpoint,
+        quic.clone(),
+        config.server,
+        &config.server_name,
+        config.request_timeout,
+        config.request_timeout,
+    )
+    .await?;
+    let span =
+        tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
     span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
-
-    let shared = Arc::new(Shared::new(conn, send, config.request_timeout));
+    let shared = Arc::new(Shared::new(config, endpoint, quic, Arc::clone(&connection)));
     let (events_tx, events) = Events::channel();
-    let readers = vec![
-        tokio::spawn(
-            control::read_control(Arc::clone(&shared), recv, events_tx.clone())
-                .instrument(span.clone()),
-        ),
-        tokio::spawn(
-            lanes::accept_lanes(Arc::clone(&shared), events_tx.clone()).instrument(span.clone()),
-        ),
-        tokio::spawn(
-            datagrams::read_datagrams(Arc::clone(&shared), events_tx.clone())
-                .instrument(span.clone()),
-        ),
-    ];
-    tokio::spawn(supervise(Arc::clone(&shared), readers, events_tx).instrument(span));
-    let handle = Handle { shared, endpoint, owns_endpoint, user: config.user };
-    Ok((Client { handle: Arc::new(handle) }, events))
-}
-
-/// Waits for the connection to end, fails waiting requests, lets the readers finish, then
-/// emits the last event.
-async fn supervise(
-    shared: Arc<Shared>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-    events: mpsc::Sender<Event>,
-) {
-    let error = shared.conn.closed().await;
-    let event = shared.disconnected_event(&error);
-    tracing::debug!(?event, "connection ended");
-    if let Event::Disconnected { reason, .. } = &event {
-        shared.fail_all(reason.clone());
-    }
-    for reader in readers {
-        let _ = reader.await;
-    }
-    let _ = events.send(event).await;
+    reconnect::start(Arc::clone(&shared), connection, recv, events_tx);
+    Ok((Client { handle: Arc::new(Handle { shared, owns_endpoint }) }, events))
 }
 
 fn check_user(user: &User) -> Result<(), ClientError> {

@@ -1,34 +1,93 @@
-//! What the client knows about its rooms: the login replies (room numbers for sending
-//! barrage) and the room lanes (room numbers and members for naming received barrage).
-//! Pure state, no I/O, so every rule here is unit-tested.
+//! What the client knows about its rooms, as pure state (no I/O, so every rule here is
+//! unit-tested). Two layers:
+//! - memberships: the rooms the application logged in to, with what it takes to log in again
+//!   after a lost connection (the token) and where broadcast delivery stopped (the lane's
+//!   epoch and the last broadcast ID handed to the application). They outlive connections.
+//! - the lanes of the current connection: room numbers and members, to name the room and the
+//!   sender of received barrage. They end with their connection.
 
 use std::collections::HashMap;
 
-use crate::protocol::{BarrageMessage, ErrorCode, LaneEvent, LaneHeader, Member, User};
+use crate::protocol::{
+    BarrageMessage, ErrorCode, LaneEvent, LaneHeader, Member, Recover, Request, User,
+};
 
 use super::event::{Event, ReceivedBarrage};
 
-/// A room lane, numbered by the client in the order lanes were accepted.
+/// A room lane, numbered by the client in the order lanes were accepted (never reused, also
+/// across connections).
 pub(crate) type LaneId = u64;
 
-/// The rooms of one connection.
-#[derive(Debug, Default)]
+/// The epoch a recovering login names when no lane header of the room was ever seen: the
+/// server then treats the login as coming from another epoch and says recovery is incomplete.
+/// (A room whose random epoch is 0 would replay its history instead: harmless.)
+const UNKNOWN_EPOCH: u64 = 0;
+
+/// The rooms of one client.
+#[derive(Debug)]
 pub(crate) struct Rooms {
-    /// Rooms this client logged in to, by name, from the login replies.
+    /// Who this client is: its logins name this user, and a broadcast from it can only be a
+    /// replay of its own message (the server never echoes one live), which is dropped.
+    me: User,
+    /// Keep memberships when the server ends a lane as too slow or for its shutdown, or when
+    /// the connection is lost, to log in again (automatic reconnect is on).
+    keep: bool,
+    /// Memberships by room name.
     joined: HashMap<String, Joined>,
-    /// Open room lanes.
+    /// Open room lanes of the current connection.
     lanes: HashMap<LaneId, Lane>,
     /// Room number → the newest open lane of that room, to resolve barrage.
     by_number: HashMap<u32, LaneId>,
 }
 
-/// A successful login.
+/// A room the application logged in to.
 #[derive(Debug)]
 struct Joined {
-    /// The room's number, for barrage datagrams.
-    room_number: u32,
-    /// The lane opened for this login, once known: its `Closed` event ends the login.
+    /// The token of the latest login or renewal, to log in again with.
+    token: String,
+    /// Whether the server accepted the login; `false` while the first login is in flight
+    /// (the lane may arrive before the reply).
+    confirmed: bool,
+    /// The room's number on the current connection, for barrage; `None` while not logged in
+    /// on it (reconnecting, logging in again).
+    room_number: Option<u32>,
+    /// The lane of the current login, once its header arrived.
     lane: Option<LaneId>,
+    /// The epoch of the latest lane of this room (`None` before the first lane header).
+    epoch: Option<u64>,
+    /// The last broadcast ID of `epoch` handed to the application: a replay drops what is at
+    /// or below it, and a recovering login asks for what is above it.
+    last_id: u64,
+    /// Members the application has been told about, by user ID.
+    known: HashMap<String, User>,
+    /// While the member list of a new login arrives: members known from before that it has
+    /// not named yet. Those it never names left while the client was away.
+    stale: Option<HashMap<String, User>>,
+}
+
+impl Joined {
+    fn new(token: String) -> Self {
+        Joined {
+            token,
+            confirmed: false,
+            room_number: None,
+            lane: None,
+            epoch: None,
+            last_id: 0,
+            known: HashMap::new(),
+            stale: None,
+        }
+    }
+
+    /// Ends the membership's tie to its lane (lane closed or connection lost); it is kept to
+    /// log in again.
+    fn detach(&mut self) {
+        self.lane = None;
+        self.room_number = None;
+        if let Some(stale) = self.stale.take() {
+            self.known.extend(stale);
+        }
+    }
 }
 
 /// An open room lane.
@@ -40,8 +99,20 @@ struct Lane {
     room_number: u32,
     /// Members by session number, from the lane's user updates.
     members: HashMap<u32, User>,
-    /// Whether a login has adopted this lane.
-    claimed: bool,
+}
+
+/// What a lane reader does with one lane event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LaneOutput {
+    /// Events for the application, in order.
+    pub(crate) events: Vec<Event>,
+    /// For a broadcast batch of the membership's current lane: its last ID, to record with
+    /// [`Rooms::delivered`] once the events are handed over.
+    pub(crate) delivered: Option<u64>,
+    /// Broadcasts dropped: already delivered (a replay) or this client's own.
+    pub(crate) dropped: u64,
+    /// The lane was closed because the receiver fell behind: log in to this room again.
+    pub(crate) relogin: Option<String>,
 }
 
 /// Why a received barrage could not be delivered.
@@ -54,102 +125,260 @@ pub(crate) enum Unresolved {
 }
 
 impl Rooms {
-    /// Records a successful login, adopting the newest not-yet-adopted lane of that room if
-    /// it arrived before the reply.
-    pub(crate) fn logged_in(&mut self, room: &str, room_number: u32) {
-        let lane = self
-            .lanes
-            .iter_mut()
-            .filter(|(_, lane)| !lane.claimed && lane.room == room)
-            .max_by_key(|(id, _)| **id)
-            .map(|(id, lane)| {
-                lane.claimed = true;
-                *id
-            });
-        self.joined.insert(room.to_owned(), Joined { room_number, lane });
+    /// No rooms yet. `keep`: whether rooms are logged in to again after a lost connection or
+    /// a lane closed as too slow or for a shutdown.
+    pub(crate) fn new(me: User, keep: bool) -> Self {
+        Rooms { me, keep, joined: HashMap::new(), lanes: HashMap::new(), by_number: HashMap::new() }
     }
 
-    /// Forgets a login (after a logout).
+    /// Registers a login about to be sent, so that its lane is recognised even before the
+    /// reply. Returns `false` if the room already has a membership (the server will answer
+    /// `ALREADY_LOGGED_IN`, or a login is in flight).
+    pub(crate) fn login_started(&mut self, room: &str, token: &str) -> bool {
+        if self.joined.contains_key(room) {
+            return false;
+        }
+        self.joined.insert(room.to_owned(), Joined::new(token.to_owned()));
+        true
+    }
+
+    /// Records a successful login reply.
+    pub(crate) fn logged_in(&mut self, room: &str, room_number: u32) {
+        if let Some(joined) = self.joined.get_mut(room) {
+            joined.confirmed = true;
+            joined.room_number = Some(room_number);
+        }
+    }
+
+    /// Forgets a login that failed before the server accepted it.
+    pub(crate) fn login_failed(&mut self, room: &str) {
+        if self.joined.get(room).is_some_and(|joined| !joined.confirmed) {
+            self.joined.remove(room);
+        }
+    }
+
+    /// Forgets a membership (after a logout).
     pub(crate) fn logged_out(&mut self, room: &str) {
         self.joined.remove(room);
     }
 
-    /// The room number of a room this client is logged in to.
+    /// A renewed token replaces the one every room logs in again with.
+    pub(crate) fn renewed(&mut self, token: &str) {
+        for joined in self.joined.values_mut() {
+            joined.token = token.to_owned();
+        }
+    }
+
+    /// The room number of a room this client is logged in to on the current connection.
     pub(crate) fn room_number(&self, room: &str) -> Option<u32> {
-        self.joined.get(room).map(|joined| joined.room_number)
+        self.joined.get(room).and_then(|joined| joined.room_number)
     }
 
-    /// Registers a lane from its header, adopting it into a login that is waiting for one.
+    /// The rooms this client is in (logins the server accepted, including rooms being
+    /// logged in to again), sorted.
+    pub(crate) fn joined_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> =
+            self.joined.iter().filter(|(_, j)| j.confirmed).map(|(room, _)| room.clone()).collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// Registers a lane from its header. A membership waiting for a lane adopts it: a new
+    /// epoch restarts its broadcast count, and a membership that had a lane before starts
+    /// comparing the new member list with the members it knew.
     pub(crate) fn lane_opened(&mut self, id: LaneId, header: LaneHeader) {
-        let claimed = match self.joined.get_mut(&header.room) {
-            Some(joined) if joined.lane.is_none() => {
-                joined.lane = Some(id);
-                true
+        if let Some(joined) = self.joined.get_mut(&header.room)
+            && joined.lane.is_none()
+        {
+            joined.lane = Some(id);
+            joined.room_number = Some(header.room_number);
+            if joined.epoch.is_some() {
+                joined.stale = Some(std::mem::take(&mut joined.known));
             }
-            _ => false,
-        };
+            if joined.epoch != Some(header.epoch) {
+                joined.epoch = Some(header.epoch);
+                joined.last_id = 0;
+            }
+        }
         self.by_number.insert(header.room_number, id);
-        self.lanes.insert(
-            id,
-            Lane {
-                room: header.room,
-                room_number: header.room_number,
-                members: HashMap::new(),
-                claimed,
-            },
-        );
+        let lane =
+            Lane { room: header.room, room_number: header.room_number, members: HashMap::new() };
+        self.lanes.insert(id, lane);
     }
 
-    /// Applies a lane event to the member lists and turns it into the application's event.
-    /// A `Closed` event also ends the lane (see [`Rooms::lane_ended`]).
-    pub(crate) fn lane_event(&mut self, id: LaneId, event: LaneEvent) -> Option<Event> {
-        let lane = self.lanes.get_mut(&id)?;
+    /// Applies a lane event and says what to deliver. On the membership's current lane,
+    /// broadcasts at or below the last one delivered are dropped (a replay overlapping what
+    /// arrived before), and after a new login only real membership changes are reported.
+    pub(crate) fn lane_event(&mut self, id: LaneId, event: LaneEvent) -> LaneOutput {
+        let mut out = LaneOutput::default();
+        if let LaneEvent::Closed { code, detail } = event {
+            return self.lane_closed(id, code, detail);
+        }
+        let Some(lane) = self.lanes.get_mut(&id) else {
+            return out;
+        };
         let room = lane.room.clone();
-        let event = match event {
+        let mut joined = self.joined.get_mut(&room).filter(|joined| joined.lane == Some(id));
+        // A new login's member list ends at its first other event (the `Recovered` event of
+        // a recovering login): members known before that it did not name have left.
+        if !matches!(event, LaneEvent::UsersJoined(_))
+            && let Some(stale) = joined.as_mut().and_then(|joined| joined.stale.take())
+            && !stale.is_empty()
+        {
+            let mut users: Vec<User> = stale.into_values().collect();
+            users.sort_by(|a, b| a.id.cmp(&b.id));
+            out.events.push(Event::UsersLeft { room: room.clone(), users });
+        }
+        match event {
             LaneEvent::UsersJoined(members) => {
-                let users = members
-                    .into_iter()
-                    .map(|Member { session, user }| {
-                        lane.members.insert(session, user.clone());
-                        user
-                    })
-                    .collect();
-                Event::UsersJoined { room, users }
+                let mut users = Vec::with_capacity(members.len());
+                for Member { session, user } in members {
+                    lane.members.insert(session, user.clone());
+                    if let Some(joined) = joined.as_mut() {
+                        let stale = joined.stale.as_mut().and_then(|s| s.remove(&user.id));
+                        joined.known.insert(user.id.clone(), user.clone());
+                        if stale.as_ref() == Some(&user) {
+                            continue; // the application knows this member already
+                        }
+                    }
+                    users.push(user);
+                }
+                if !users.is_empty() {
+                    out.events.push(Event::UsersJoined { room, users });
+                }
             }
             LaneEvent::UsersLeft(members) => {
                 let users = members
                     .into_iter()
                     .map(|Member { session, user }| {
                         lane.members.remove(&session);
+                        if let Some(joined) = joined.as_mut() {
+                            joined.known.remove(&user.id);
+                        }
                         user
                     })
                     .collect();
-                Event::UsersLeft { room, users }
+                out.events.push(Event::UsersLeft { room, users });
             }
-            LaneEvent::Broadcasts(messages) => Event::Broadcasts { room, messages },
-            LaneEvent::Command(message) => Event::Command { room, message },
-            LaneEvent::Closed { code, detail } => {
-                self.lane_ended(id);
-                Event::RoomClosed { room, code, detail }
+            LaneEvent::Broadcasts(mut messages) => {
+                let last = messages.last().map(|m| m.id);
+                let after = joined.as_ref().map_or(0, |joined| joined.last_id);
+                let before = messages.len();
+                messages.retain(|m| m.id > after && m.from.id != self.me.id);
+                out.dropped = (before - messages.len()) as u64;
+                out.delivered = joined.and(last);
+                if !messages.is_empty() {
+                    out.events.push(Event::Broadcasts { room, messages });
+                }
             }
+            LaneEvent::Command(message) => out.events.push(Event::Command { room, message }),
             LaneEvent::Recovered { complete, missed, replayed } => {
-                Event::Recovered { room, complete, missed, replayed }
+                out.events.push(Event::Recovered { room, complete, missed, replayed });
             }
-        };
-        Some(event)
+            LaneEvent::Closed { .. } => {} // handled above
+        }
+        out
     }
 
-    /// Forgets a lane that closed or failed, and the login that owned it. Returns the lane's
-    /// room if the lane was still open.
-    pub(crate) fn lane_ended(&mut self, id: LaneId) -> Option<String> {
-        let lane = self.lanes.remove(&id)?;
-        if self.by_number.get(&lane.room_number) == Some(&id) {
-            self.by_number.remove(&lane.room_number);
+    /// Records that broadcasts up to `last_id` of lane `id` were handed to the application.
+    pub(crate) fn delivered(&mut self, id: LaneId, last_id: u64) {
+        let Some(lane) = self.lanes.get(&id) else { return };
+        if let Some(joined) = self.joined.get_mut(&lane.room)
+            && joined.lane == Some(id)
+        {
+            joined.last_id = joined.last_id.max(last_id);
         }
-        if self.joined.get(&lane.room).is_some_and(|joined| joined.lane == Some(id)) {
-            self.joined.remove(&lane.room);
+    }
+
+    /// Ends a lane that the server closed (`Closed` event, or a reset with a code). The
+    /// membership ends with a `RoomClosed` event, except when it is kept to log in again: a
+    /// lane closed as too slow (logged in to again at once, with recovery) or for a shutdown
+    /// (the connection close follows; the reconnect logs in again).
+    pub(crate) fn lane_closed(
+        &mut self,
+        id: LaneId,
+        code: ErrorCode,
+        detail: String,
+    ) -> LaneOutput {
+        let mut out = LaneOutput::default();
+        let Some(lane) = self.remove_lane(id) else {
+            return out;
+        };
+        let current = self.joined.get_mut(&lane.room).filter(|joined| joined.lane == Some(id));
+        match current {
+            Some(joined)
+                if self.keep
+                    && (code == ErrorCode::SLOW_RECEIVER
+                        || code == ErrorCode::SERVER_SHUTTING_DOWN) =>
+            {
+                joined.detach();
+                if code == ErrorCode::SLOW_RECEIVER {
+                    out.relogin = Some(lane.room);
+                }
+            }
+            current => {
+                if current.is_some() {
+                    self.joined.remove(&lane.room);
+                }
+                out.events.push(Event::RoomClosed { room: lane.room, code, detail });
+            }
         }
-        Some(lane.room)
+        out
+    }
+
+    /// Forgets a lane whose connection is gone; its membership stays, to log in again.
+    pub(crate) fn lane_lost(&mut self, id: LaneId) {
+        if let Some(lane) = self.remove_lane(id)
+            && let Some(joined) = self.joined.get_mut(&lane.room)
+            && joined.lane == Some(id)
+        {
+            joined.detach();
+        }
+    }
+
+    /// The connection is gone: forget its lanes and room numbers; memberships stay.
+    pub(crate) fn connection_lost(&mut self) {
+        self.lanes.clear();
+        self.by_number.clear();
+        for joined in self.joined.values_mut() {
+            joined.detach();
+        }
+    }
+
+    /// The logins that restore every room after a reconnect, each asking to recover what
+    /// was missed.
+    pub(crate) fn relogins(&self) -> Vec<(String, Request)> {
+        let mut rooms: Vec<&String> =
+            self.joined.iter().filter(|(_, j)| j.confirmed).map(|(room, _)| room).collect();
+        rooms.sort();
+        rooms.into_iter().filter_map(|room| Some((room.clone(), self.relogin(room)?))).collect()
+    }
+
+    /// The login that logs in to `room` again, asking to recover what was missed.
+    pub(crate) fn relogin(&self, room: &str) -> Option<Request> {
+        let joined = self.joined.get(room)?;
+        Some(Request::Login {
+            room: room.to_owned(),
+            user: self.me.clone(),
+            token: joined.token.clone(),
+            recover: Some(Recover {
+                epoch: joined.epoch.unwrap_or(UNKNOWN_EPOCH),
+                last_id: joined.last_id,
+            }),
+        })
+    }
+
+    /// Records that a login again succeeded.
+    pub(crate) fn relogged_in(&mut self, room: &str, room_number: u32) {
+        if let Some(joined) = self.joined.get_mut(room) {
+            joined.room_number = Some(room_number);
+        }
+    }
+
+    /// Forgets a room whose login again was refused; `true` if it was still a membership
+    /// (the application is then told the room closed).
+    pub(crate) fn relogin_failed(&mut self, room: &str) -> bool {
+        self.joined.remove(room).is_some()
     }
 
     /// Names the room and the sender of a received barrage.
@@ -174,11 +403,12 @@ impl Rooms {
         ))
     }
 
-    /// The rooms this client is logged in to.
-    pub(crate) fn joined_rooms(&self) -> Vec<String> {
-        let mut rooms: Vec<String> = self.joined.keys().cloned().collect();
-        rooms.sort();
-        rooms
+    fn remove_lane(&mut self, id: LaneId) -> Option<Lane> {
+        let lane = self.lanes.remove(&id)?;
+        if self.by_number.get(&lane.room_number) == Some(&id) {
+            self.by_number.remove(&lane.room_number);
+        }
+        Some(lane)
     }
 }
 
@@ -192,6 +422,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::protocol::BroadcastMessage;
 
     fn user(id: &str) -> User {
         User { id: id.into(), name: id.to_uppercase() }
@@ -205,6 +436,17 @@ mod tests {
         LaneHeader { room: room.into(), room_number, epoch: 1 }
     }
 
+    fn rooms(keep: bool) -> Rooms {
+        Rooms::new(user("me"), keep)
+    }
+
+    /// A login to `room` whose reply and lane (`lane`, epoch `epoch`) both arrived.
+    fn joined(rooms: &mut Rooms, room: &str, lane: LaneId, epoch: u64) {
+        assert!(rooms.login_started(room, "t1"));
+        rooms.logged_in(room, 7);
+        rooms.lane_opened(lane, LaneHeader { room: room.into(), room_number: 7, epoch });
+    }
+
     fn barrage(room_number: u32, sender: u32) -> BarrageMessage {
         BarrageMessage {
             room_number,
@@ -215,9 +457,43 @@ mod tests {
         }
     }
 
+    fn broadcasts(ids: &[u64], from: &str) -> LaneEvent {
+        LaneEvent::Broadcasts(ids.iter().map(|&id| broadcast(id, from)).collect())
+    }
+
+    fn broadcast(id: u64, from: &str) -> BroadcastMessage {
+        BroadcastMessage { id, sent_at_ms: 1, from: user(from), payload: Bytes::from_static(b"x") }
+    }
+
+    /// Applies an event and records its broadcasts as handed over; returns the events.
+    fn deliver(rooms: &mut Rooms, lane: LaneId, event: LaneEvent) -> Vec<Event> {
+        let out = rooms.lane_event(lane, event);
+        if let Some(last) = out.delivered {
+            rooms.delivered(lane, last);
+        }
+        out.events
+    }
+
+    fn ids(events: &[Event]) -> Vec<u64> {
+        events
+            .iter()
+            .flat_map(|event| match event {
+                Event::Broadcasts { messages, .. } => messages.iter().map(|m| m.id).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn recover(rooms: &Rooms, room: &str) -> Option<Recover> {
+        match rooms.relogin(room) {
+            Some(Request::Login { recover, .. }) => recover,
+            _ => None,
+        }
+    }
+
     #[test]
     fn barrage_sender_is_resolved_from_the_lane_members() {
-        let mut rooms = Rooms::default();
+        let mut rooms = rooms(true);
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
         let (room, message) = rooms.resolve_barrage(barrage(7, 4)).unwrap();
@@ -229,7 +505,7 @@ mod tests {
 
     #[test]
     fn unknown_room_and_sender_are_reported() {
-        let mut rooms = Rooms::default();
+        let mut rooms = rooms(true);
         assert_eq!(rooms.resolve_barrage(barrage(7, 3)).err(), Some(Unresolved::UnknownRoom));
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
@@ -240,24 +516,26 @@ mod tests {
 
     #[test]
     fn lane_events_become_application_events() {
-        let mut rooms = Rooms::default();
+        let mut rooms = rooms(true);
         rooms.lane_opened(1, header("lobby", 7));
         assert_eq!(
-            rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")])),
-            Some(Event::UsersJoined { room: "lobby".into(), users: vec![user("bob")] })
+            rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")])).events,
+            vec![Event::UsersJoined { room: "lobby".into(), users: vec![user("bob")] }]
         );
         assert_eq!(
-            rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])),
-            Some(Event::UsersLeft { room: "lobby".into(), users: vec![user("bob")] })
+            rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])).events,
+            vec![Event::UsersLeft { room: "lobby".into(), users: vec![user("bob")] }]
         );
         // An event for a lane that is not open is ignored.
-        assert_eq!(rooms.lane_event(2, LaneEvent::UsersLeft(vec![])), None);
+        assert_eq!(rooms.lane_event(2, LaneEvent::UsersLeft(vec![])), LaneOutput::default());
     }
 
     #[test]
     fn login_reply_before_or_after_the_lane_gives_the_same_state() {
         for reply_first in [true, false] {
-            let mut rooms = Rooms::default();
+            let mut rooms = rooms(true);
+            assert!(rooms.login_started("lobby", "t"));
+            assert!(rooms.joined_rooms().is_empty(), "not in the room before the reply");
             if reply_first {
                 rooms.logged_in("lobby", 7);
                 rooms.lane_opened(1, header("lobby", 7));
@@ -267,7 +545,7 @@ mod tests {
             }
             assert_eq!(rooms.room_number("lobby"), Some(7));
             assert_eq!(rooms.joined_rooms(), vec!["lobby".to_string()]);
-            // Being kicked closes the lane and ends the login.
+            // Being kicked closes the lane and ends the membership.
             let closed = rooms.lane_event(
                 1,
                 LaneEvent::Closed {
@@ -276,52 +554,206 @@ mod tests {
                 },
             );
             assert_eq!(
-                closed,
-                Some(Event::RoomClosed {
+                closed.events,
+                vec![Event::RoomClosed {
                     room: "lobby".into(),
                     code: ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                     detail: "elsewhere".into()
-                })
+                }]
             );
+            assert_eq!(closed.relogin, None);
             assert_eq!(rooms.room_number("lobby"), None, "reply first: {reply_first}");
+            assert!(rooms.relogins().is_empty());
             assert_eq!(rooms.resolve_barrage(barrage(7, 1)).err(), Some(Unresolved::UnknownRoom));
         }
     }
 
     #[test]
+    fn a_refused_first_login_is_forgotten_but_not_an_existing_one() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        // A second login to the same room is refused (ALREADY_LOGGED_IN): the room stays.
+        assert!(!rooms.login_started("lobby", "t2"));
+        rooms.login_failed("lobby");
+        assert_eq!(rooms.joined_rooms(), vec!["lobby".to_string()]);
+        assert!(rooms.login_started("other", "t"));
+        rooms.login_failed("other");
+        assert!(!rooms.joined.contains_key("other"));
+    }
+
+    #[test]
     fn old_lane_closing_late_does_not_end_a_new_login() {
-        let mut rooms = Rooms::default();
-        rooms.logged_in("lobby", 7);
-        rooms.lane_opened(1, header("lobby", 7));
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
         // Log out and in again; the old lane's Closed event is read after the new login.
         rooms.logged_out("lobby");
+        assert!(rooms.login_started("lobby", "t"));
         rooms.logged_in("lobby", 7);
-        rooms.lane_event(
+        let closed = rooms.lane_event(
             1,
             LaneEvent::Closed { code: ErrorCode::LOGGED_OUT, detail: String::new() },
         );
+        assert_eq!(closed.events.len(), 1, "the logout is still reported");
         assert_eq!(rooms.room_number("lobby"), Some(7));
         rooms.lane_opened(2, header("lobby", 7));
         rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(5, "dave")]));
         assert!(rooms.resolve_barrage(barrage(7, 5)).is_ok());
         // The new lane, in turn, ends the new login.
-        rooms.lane_ended(2);
+        rooms.lane_closed(2, ErrorCode::LOGGED_OUT, String::new());
         assert_eq!(rooms.room_number("lobby"), None);
     }
 
     #[test]
     fn rooms_are_resolved_by_number_independently() {
-        let mut rooms = Rooms::default();
+        let mut rooms = rooms(true);
         rooms.lane_opened(1, header("a", 1));
         rooms.lane_opened(2, header("b", 2));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(9, "x")]));
         rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(9, "x")]));
         assert_eq!(rooms.resolve_barrage(barrage(1, 9)).unwrap().0, "a");
         assert_eq!(rooms.resolve_barrage(barrage(2, 9)).unwrap().0, "b");
-        assert_eq!(rooms.lane_ended(1), Some("a".to_string()));
-        assert_eq!(rooms.lane_ended(1), None);
+        rooms.lane_lost(1);
         assert!(rooms.resolve_barrage(barrage(1, 9)).is_err());
         assert!(rooms.resolve_barrage(barrage(2, 9)).is_ok());
+    }
+
+    #[test]
+    fn a_replay_never_duplicates_and_recovery_asks_from_the_last_delivered() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 42);
+        assert_eq!(recover(&rooms, "lobby"), Some(Recover { epoch: 42, last_id: 0 }));
+        assert_eq!(ids(&deliver(&mut rooms, 1, broadcasts(&[1, 2, 3], "bob"))), vec![1, 2, 3]);
+        // A batch read but not yet handed over does not count.
+        let pending = rooms.lane_event(1, broadcasts(&[4, 5], "bob"));
+        assert_eq!(pending.delivered, Some(5));
+        assert_eq!(recover(&rooms, "lobby"), Some(Recover { epoch: 42, last_id: 3 }));
+
+        // The connection is lost; the room is kept and logged in to again from ID 3.
+        rooms.connection_lost();
+        assert_eq!(rooms.room_number("lobby"), None);
+        assert_eq!(rooms.joined_rooms(), vec!["lobby".to_string()]);
+        let relogins = rooms.relogins();
+        assert_eq!(relogins.len(), 1);
+        let Request::Login { room, user: me, token, recover: asked } = &relogins[0].1 else {
+            panic!("not a login: {:?}", relogins[0]);
+        };
+        assert_eq!((room.as_str(), me, token.as_str()), ("lobby", &user("me"), "t1"));
+        assert_eq!(*asked, Some(Recover { epoch: 42, last_id: 3 }));
+
+        // The replay overlaps what was delivered, and carries this client's own message.
+        rooms.lane_opened(2, LaneHeader { room: "lobby".into(), room_number: 9, epoch: 42 });
+        rooms.relogged_in("lobby", 9);
+        let out =
+            rooms.lane_event(2, LaneEvent::Recovered { complete: true, missed: None, replayed: 4 });
+        assert_eq!(out.events.len(), 1);
+        let mut replay = broadcasts(&[2, 3, 4], "bob");
+        if let LaneEvent::Broadcasts(messages) = &mut replay {
+            messages.push(broadcast(5, "me"));
+        }
+        let out = rooms.lane_event(2, replay);
+        assert_eq!((ids(&out.events), out.dropped, out.delivered), (vec![4], 3, Some(5)));
+        rooms.delivered(2, 5);
+        assert_eq!(ids(&deliver(&mut rooms, 2, broadcasts(&[5, 6], "bob"))), vec![6]);
+        assert_eq!(recover(&rooms, "lobby"), Some(Recover { epoch: 42, last_id: 6 }));
+        assert_eq!(rooms.room_number("lobby"), Some(9));
+    }
+
+    #[test]
+    fn a_new_epoch_restarts_the_count() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        deliver(&mut rooms, 1, broadcasts(&[1, 2, 3], "bob"));
+        rooms.connection_lost();
+        // The server restarted: the room is new, its IDs start again at 1.
+        rooms.lane_opened(2, LaneHeader { room: "lobby".into(), room_number: 1, epoch: 2 });
+        assert_eq!(ids(&deliver(&mut rooms, 2, broadcasts(&[1, 2], "bob"))), vec![1, 2]);
+        assert_eq!(recover(&rooms, "lobby"), Some(Recover { epoch: 2, last_id: 2 }));
+    }
+
+    #[test]
+    fn a_login_without_a_lane_header_recovers_from_an_unknown_epoch() {
+        let mut rooms = rooms(true);
+        assert!(rooms.login_started("lobby", "t"));
+        rooms.logged_in("lobby", 7);
+        rooms.connection_lost();
+        assert_eq!(recover(&rooms, "lobby"), Some(Recover { epoch: UNKNOWN_EPOCH, last_id: 0 }));
+        // A login still in flight when the connection is lost is not logged in to again.
+        assert!(rooms.login_started("pending", "t"));
+        assert_eq!(rooms.relogins().len(), 1);
+    }
+
+    #[test]
+    fn lane_closes_that_keep_or_end_the_room() {
+        let close = |code| LaneEvent::Closed { code, detail: "d".into() };
+        let mut kept = rooms(true);
+        joined(&mut kept, "slow", 1, 1);
+        joined(&mut kept, "down", 2, 1);
+        let out = kept.lane_event(1, close(ErrorCode::SLOW_RECEIVER));
+        assert_eq!((out.events, out.relogin), (vec![], Some("slow".to_string())));
+        let out = kept.lane_event(2, close(ErrorCode::SERVER_SHUTTING_DOWN));
+        assert_eq!((out.events, out.relogin), (vec![], None));
+        assert_eq!(kept.joined_rooms(), vec!["down".to_string(), "slow".to_string()]);
+        assert_eq!(kept.room_number("slow"), None, "no barrage until logged in again");
+        // Without automatic reconnect, every close ends the room.
+        let mut ended = rooms(false);
+        joined(&mut ended, "slow", 1, 1);
+        let out = ended.lane_event(1, close(ErrorCode::SLOW_RECEIVER));
+        assert_eq!((out.events.len(), out.relogin), (1, None));
+        assert!(ended.joined_rooms().is_empty());
+    }
+
+    #[test]
+    fn a_renewed_token_is_used_to_log_in_again() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "a", 1, 1);
+        joined(&mut rooms, "b", 2, 1);
+        rooms.renewed("t2");
+        for (_, login) in rooms.relogins() {
+            assert!(matches!(login, Request::Login { token, .. } if token == "t2"));
+        }
+        assert!(rooms.relogin_failed("a"));
+        assert!(!rooms.relogin_failed("a"));
+        assert_eq!(rooms.joined_rooms(), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn after_a_relogin_only_membership_changes_are_reported() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        deliver(&mut rooms, 1, LaneEvent::UsersJoined(vec![member(2, "bob"), member(3, "carol")]));
+        rooms.connection_lost();
+        rooms.lane_opened(2, header("lobby", 7));
+        // bob is still there, dave is new, carol left while the client was away.
+        let events = deliver(&mut rooms, 2, LaneEvent::UsersJoined(vec![member(5, "bob")]));
+        assert!(events.is_empty(), "bob is known: {events:?}");
+        let events = deliver(&mut rooms, 2, LaneEvent::UsersJoined(vec![member(6, "dave")]));
+        assert_eq!(
+            events,
+            vec![Event::UsersJoined { room: "lobby".into(), users: vec![user("dave")] }]
+        );
+        let recovered = LaneEvent::Recovered { complete: true, missed: None, replayed: 0 };
+        let events = deliver(&mut rooms, 2, recovered);
+        assert_eq!(
+            events,
+            vec![
+                Event::UsersLeft { room: "lobby".into(), users: vec![user("carol")] },
+                Event::Recovered {
+                    room: "lobby".into(),
+                    complete: true,
+                    missed: None,
+                    replayed: 0
+                }
+            ]
+        );
+        // bob's new session names his barrage.
+        assert_eq!(rooms.resolve_barrage(barrage(7, 5)).unwrap().1.from, user("bob"));
+        // A second loss compares with the updated list.
+        rooms.connection_lost();
+        rooms.lane_opened(3, header("lobby", 7));
+        let recovered = LaneEvent::Recovered { complete: true, missed: None, replayed: 0 };
+        let events = deliver(&mut rooms, 3, recovered);
+        let Event::UsersLeft { users, .. } = &events[0] else { panic!("{events:?}") };
+        assert_eq!(users, &vec![user("bob"), user("dave")]);
     }
 
     #[test]

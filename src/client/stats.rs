@@ -17,6 +17,11 @@ pub struct ClientStats {
     pub datagrams_malformed: u64,
     /// Replies that matched no waiting request (it had timed out).
     pub late_replies: u64,
+    /// Broadcasts dropped because the application already had them (a replay after a
+    /// re-login overlapping what arrived before) or because this client sent them.
+    pub broadcast_duplicates: u64,
+    /// Successful automatic reconnects.
+    pub reconnects: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -27,6 +32,8 @@ pub(crate) struct Stats {
     pub(crate) barrage_unknown_sender: AtomicU64,
     pub(crate) datagrams_malformed: AtomicU64,
     pub(crate) late_replies: AtomicU64,
+    pub(crate) broadcast_duplicates: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
 }
 
 impl Stats {
@@ -44,6 +51,8 @@ impl Stats {
             barrage_unknown_sender: get(&self.barrage_unknown_sender),
             datagrams_malformed: get(&self.datagrams_malformed),
             late_replies: get(&self.late_replies),
+            broadcast_duplicates: get(&self.broadcast_duplicates),
+            reconnects: get(&self.reconnects),
         }
     }
 }

@@ -13,8 +13,8 @@ use super::*;
 use crate::certs::DevPki;
 use crate::protocol::{
     BarrageMessage, BroadcastMessage, ClientDatagram, ControlFrame, LaneEvent, LaneHeader,
-    MAX_REQUEST_FRAME, Member, Reply, RequestFrame, ServerDatagram, decode_datagram, encode_body,
-    encode_frame,
+    MAX_REQUEST_FRAME, Member, Recover, Reply, RequestFrame, ServerDatagram, decode_datagram,
+    encode_body, encode_frame,
 };
 use crate::transport::{FrameReader, server_config};
 
@@ -49,8 +49,12 @@ impl Peer {
     }
 
     async fn open_lane(&self, room: &str, room_number: u32) -> SendStream {
+        self.open_lane_in_epoch(room, room_number, 1).await
+    }
+
+    async fn open_lane_in_epoch(&self, room: &str, room_number: u32, epoch: u64) -> SendStream {
         let mut lane = within(self.conn.open_uni()).await.expect("open lane");
-        let header = LaneHeader { room: room.into(), room_number, epoch: 1 };
+        let header = LaneHeader { room: room.into(), room_number, epoch };
         send_frame(&mut lane, &header).await;
         lane
     }
@@ -67,9 +71,23 @@ async fn send_frame<T: Serialize>(stream: &mut SendStream, frame: &T) {
     within(stream.write_all(&buf)).await.expect("write frame");
 }
 
-/// Starts a stand-in server and connects a client as `alice`; returns the server side of
-/// the connection too.
+/// Starts a stand-in server and connects a client as `alice` that does not reconnect;
+/// returns the server side of the connection too.
 async fn pair(request_timeout: Duration) -> (Client, Events, quinn::Connection) {
+    let (client, events, conn, _server) = pair_with(|config| {
+        config.request_timeout = request_timeout;
+        config.reconnect = ReconnectPolicy::disabled();
+    })
+    .await;
+    (client, events, conn)
+}
+
+/// Starts a stand-in server and connects a client as `alice` with the default
+/// configuration changed by `adjust`; returns the server side of the connection and the
+/// server's endpoint (to accept the client's next connection).
+async fn pair_with(
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (Client, Events, quinn::Connection, quinn::Endpoint) {
     let pki = DevPki::generate().expect("pki");
     let (chain, key) = pki.server_identity().expect("identity");
     let config = server_config(chain, key, DEFAULT_IDLE_TIMEOUT).expect("server config");
@@ -81,14 +99,28 @@ async fn pair(request_timeout: Duration) -> (Client, Events, quinn::Connection) 
         vec![pki.ca().expect("ca")],
         user("alice"),
     );
-    config.request_timeout = request_timeout;
-    let accepted = tokio::spawn(async move {
-        let incoming = within(server.accept()).await.expect("incoming");
-        within(async { incoming.await }).await.expect("handshake")
-    });
+    adjust(&mut config);
+    let accepted = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let incoming = within(server.accept()).await.expect("incoming");
+            within(async { incoming.await }).await.expect("handshake")
+        })
+    };
     let (client, events) = within(Client::connect(config)).await.expect("connect");
     let conn = within(accepted).await.expect("join");
-    (client, events, conn)
+    (client, events, conn, server)
+}
+
+/// Accepts the client's next connection (skipping attempts it already gave up) and its
+/// control stream.
+async fn accept_next(server: &quinn::Endpoint) -> Peer {
+    loop {
+        let incoming = within(server.accept()).await.expect("incoming");
+        if let Ok(conn) = within(async { incoming.await }).await {
+            return accept(conn).await;
+        }
+    }
 }
 
 /// Accepts the client's control stream (visible once the client has written its first
@@ -374,6 +406,188 @@ async fn connect_to_nothing_fails_in_time() {
     config.request_timeout = Duration::from_millis(300);
     let result = within(Client::connect(config)).await;
     assert!(matches!(result, Err(ClientError::Connect(_))), "{result:?}");
+}
+
+fn message(id: u64, from: &str) -> BroadcastMessage {
+    BroadcastMessage { id, sent_at_ms: 1, from: user(from), payload: Bytes::from_static(b"m") }
+}
+
+fn member(session: u32, id: &str) -> Member {
+    Member { session, user: user(id) }
+}
+
+/// The broadcast IDs of the next event, which must be a broadcast list.
+async fn broadcast_ids(events: &mut Events) -> Vec<u64> {
+    match within(events.next()).await {
+        Some(Event::Broadcasts { messages, .. }) => messages.iter().map(|m| m.id).collect(),
+        other => panic!("expected broadcasts, got {other:?}"),
+    }
+}
+
+/// The server's side of one re-login: checks the request names `recover` and `token`,
+/// replies, and opens the new lane in `epoch` with `members`.
+async fn expect_relogin(
+    peer: &mut Peer,
+    token: &str,
+    recover: Recover,
+    epoch: u64,
+    members: Vec<Member>,
+) -> SendStream {
+    let frame = peer.request().await;
+    assert_eq!(
+        frame.body,
+        Request::Login {
+            room: "lobby".into(),
+            user: user("alice"),
+            token: token.into(),
+            recover: Some(recover)
+        }
+    );
+    peer.reply(frame.request, Outcome::LoggedIn { room_number: 8, session: 5 }).await;
+    let mut lane = peer.open_lane_in_epoch("lobby", 8, epoch).await;
+    send_frame(&mut lane, &LaneEvent::UsersJoined(members)).await;
+    lane
+}
+
+#[tokio::test]
+async fn reconnect_logs_in_again_with_recovery_and_never_duplicates() {
+    let (client, mut events, conn, server) = pair_with(|config| {
+        config.reconnect.initial_backoff = Duration::from_millis(20);
+        config.reconnect.max_backoff = Duration::from_millis(40);
+    })
+    .await;
+    let (mut peer, mut lane) = login(&client, &conn, "lobby", 7, true).await;
+    send_frame(&mut lane, &LaneEvent::UsersJoined(vec![member(2, "bob"), member(3, "carol")]))
+        .await;
+    // The server never echoes; a broadcast from alice herself is dropped all the same.
+    let live = vec![message(1, "bob"), message(2, "alice"), message(3, "bob")];
+    send_frame(&mut lane, &LaneEvent::Broadcasts(live)).await;
+    assert!(matches!(within(events.next()).await, Some(Event::UsersJoined { .. })));
+    assert_eq!(broadcast_ids(&mut events).await, vec![1, 3]);
+    let renew = {
+        let client = client.clone();
+        tokio::spawn(async move { client.renew_token("token2").await })
+    };
+    let frame = peer.request().await;
+    peer.reply(frame.request, Outcome::Done).await;
+    assert_eq!(within(renew).await.expect("join"), Ok(()));
+
+    // The server goes away. Until the test accepts the next connection, the client is
+    // reconnecting: requests fail at once, the room is kept.
+    peer.conn.close(VarInt::from_u32(close::SHUTDOWN), b"restart");
+    let state = within(events.next()).await;
+    assert_eq!(state, Some(Event::ConnectionState(ConnectionState::Reconnecting { attempt: 1 })));
+    let during = within(client.send_broadcast_message("lobby", "x")).await;
+    assert_eq!(during.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
+    assert!(client.connection().is_none());
+    assert_eq!(client.rooms(), vec!["lobby".to_string()]);
+
+    // Logged in again with the renewed token, from the last broadcast delivered (3).
+    let mut peer = accept_next(&server).await;
+    let recover = Recover { epoch: 1, last_id: 3 };
+    let members = vec![member(2, "bob"), member(4, "dave")];
+    let mut lane = expect_relogin(&mut peer, "token2", recover, 1, members).await;
+    let recovered = LaneEvent::Recovered { complete: true, missed: None, replayed: 4 };
+    send_frame(&mut lane, &recovered).await;
+    let replay = vec![message(2, "bob"), message(3, "bob"), message(4, "bob"), message(5, "bob")];
+    send_frame(&mut lane, &LaneEvent::Broadcasts(replay)).await;
+    let room = || "lobby".to_string();
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::ConnectionState(ConnectionState::Reconnected))
+    );
+    // Only real changes of the member list: dave joined, carol left; bob is known.
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::UsersJoined { room: room(), users: vec![user("dave")] })
+    );
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::UsersLeft { room: room(), users: vec![user("carol")] })
+    );
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::Recovered { room: room(), complete: true, missed: None, replayed: 4 })
+    );
+    assert_eq!(broadcast_ids(&mut events).await, vec![4, 5]);
+
+    // Dropped as too slow: logged in again at once on the same connection, no RoomClosed.
+    let closed = LaneEvent::Closed { code: ErrorCode::SLOW_RECEIVER, detail: "slow".into() };
+    send_frame(&mut lane, &closed).await;
+    lane.finish().expect("finish");
+    let recover = Recover { epoch: 1, last_id: 5 };
+    let members = vec![member(2, "bob"), member(4, "dave")];
+    let mut lane = expect_relogin(&mut peer, "token2", recover, 1, members).await;
+    let recovered = LaneEvent::Recovered { complete: false, missed: Some((6, 7)), replayed: 1 };
+    send_frame(&mut lane, &recovered).await;
+    send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message(8, "bob")])).await;
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::Recovered { room: room(), complete: false, missed: Some((6, 7)), replayed: 1 })
+    );
+    assert_eq!(broadcast_ids(&mut events).await, vec![8]);
+
+    // The application closes the QUIC connection under the client: that is a loss too. The
+    // room comes back in a new epoch, whose IDs start again at 1.
+    client.connection().expect("connected").close(VarInt::from_u32(0), b"cut");
+    let state = within(events.next()).await;
+    assert_eq!(state, Some(Event::ConnectionState(ConnectionState::Reconnecting { attempt: 1 })));
+    let mut peer = accept_next(&server).await;
+    let recover = Recover { epoch: 1, last_id: 8 };
+    let members = vec![member(2, "bob"), member(4, "dave")];
+    let mut lane = expect_relogin(&mut peer, "token2", recover, 2, members).await;
+    let recovered = LaneEvent::Recovered { complete: false, missed: None, replayed: 1 };
+    send_frame(&mut lane, &recovered).await;
+    send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message(1, "bob")])).await;
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::ConnectionState(ConnectionState::Reconnected))
+    );
+    assert!(matches!(within(events.next()).await, Some(Event::Recovered { complete: false, .. })));
+    assert_eq!(broadcast_ids(&mut events).await, vec![1]);
+
+    // Kicked is final for the room.
+    let kicked =
+        LaneEvent::Closed { code: ErrorCode::KICKED_LOGGED_IN_ELSEWHERE, detail: "".into() };
+    send_frame(&mut lane, &kicked).await;
+    assert!(matches!(within(events.next()).await, Some(Event::RoomClosed { .. })));
+    assert!(client.rooms().is_empty());
+    let stats = client.stats();
+    assert_eq!((stats.broadcast_duplicates, stats.reconnects), (3, 2));
+
+    client.close().await;
+    let last = within(events.next()).await;
+    assert_eq!(last, Some(Event::Disconnected { code: Some(0), reason: "client closed".into() }));
+    assert_eq!(within(events.next()).await, None);
+}
+
+#[tokio::test]
+async fn a_refused_relogin_closes_the_room() {
+    let (client, mut events, conn, server) = pair_with(|config| {
+        config.reconnect.initial_backoff = Duration::from_millis(20);
+    })
+    .await;
+    let (peer, _lane) = login(&client, &conn, "lobby", 7, false).await;
+    peer.conn.close(VarInt::from_u32(close::SHUTDOWN), b"restart");
+    assert!(matches!(within(events.next()).await, Some(Event::ConnectionState(_))));
+    let mut peer = accept_next(&server).await;
+    let frame = peer.request().await;
+    let refusal = Outcome::Refused { code: ErrorCode::TOKEN_EXPIRED, detail: "old".into() };
+    peer.reply(frame.request, refusal).await;
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::ConnectionState(ConnectionState::Reconnected))
+    );
+    assert_eq!(
+        within(events.next()).await,
+        Some(Event::RoomClosed {
+            room: "lobby".into(),
+            code: ErrorCode::TOKEN_EXPIRED,
+            detail: "old".into()
+        })
+    );
+    assert!(client.rooms().is_empty());
+    client.close().await;
 }
 
 #[test]

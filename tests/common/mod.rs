@@ -31,6 +31,13 @@ pub struct TestRelay {
     pub addr: SocketAddr,
     pub ca: CertificateDer<'static>,
     pub tokens: TokenKey,
+    /// The certificates, to start the relay again with the same identity.
+    pub pki: DevPki,
+}
+
+fn identity(pki: &DevPki, tokens: &TokenKey) -> Identity {
+    let (chain, key) = pki.server_identity().unwrap();
+    Identity { chain, key, tokens: tokens.clone() }
 }
 
 /// A config for tests: loopback, ephemeral port, no frequency limits unless a test sets them.
@@ -45,14 +52,36 @@ pub fn test_config() -> ServerConfig {
 impl TestRelay {
     pub async fn start(config: ServerConfig) -> TestRelay {
         let pki = DevPki::generate().unwrap();
-        let (chain, key) = pki.server_identity().unwrap();
         let tokens = TokenKey::new(b"test secret, not for production use");
-        let server =
-            Server::bind(config, Identity { chain, key, tokens: tokens.clone() }).expect("bind");
+        let server = Server::bind(config, identity(&pki, &tokens)).expect("bind");
+        Self::run(server, pki, tokens)
+    }
+
+    /// Shuts the relay down and starts a new one on the same address, with the same
+    /// certificates and token key (the restart of a real relay): rooms start anew.
+    pub async fn restart(self, mut config: ServerConfig) -> TestRelay {
+        self.handle.shutdown().await;
+        let TestRelay { handle, addr, pki, tokens, .. } = self;
+        drop(handle);
+        config.listen = addr;
+        // The old socket is released once the old connections' tasks have ended.
+        let server = within(async {
+            loop {
+                match Server::bind(config.clone(), identity(&pki, &tokens)) {
+                    Ok(server) => return server,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await;
+        Self::run(server, pki, tokens)
+    }
+
+    fn run(server: Server, pki: DevPki, tokens: TokenKey) -> TestRelay {
         let handle = server.handle();
         let addr = server.local_addr().unwrap();
         tokio::spawn(server.run());
-        TestRelay { handle, addr, ca: pki.ca().unwrap(), tokens }
+        TestRelay { handle, addr, ca: pki.ca().unwrap(), tokens, pki }
     }
 
     /// A one-hour token for `user`, all rooms, may publish.

@@ -27,7 +27,7 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use qrelay::auth::TokenKey;
 use qrelay::certs::{DevPki, load_certs};
-use qrelay::client::ClientConfig;
+use qrelay::client::{ClientConfig, ReconnectPolicy};
 use qrelay::protocol::{MAX_PAYLOAD, User};
 use qrelay::server::{Identity, RateLimits, RelayThread, ServerConfig};
 use serde_json::json;
@@ -115,8 +115,8 @@ pub enum Target {
     InProcess,
     /// A relay elsewhere on this machine.
     External {
-        /// Address, TLS name, CA, timeouts.
-        client: ClientConfig,
+        /// Address, TLS name, CA, timeouts (boxed: it is far larger than the other variant).
+        client: Box<ClientConfig>,
         /// Mints (or hands out) a login token for a user ID.
         token: Minter,
         /// Its process, for CPU time and memory.
@@ -135,6 +135,8 @@ pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<Exi
         let mut client =
             ClientConfig::new(common.server, &common.server_name, roots, placeholder());
         client.request_timeout = Duration::from_secs_f64(common.timeout);
+        // A lost connection is a result to report, not something to paper over.
+        client.reconnect = ReconnectPolicy::disabled();
         let token: Minter = match &common.token {
             Some(token) => {
                 let token = token.clone();
@@ -147,7 +149,7 @@ pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<Exi
                 Arc::new(move |user: &str| Ok(key.mint(user, None, true, TOKEN_TTL)?))
             }
         };
-        Target::External { client, token, pid: args.server_pid }
+        Target::External { client: Box::new(client), token, pid: args.server_pid }
     };
     let json = args.json;
     let report = run(&args, target).await?;
@@ -205,7 +207,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
             let (relay, client, token) = start_relay(args.connections)?;
             (Some(relay), client, token, None)
         }
-        Target::External { client, token, pid } => (None, client, token, pid),
+        Target::External { client, token, pid } => (None, *client, token, pid),
     };
     let cpu = match (&relay, pid) {
         (Some(relay), _) => relay.os_thread_id().map(CpuSource::Thread),
@@ -402,12 +404,14 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
     };
     let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })
         .context("cannot start the in-process relay")?;
-    let client = ClientConfig::new(
+    let mut client = ClientConfig::new(
         relay.local_addr(),
         "localhost",
         vec![pki.ca().context("CA certificate")?],
         placeholder(),
     );
+    // A lost connection is a result to report, not something to paper over.
+    client.reconnect = ReconnectPolicy::disabled();
     let token = Arc::new(move |user: &str| Ok(tokens.mint(user, None, true, TOKEN_TTL)?));
     Ok((relay, client, token))
 }

@@ -296,7 +296,8 @@ impl Receiver {
             Event::RoomClosed { code, .. } => {
                 self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
             }
-            Event::TokenWillExpire { .. } | Event::Recovered { .. } => {}
+            Event::TokenWillExpire { .. } | Event::Recovered { .. } | Event::ConnectionState(_) => {
+            }
             Event::Disconnected { .. } => {
                 self.tally.disconnected = true;
                 return false;
