@@ -208,3 +208,34 @@ async fn a_receiver_that_stops_reading_is_cut_loose_explicitly_and_recovers() {
     let ids = broadcast_ids(&mut lane, (sent - last) as usize).await;
     assert_eq!(ids, (last + 1..=sent).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_recovering_sender_does_not_get_its_own_broadcasts_back() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let mut bob = relay.raw_peer().await;
+    let (header, _lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
+    send_n(&mut alice, "lobby", 1).await; // 1
+    send_n(&mut bob, "lobby", 2).await; // 2, 3: bob's own
+    send_n(&mut alice, "lobby", 1).await; // 4
+    bob.conn.close(0u32.into(), b"gone");
+    let mut bob = relay.raw_peer().await;
+    let recover = Recover { epoch: header.epoch, last_id: 0 };
+    let (_, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", Some(recover)).await;
+    assert_eq!(recovered(&mut lane).await, (true, None, 2));
+    assert_eq!(broadcast_ids(&mut lane, 2).await, vec![1, 4]);
+}
+
+#[tokio::test]
+async fn after_an_epoch_change_missed_stays_unknown_even_with_a_trimmed_history() {
+    let mut config = test_config();
+    config.history_size = 2;
+    let relay = TestRelay::start(config).await;
+    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    send_n(&mut alice, "lobby", 5).await;
+    let mut bob = relay.raw_peer().await;
+    let stale = Recover { epoch: 1, last_id: 3 };
+    let (_, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", Some(stale)).await;
+    assert_eq!(recovered(&mut lane).await, (false, None, 2));
+    assert_eq!(broadcast_ids(&mut lane, 2).await, vec![4, 5]);
+}

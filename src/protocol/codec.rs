@@ -306,6 +306,23 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_broadcast_encodes_like_the_owned_one() {
+        let owned = BroadcastMessage {
+            id: 77,
+            sent_at_ms: 1_700_000_000_123,
+            from: user(MAX_USER_ID, MAX_USER_NAME),
+            payload: max_payload(),
+        };
+        let borrowed = BroadcastRef {
+            id: owned.id,
+            sent_at_ms: owned.sent_at_ms,
+            from: &owned.from,
+            payload: &owned.payload,
+        };
+        assert_eq!(encode_body(&borrowed).unwrap(), encode_body(&owned).unwrap());
+    }
+
+    #[test]
     fn spliced_batch_equals_encoded_batch() {
         let messages: Vec<BroadcastMessage> = (1..=MAX_BATCH as u64)
             .map(|id| BroadcastMessage {

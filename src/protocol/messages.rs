@@ -199,6 +199,20 @@ pub struct BroadcastMessage {
     pub payload: Bytes,
 }
 
+/// [`BroadcastMessage`] with borrowed parts, for encoding without cloning the sender or the
+/// payload: its encoding is byte for byte that of the owned message.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BroadcastRef<'a> {
+    /// The per-room sequence number.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Who sent it.
+    pub from: &'a User,
+    /// 1 to 1024 bytes.
+    pub payload: &'a Bytes,
+}
+
 /// A custom command as its receivers get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandMessage {

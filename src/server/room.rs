@@ -2,7 +2,7 @@
 //! room's lock briefly, never across an await, and never waits on a receiver.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +14,7 @@ use super::lane::{Lane, LaneItem, LaneQueue};
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
-    BarrageMessage, BroadcastMessage, CommandMessage, ErrorCode, LaneEvent, MAX_USERS_PER_UPDATE,
+    BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_USERS_PER_UPDATE,
     Member, Recover, ServerDatagram, User, encode_body, encode_frame,
 };
 
@@ -48,6 +48,8 @@ struct RoomState {
 struct MemberEntry {
     session: u32,
     user: User,
+    /// The user ID again, shared with the history entries of this member's broadcasts.
+    author: Arc<str>,
     lane: Lane,
     conn: quinn::Connection,
     broadcast_bucket: TokenBucket,
@@ -172,7 +174,7 @@ impl Room {
             }
         }
         if let Some(recover) = recover {
-            let (event, replay) = state.recovery(self.epoch, recover);
+            let (event, replay) = state.recovery(self.epoch, recover, &user.id);
             let frame = frame_of(&event).into_iter().map(LaneItem::Frame);
             let items = frame.chain(replay.into_iter().map(LaneItem::Broadcast));
             // `validate()` keeps history_size well below lane_queue, so this fits a new lane.
@@ -188,6 +190,7 @@ impl Room {
         let limits = &config.limits;
         let entry = MemberEntry {
             session,
+            author: Arc::from(user.id.as_str()),
             user: user.clone(),
             lane,
             conn,
@@ -245,9 +248,11 @@ impl Room {
     pub fn broadcast(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let from = state.sender(send.session, send.user_id)?;
         let limits = &shared.config.limits;
-        let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
+        let sender = match state.members.get_mut(send.user_id) {
+            Some(member) if member.session == send.session => member,
+            _ => return Err(not_member()),
+        };
         // Check both limits before taking from either, so a refusal costs no allowance.
         if !sender.broadcast_bucket.ready() {
             return Err(user_limited("broadcasts", limits.broadcast_per_user));
@@ -259,9 +264,11 @@ impl Room {
         state.broadcast_bucket.take();
         state.broadcast_seq += 1;
         let id = state.broadcast_seq;
-        let message = BroadcastMessage { id, sent_at_ms: now_ms(), from, payload: send.payload };
+        // Encoded once, from borrowed parts; every receiver and the history share the bytes.
+        let message =
+            BroadcastRef { id, sent_at_ms: now_ms(), from: &sender.user, payload: &send.payload };
         let encoded = encode_body(&message).map_err(internal)?;
-        state.history.push(id, encoded.clone());
+        state.history.push(id, encoded.clone(), sender.author.clone());
         let delivered =
             state.fan_out(shared, &self.name, send.user_id, LaneItem::Broadcast(encoded), |_| true);
         Counters::bump(&shared.counters.broadcasts);
@@ -357,14 +364,16 @@ impl Room {
 impl RoomState {
     /// What a re-login that saw up to `recover` gets: the `Recovered` event and the encoded
     /// broadcasts to replay.
-    fn recovery(&mut self, epoch: u64, recover: Recover) -> (LaneEvent, Vec<Bytes>) {
+    /// The rejoining user's own broadcasts are not replayed: the sender never receives its own.
+    fn recovery(&mut self, epoch: u64, recover: Recover, user_id: &str) -> (LaneEvent, Vec<Bytes>) {
         self.history.expire(Instant::now());
         let same_epoch = recover.epoch == epoch && recover.last_id <= self.broadcast_seq;
-        // After an epoch change the receiver has seen nothing of this sequence.
+        // After an epoch change the receiver has seen nothing of this sequence, and what it
+        // missed of the old one is unknown: `missed` stays `None`.
         let after = if same_epoch { recover.last_id } else { 0 };
         let oldest = self.history.oldest_id().unwrap_or(self.broadcast_seq + 1);
-        let missed = (oldest > after + 1).then(|| (after + 1, oldest - 1));
-        let replay = self.history.after(after);
+        let missed = (same_epoch && oldest > after + 1).then(|| (after + 1, oldest - 1));
+        let replay = self.history.after(after, user_id);
         let event = LaneEvent::Recovered {
             complete: same_epoch && missed.is_none(),
             missed,
@@ -438,7 +447,8 @@ impl RoomState {
 /// The last broadcasts of a room, bounded in count and age, for recovery after a re-login.
 #[derive(Debug)]
 struct History {
-    entries: VecDeque<(u64, Instant, Bytes)>,
+    /// ID, time stored, encoded `BroadcastMessage`, sender's user ID.
+    entries: VecDeque<(u64, Instant, Bytes, Arc<str>)>,
     size: usize,
     ttl: Duration,
 }
@@ -449,7 +459,7 @@ impl History {
     }
 
     /// Records an encoded `BroadcastMessage`; the oldest entry goes when the history is full.
-    fn push(&mut self, id: u64, encoded: Bytes) {
+    fn push(&mut self, id: u64, encoded: Bytes, author: Arc<str>) {
         if self.size == 0 {
             return;
         }
@@ -458,28 +468,32 @@ impl History {
         if self.entries.len() == self.size {
             self.entries.pop_front();
         }
-        self.entries.push_back((id, now, encoded));
+        self.entries.push_back((id, now, encoded, author));
     }
 
     /// Drops entries older than the time to live.
     fn expire(&mut self, now: Instant) {
-        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > self.ttl) {
+        while self.entries.front().is_some_and(|(_, at, _, _)| now.duration_since(*at) > self.ttl) {
             self.entries.pop_front();
         }
     }
 
     fn oldest_id(&self) -> Option<u64> {
-        self.entries.front().map(|(id, _, _)| *id)
+        self.entries.front().map(|(id, _, _, _)| *id)
     }
 
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// The encoded broadcasts with an ID above `id`, oldest first.
-    fn after(&self, id: u64) -> Vec<Bytes> {
-        let start = self.entries.partition_point(|(entry, _, _)| *entry <= id);
-        self.entries.range(start..).map(|(_, _, encoded)| encoded.clone()).collect()
+    /// The encoded broadcasts with an ID above `id` not sent by `except_author`, oldest first.
+    fn after(&self, id: u64, except_author: &str) -> Vec<Bytes> {
+        let start = self.entries.partition_point(|(entry, _, _, _)| *entry <= id);
+        self.entries
+            .range(start..)
+            .filter(|(_, _, _, author)| &**author != except_author)
+            .map(|(_, _, encoded, _)| encoded.clone())
+            .collect()
     }
 }
 
