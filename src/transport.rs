@@ -66,6 +66,30 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
     config
 }
 
+/// Binds the relay's UDP socket: the one place for socket options. The kernel's default
+/// buffers (about 208 KiB) overflow when a thousand receivers acknowledge a burst at once;
+/// `buffer_bytes` asks for larger ones (Linux caps them at `net.core.rmem_max` and
+/// `net.core.wmem_max`). Returns the socket and the receive and send buffer sizes granted.
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Listen on exactly the address given, not on IPv4 too.
+        socket.set_only_v6(true)?;
+    }
+    if buffer_bytes > 0 {
+        // Best effort: a smaller grant is reported, not an error.
+        let _ = socket.set_recv_buffer_size(buffer_bytes);
+        let _ = socket.set_send_buffer_size(buffer_bytes);
+    }
+    socket.bind(&addr.into())?;
+    let granted = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    Ok((socket.into(), granted.0, granted.1))
+}
+
 /// Builds the server's QUIC config from a certificate chain and key.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,

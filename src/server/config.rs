@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
+    /// Bytes asked for the UDP socket's receive and send buffers (the kernel may grant less:
+    /// Linux caps them at `net.core.rmem_max` / `wmem_max`). 0 keeps the system default.
+    /// Default 4 MiB.
+    pub udp_buffer_bytes: usize,
     /// Broadcasts each room keeps for recovery after a re-login (0 turns recovery off).
     /// Default 500.
     pub history_size: usize,
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             max_members_per_room: 10_000,
             lane_queue: 4096,
             segmentation_offload: true,
+            udp_buffer_bytes: 4 * 1024 * 1024,
             history_size: 500,
             history_ttl_secs: 300,
             limits: RateLimits::default(),

@@ -82,13 +82,15 @@ pub async fn run_writer(
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
-    let mut buf = BytesMut::with_capacity(4096);
+    // Buffers grow on first use: an idle lane holds no write buffer.
+    let mut buf = BytesMut::new();
     // The header goes out at once: a stream is invisible to the peer until data is written.
-    if encode_frame(&header, &mut buf).is_err() || send.write_all(&buf).await.is_err() {
+    if encode_frame(&header, &mut buf).is_err()
+        || send.write_chunk(buf.split().freeze()).await.is_err()
+    {
         return;
     }
-    buf.clear();
-    let mut pending: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+    let mut pending: Vec<Bytes> = Vec::new();
     loop {
         let Some(first) = queue.rx.recv().await else {
             break;
@@ -111,14 +113,16 @@ pub async fn run_writer(
         }
         flush_batch(&mut pending, &mut buf);
         trace!(room = %header.room, bytes = buf.len(), "lane write");
-        if send.write_all(&buf).await.is_err() {
+        // The filled part goes to quinn as is (no copy); `buf` keeps only spare capacity.
+        if send.write_chunk(buf.split().freeze()).await.is_err() {
             return;
         }
-        buf.clear();
     }
     if let Some((code, detail)) = queue.close.get() {
         let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
-        if encode_frame(&event, &mut buf).is_ok() && send.write_all(&buf).await.is_err() {
+        if encode_frame(&event, &mut buf).is_ok()
+            && send.write_chunk(buf.split().freeze()).await.is_err()
+        {
             return;
         }
     }

@@ -116,7 +116,12 @@ impl Server {
             transport.enable_segmentation_offload(false);
             quic.transport_config(Arc::new(transport));
         }
-        let endpoint = quinn::Endpoint::server(quic, config.listen)?;
+        let (socket, recv_buffer, send_buffer) =
+            crate::transport::bind_udp(config.listen, config.udp_buffer_bytes)?;
+        info!(recv_buffer, send_buffer, "UDP socket buffers");
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(quic), socket, runtime)?;
         if config.insecure_dev_auth {
             warn!(
                 "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
