@@ -204,6 +204,14 @@ mod tests {
     }
 
     #[test]
+    fn the_load_test_config_is_valid() {
+        let config: ServerConfig =
+            toml::from_str(include_str!("../../benches/relay-bench.toml")).unwrap();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.limits, RateLimits::unlimited());
+    }
+
+    #[test]
     fn unusable_values_are_refused() {
         let config = ServerConfig { lane_queue: 1, ..ServerConfig::default() };
         assert!(config.validate().is_err());

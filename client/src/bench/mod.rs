@@ -399,6 +399,9 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
         listen: "127.0.0.1:0".parse()?,
         limits: RateLimits::unlimited(),
         max_connections: connections + 100,
+        // Every connection of the tool comes from 127.0.0.1, and connects in parallel bursts.
+        max_connections_per_address: connections + 100,
+        retry_above_handshakes: connections + 100,
         max_members_per_room: connections + 1,
         ..ServerConfig::default()
     };
