@@ -11,7 +11,8 @@
 //! - `lanes`: one reader task per room lane (user updates, broadcasts, commands, close);
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
 //! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
-//!   broadcast ID delivered), lanes, members, barrage sender resolution.
+//!   broadcast ID delivered), lanes, members, barrage sender resolution, and the barrage
+//!   held until a lane names its room or sender.
 //!
 //! When the connection is lost the supervisor fails every waiting request with
 //! [`ClientError::Disconnected`], waits for the readers, then reconnects (reporting
