@@ -1,8 +1,9 @@
 //! `qrelay-cli`: log in to qrelay rooms and send or watch messages from a terminal or a
 //! script. One-shot commands and `listen` print one JSON object per line on stdout; `chat`
-//! is interactive. Diagnostics go to stderr (`RUST_LOG`, default `warn`).
+//! is interactive (`chat.rs`). Diagnostics go to stderr (`RUST_LOG`, default `warn`).
 
 mod bench;
+mod chat;
 mod render;
 
 use std::net::SocketAddr;
@@ -10,17 +11,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
-use qrelay::client::{Client, ClientConfig, ClientError, Event, Events};
+use qrelay::client::{
+    Client, ClientConfig, ClientError, Event, Events, validate_payload, validate_room,
+    validate_targets, validate_user,
+};
 use qrelay::protocol::{ErrorCode, User};
 use serde::Serialize;
-use tokio::io::AsyncBufReadExt;
 
 /// How long a token minted from the secret file is valid.
 const MINTED_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The longest `--timeout` or `--reconnect-for` (a day; far beyond any use, and well within
+/// what a `Duration` holds).
+const MAX_SECONDS: f64 = 86_400.0;
 
 /// Command-line client for the qrelay room relay.
 #[derive(Debug, Parser)]
@@ -58,20 +64,37 @@ struct Common {
     secret: PathBuf,
     /// Seconds to wait for each reply (a lost barrage fails after this), and for each
     /// connection attempt.
-    #[arg(long, global = true, default_value_t = 5.0)]
+    #[arg(long, global = true, default_value_t = 5.0, value_parser = positive_seconds)]
     timeout: f64,
     /// Do not reconnect after a lost connection: the first loss ends the command.
     #[arg(long, global = true)]
     no_reconnect: bool,
     /// Seconds to keep trying to reconnect after a lost connection before giving up.
-    #[arg(long, global = true, default_value_t = 120.0)]
+    #[arg(long, global = true, default_value_t = 120.0, value_parser = seconds)]
     reconnect_for: f64,
+}
+
+/// A number of seconds, 0 or more.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 && secs.is_finite() && secs < MAX_SECONDS => Ok(secs),
+        _ => Err(format!("not a number of seconds from 0 to {MAX_SECONDS}")),
+    }
+}
+
+/// A positive number of seconds.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    seconds(text).and_then(|secs| match secs > 0.0 {
+        true => Ok(secs),
+        false => Err("must be more than 0 seconds".into()),
+    })
 }
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Log in to rooms and print every event as a JSON line until Ctrl-C. Keeps running
-    /// through reconnects; exits non-zero when reconnecting gives up or no room is left.
+    /// Log in to rooms and print every event as a JSON line until Ctrl-C or SIGTERM. Keeps
+    /// running through reconnects; exits non-zero when reconnecting gives up or no room is
+    /// left.
     Listen {
         /// A room to log in to (repeat for several).
         #[arg(long = "room", required = true)]
@@ -105,7 +128,7 @@ enum Action {
         text: String,
     },
     /// Chat interactively: each line is a broadcast; /barrage TEXT, /cmd USER[,USER] TEXT,
-    /// /quit.
+    /// /quit. Exits non-zero when the connection is lost for good or the room closes.
     Chat {
         /// The room.
         #[arg(long)]
@@ -127,11 +150,18 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(error) => {
+    let common = &cli.common;
+    match cli.action {
+        Action::Bench(args) => bench::main(common, args).await.unwrap_or_else(|error| {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }),
+        Action::Listen { rooms } => listen(common, rooms).await,
+        Action::Chat { room } => chat::run(common, room).await,
+        Action::Broadcast { room, text } => one_shot(common, Kind::Broadcast, &room, text).await,
+        Action::Barrage { room, text } => one_shot(common, Kind::Barrage, &room, text).await,
+        Action::Command { room, to, text } => {
+            one_shot(common, Kind::Command { to }, &room, text).await
         }
     }
 }
@@ -155,74 +185,67 @@ struct Session {
     token: Token,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Action::Bench(args) = cli.action {
-        return bench::main(&cli.common, args).await;
-    }
-    let session = connect(&cli.common).await?;
-    match cli.action {
-        Action::Listen { rooms } => listen(session, rooms).await,
-        Action::Broadcast { room, text } => {
-            one_shot(session, "broadcast", room, |c, room| async move {
-                c.send_broadcast_message(&room, text).await
-            })
-            .await
-        }
-        Action::Barrage { room, text } => {
-            one_shot(session, "barrage", room, |c, room| async move {
-                c.send_barrage_message(&room, text).await
-            })
-            .await
-        }
-        Action::Command { room, to, text } => {
-            one_shot(session, "command", room, |c, room| async move {
-                let to: Vec<&str> = to.iter().map(String::as_str).collect();
-                c.send_custom_command(&room, text, &to).await
-            })
-            .await
-        }
-        Action::Chat { room } => chat(session, room).await,
-        Action::Bench(_) => unreachable!("handled above"),
-    }
-}
-
-/// Reads the CA, settles the user and token, and connects.
-async fn connect(common: &Common) -> anyhow::Result<Session> {
-    let roots = load_certs(&common.ca).context(
-        "no CA certificate to trust (`qrelay serve` writes certs/ca.pem on first start; or pass --ca)",
-    )?;
+/// Checks the user, reads the CA, settles the token, and connects. Every failure is a
+/// [`ClientError`] with a result code, so the one-shot commands print it as a JSON line.
+async fn connect(common: &Common) -> Result<Session, ClientError> {
     let id = common.user.clone().unwrap_or_else(|| format!("cli-{:04x}", rand::random::<u16>()));
     let name = common.name.clone().unwrap_or_else(|| id.clone());
-    let token = match &common.token {
-        Some(token) => Token { token: token.clone(), key: None },
-        None if common.secret.exists() => {
-            let key = TokenKey::from_file(&common.secret).with_context(|| {
-                format!("cannot read the token secret {}", common.secret.display())
-            })?;
-            let token =
-                key.mint(&id, None, true, MINTED_TOKEN_TTL).context("cannot mint a token")?;
-            Token { token, key: Some(key) }
-        }
-        None => bail!(
-            "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with \
-             `qrelay token --user {id}`), or point --secret at the relay's token secret \
-             (not found: {}); a relay run with --insecure-dev-auth takes any --token",
-            common.secret.display()
-        ),
-    };
-    if !(common.timeout > 0.0 && common.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    if !(common.reconnect_for >= 0.0 && common.reconnect_for.is_finite()) {
-        bail!("--reconnect-for must be a number of seconds, 0 or more");
-    }
-    let mut config =
-        ClientConfig::new(common.server, &common.server_name, roots, User { id, name });
+    let user = User { id, name };
+    validate_user(&user)?;
+    let roots = load_certs(&common.ca).map_err(|error| {
+        ClientError::Connect(format!(
+            "no CA certificate to trust: {error:#} (`qrelay serve` writes certs/ca.pem on first \
+             start; run from the checkout, or pass --ca)"
+        ))
+    })?;
+    let token = token(common, &user.id)?;
+    let mut config = ClientConfig::new(common.server, &common.server_name, roots, user);
     config.request_timeout = Duration::from_secs_f64(common.timeout);
     config.reconnect.enabled = !common.no_reconnect;
     config.reconnect.max_elapsed = Duration::from_secs_f64(common.reconnect_for);
-    let (client, events) = Client::connect(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (client, events) = Client::connect(config).await.map_err(|e| explain(e, common))?;
     Ok(Session { client, events, token })
+}
+
+/// The token given with --token, or one minted from --secret (code `TOKEN_INVALID`, "missing
+/// or malformed", when there is neither).
+fn token(common: &Common, user: &str) -> Result<Token, ClientError> {
+    let missing = |detail: String| ClientError::Invalid { code: ErrorCode::TOKEN_INVALID, detail };
+    if let Some(token) = &common.token {
+        return Ok(Token { token: token.clone(), key: None });
+    }
+    if !common.secret.exists() {
+        return Err(missing(format!(
+            "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with `qrelay token \
+             --user {user}`), or point --secret at the relay's token secret (not found: {}); a \
+             relay run with --insecure-dev-auth takes any --token",
+            common.secret.display()
+        )));
+    }
+    let key = TokenKey::from_file(&common.secret).map_err(|error| {
+        missing(format!("cannot read the token secret {}: {error}", common.secret.display()))
+    })?;
+    let token = key
+        .mint(user, None, true, MINTED_TOKEN_TTL)
+        .map_err(|error| missing(format!("cannot mint a token: {error}")))?;
+    Ok(Token { token, key: Some(key) })
+}
+
+/// Says what to do about the two connect failures a new user meets first.
+fn explain(error: ClientError, common: &Common) -> ClientError {
+    match error {
+        ClientError::NoAnswer { server, waited } => ClientError::Connect(format!(
+            "no relay answered at {server} within {}: is it running? Start one with \
+             `cargo run --release -- serve` (or pass --server ADDR)",
+            humantime::format_duration(waited)
+        )),
+        ClientError::UntrustedCertificate(reason) => ClientError::Connect(format!(
+            "the relay's certificate is not signed by the CA in --ca {} ({reason}): was certs/ \
+             regenerated? Is the relay using another certs dir?",
+            common.ca.display()
+        )),
+        other => other,
+    }
 }
 
 /// Prints one JSON line on stdout.
@@ -230,38 +253,128 @@ fn print_json<T: Serialize>(value: &T) {
     println!("{}", render::line(value));
 }
 
-/// Logs in, sends one message, prints the result, closes.
-async fn one_shot<F, Fut>(
-    session: Session,
-    kind: &str,
-    room: String,
-    send: F,
-) -> anyhow::Result<ExitCode>
-where
-    F: FnOnce(Client, String) -> Fut,
-    Fut: Future<Output = Result<u64, ClientError>>,
-{
-    let Session { client, events: _events, token } = session;
-    let login = client.login_room(&room, token.current()).await;
-    let result = match login {
-        Ok(()) => {
-            let result = send(client.clone(), room.clone()).await;
-            print_json(&render::sent_json(kind, &room, &result));
-            result.map(drop)
-        }
-        Err(error) => {
-            print_json(&render::login_json(&room, &Err(error.clone())));
-            Err(error)
-        }
-    };
-    client.close().await;
-    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+/// What a one-shot command sends.
+enum Kind {
+    Broadcast,
+    Barrage,
+    /// A custom command to these user IDs (none: everyone else).
+    Command {
+        to: Vec<String>,
+    },
 }
 
-/// Logs in to every room and prints events until Ctrl-C, the client ends (connection lost
-/// and not reconnected), or no room is left. Reconnects and recoveries are printed as they
-/// happen (`connection_state`, `recovered`).
-async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode> {
+impl Kind {
+    /// The name in the JSON line.
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Broadcast => "broadcast",
+            Kind::Barrage => "barrage",
+            Kind::Command { .. } => "command",
+        }
+    }
+}
+
+/// Connects, logs in, sends one message, closes; prints the result, or any failure on the
+/// way, as one JSON line.
+async fn one_shot(common: &Common, kind: Kind, room: &str, text: String) -> ExitCode {
+    let result = send_once(common, &kind, room, text).await;
+    print_json(&render::sent_json(kind.name(), room, &result));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+async fn send_once(
+    common: &Common,
+    kind: &Kind,
+    room: &str,
+    text: String,
+) -> Result<u64, ClientError> {
+    // Everything that can be checked here is, before connecting.
+    let to: Vec<&str> = match kind {
+        Kind::Command { to } => to.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    validate_room(room)?;
+    validate_payload(text.as_bytes())?;
+    validate_targets(&to)?;
+    let Session { client, events: _events, token } = connect(common).await?;
+    let result = async {
+        client.login_room(room, token.current()).await?;
+        match kind {
+            Kind::Broadcast => client.send_broadcast_message(room, text).await,
+            Kind::Barrage => client.send_barrage_message(room, text).await,
+            Kind::Command { .. } => client.send_custom_command(room, text, &to).await,
+        }
+    }
+    .await;
+    client.close().await;
+    result
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM: `listen` and `chat` leave cleanly on either, closing the
+/// client so that the relay removes the member at once. Created before connecting, so that a
+/// signal during the login is not the default (an abrupt exit) either.
+struct Stop {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> std::io::Result<Stop> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Stop {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Stop {})
+    }
+
+    /// Waits for the next signal.
+    async fn signalled(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Connects for `listen` or `chat` and sets up the signals to leave on; prints why not and
+/// returns `None` when it cannot.
+async fn start(common: &Common) -> Option<(Session, Stop)> {
+    let stop = match Stop::new() {
+        Ok(stop) => stop,
+        Err(error) => {
+            eprintln!("error: cannot set up the Ctrl-C and SIGTERM handlers: {error}");
+            return None;
+        }
+    };
+    match connect(common).await {
+        Ok(session) => Some((session, stop)),
+        Err(error) => {
+            eprintln!("{}", render::error_line(&error));
+            None
+        }
+    }
+}
+
+/// Logs in to every room and prints events until Ctrl-C or SIGTERM, the client ends
+/// (connection lost and not reconnected), or no room is left. Reconnects and recoveries are
+/// printed as they happen (`connection_state`, `recovered`).
+async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
+    let Some((session, mut stop)) = start(common).await else {
+        return ExitCode::FAILURE;
+    };
     let Session { client, mut events, token } = session;
     let mut open = Vec::new();
     for room in &rooms {
@@ -269,23 +382,21 @@ async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode
         print_json(&render::login_json(room, &result));
         if result.is_err() {
             client.close().await;
-            return Ok(ExitCode::FAILURE);
+            return ExitCode::FAILURE;
         }
         open.push(room.clone());
     }
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => {
+            () = stop.signalled() => {
                 client.close().await;
-                return Ok(ExitCode::SUCCESS);
+                return ExitCode::SUCCESS;
             }
             event = events.next() => {
-                let Some(event) = event else { return Ok(ExitCode::FAILURE) };
+                let Some(event) = event else { return ExitCode::FAILURE };
                 print_json(&render::event_json(&event));
                 match &event {
-                    Event::Disconnected { .. } => return Ok(ExitCode::FAILURE),
+                    Event::Disconnected { .. } => return ExitCode::FAILURE,
                     Event::RoomClosed { room, code, .. } => {
                         open.retain(|r| r != room);
                         // After a shutdown notice (only with --no-reconnect; otherwise the room
@@ -293,7 +404,7 @@ async fn listen(session: Session, rooms: Vec<String>) -> anyhow::Result<ExitCode
                         if open.is_empty() && *code != ErrorCode::SERVER_SHUTTING_DOWN {
                             eprintln!("no room left; exiting");
                             client.close().await;
-                            return Ok(ExitCode::FAILURE);
+                            return ExitCode::FAILURE;
                         }
                     }
                     Event::TokenWillExpire { .. } => {
@@ -319,100 +430,4 @@ async fn renew(client: &Client, token: &Token) -> Option<Result<(), ClientError>
         }
     };
     Some(client.renew_token(&fresh).await)
-}
-
-/// Interactive chat in one room.
-async fn chat(session: Session, room: String) -> anyhow::Result<ExitCode> {
-    let Session { client, mut events, token } = session;
-    if let Err(error) = client.login_room(&room, token.current()).await {
-        eprintln!("cannot log in to {room}: {}", render::error_line(&error));
-        client.close().await;
-        return Ok(ExitCode::FAILURE);
-    }
-    eprintln!(
-        "logged in to {room} as {}. Lines are broadcasts; /barrage TEXT, /cmd USER[,USER] TEXT, /quit",
-        render::who(client.user())
-    );
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let code = loop {
-        tokio::select! {
-            _ = &mut ctrl_c => break ExitCode::SUCCESS,
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    if !chat_line(&client, &room, line.trim_end()).await {
-                        break ExitCode::SUCCESS;
-                    }
-                }
-                Ok(None) => break ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: cannot read stdin: {error}");
-                    break ExitCode::FAILURE;
-                }
-            },
-            event = events.next() => {
-                let Some(event) = event else { break ExitCode::FAILURE };
-                for line in render::event_lines(&event) {
-                    println!("{line}");
-                }
-                match event {
-                    Event::Disconnected { .. } => break ExitCode::FAILURE,
-                    Event::RoomClosed { .. } => break ExitCode::FAILURE,
-                    Event::TokenWillExpire { .. } => match renew(&client, &token).await {
-                        Some(Ok(())) => eprintln!("token renewed"),
-                        Some(Err(error)) => eprintln!("{}", render::error_line(&error)),
-                        None => eprintln!("the token was given with --token: restart with a new one"),
-                    },
-                    _ => {}
-                }
-            }
-        }
-    };
-    client.close().await;
-    Ok(code)
-}
-
-/// Handles one line typed in `chat`; `false` ends the chat.
-async fn chat_line(client: &Client, room: &str, line: &str) -> bool {
-    let result = if line.is_empty() {
-        return true;
-    } else if line == "/quit" {
-        return false;
-    } else if let Some(text) = line.strip_prefix("/barrage ") {
-        client
-            .send_barrage_message(room, text.to_owned())
-            .await
-            .map(|id| (id, " (barrage)".to_owned(), text))
-    } else if let Some(rest) = line.strip_prefix("/cmd ") {
-        let Some((users, text)) = rest.split_once(' ') else {
-            eprintln!("usage: /cmd USER[,USER] TEXT");
-            return true;
-        };
-        let to: Vec<&str> = users.split(',').filter(|u| !u.is_empty()).collect();
-        let kind = if to.is_empty() {
-            " (command)".to_owned()
-        } else {
-            format!(" (command to {})", to.join(","))
-        };
-        client.send_custom_command(room, text.to_owned(), &to).await.map(|id| (id, kind, text))
-    } else if line.starts_with('/') && !line.starts_with("//") {
-        eprintln!(
-            "unknown command; try /barrage TEXT, /cmd USER[,USER] TEXT, /quit (// sends a line starting with /)"
-        );
-        return true;
-    } else {
-        let text = line.strip_prefix('/').filter(|_| line.starts_with("//")).unwrap_or(line);
-        client
-            .send_broadcast_message(room, text.to_owned())
-            .await
-            .map(|id| (id, String::new(), text))
-    };
-    match result {
-        Ok((id, kind, text)) => {
-            println!("[{room}] {}{kind}: {text}  #{id}", render::who(client.user()))
-        }
-        Err(error) => eprintln!("{}", render::error_line(&error)),
-    }
-    true
 }

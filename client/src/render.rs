@@ -43,10 +43,11 @@ pub enum EventJson<'a> {
         room: &'a str,
         message: MessageJson<'a>,
     },
+    /// `code` and `error` (its name) as in every failure line.
     RoomClosed {
         room: &'a str,
         code: u32,
-        name: &'static str,
+        error: &'static str,
         detail: &'a str,
     },
     Recovered {
@@ -66,9 +67,11 @@ pub enum EventJson<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'a str>,
     },
+    /// `code` is the QUIC close code and `error` its name (`null` when the connection ended
+    /// without one).
     Disconnected {
         code: Option<u64>,
-        name: Option<&'static str>,
+        error: Option<&'static str>,
         reason: &'a str,
     },
 }
@@ -171,7 +174,7 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
             EventJson::Command { room, message: command_json(message) }
         }
         Event::RoomClosed { room, code, detail } => {
-            EventJson::RoomClosed { room, code: code.0, name: code.name(), detail }
+            EventJson::RoomClosed { room, code: code.0, error: code.name(), detail }
         }
         Event::Recovered { room, complete, missed, replayed } => {
             EventJson::Recovered { room, complete: *complete, missed: *missed, replayed: *replayed }
@@ -188,7 +191,7 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
             EventJson::ConnectionState { state, attempt, reason }
         }
         Event::Disconnected { code, reason } => {
-            EventJson::Disconnected { code: *code, name: code.map(close::name), reason }
+            EventJson::Disconnected { code: *code, error: code.map(close::name), reason }
         }
     }
 }
@@ -354,17 +357,17 @@ mod tests {
         assert_eq!(
             value(event_json(&closed)),
             json!({"event":"room_closed","room":"lobby","code":3003,
-                   "name":"KICKED_LOGGED_IN_ELSEWHERE","detail":"elsewhere"})
+                   "error":"KICKED_LOGGED_IN_ELSEWHERE","detail":"elsewhere"})
         );
         let gone = Event::Disconnected { code: Some(3), reason: "bye".into() };
         assert_eq!(
             value(event_json(&gone)),
-            json!({"event":"disconnected","code":3,"name":"SHUTDOWN","reason":"bye"})
+            json!({"event":"disconnected","code":3,"error":"SHUTDOWN","reason":"bye"})
         );
         let lost = Event::Disconnected { code: None, reason: "timed out".into() };
         assert_eq!(
             value(event_json(&lost)),
-            json!({"event":"disconnected","code":null,"name":null,"reason":"timed out"})
+            json!({"event":"disconnected","code":null,"error":null,"reason":"timed out"})
         );
         assert_eq!(event_lines(&gone), vec!["disconnected: SHUTDOWN (3): bye"]);
     }

@@ -3,7 +3,8 @@
 //! CLI). Every await is bounded.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
@@ -11,9 +12,9 @@ use qrelay::auth::{Claims, TokenKey, unix_seconds};
 use qrelay::certs::DevPki;
 use qrelay::client::{Client, ClientConfig, ClientError, Event, Events, ReconnectPolicy};
 use qrelay::protocol::{ErrorCode, User, close};
-use qrelay::server::{Identity, RateLimits, Server, ServerConfig, ServerHandle};
+use qrelay::server::{Identity, RateLimits, RelayThread, Server, ServerConfig, ServerHandle};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -30,6 +31,8 @@ struct Relay {
     tokens: TokenKey,
     dir: tempfile::TempDir,
     pki: DevPki,
+    /// The relay's own thread, if it runs on one (dropping it stops the relay).
+    _thread: Option<RelayThread>,
 }
 
 fn server_config() -> ServerConfig {
@@ -54,19 +57,38 @@ impl Relay {
         let handle = server.handle();
         let addr = server.local_addr().expect("addr");
         tokio::spawn(server.run());
+        Relay::new(handle, addr, pki, None)
+    }
+
+    /// A relay on its own thread and runtime, as `qrelay serve` runs apart from its clients:
+    /// its tasks and the test's then race as they do between processes.
+    fn start_on_thread() -> Relay {
+        let pki = DevPki::generate().expect("pki");
+        let (chain, key) = pki.server_identity().expect("identity");
+        let identity = Identity { chain, key, tokens: TokenKey::new(SECRET) };
+        let thread = RelayThread::start(server_config(), identity).expect("relay thread");
+        Relay::new(thread.handle().clone(), thread.local_addr(), pki, Some(thread))
+    }
+
+    fn new(
+        handle: ServerHandle,
+        addr: SocketAddr,
+        pki: DevPki,
+        thread: Option<RelayThread>,
+    ) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
         std::fs::write(dir.path().join("token.secret"), hex::encode(SECRET)).expect("secret");
         let user = User { id: "x".into(), name: "x".into() };
         let config = ClientConfig::new(addr, "localhost", vec![pki.ca().expect("ca")], user);
-        Relay { handle, config, tokens: TokenKey::new(SECRET), dir, pki }
+        Relay { handle, config, tokens: TokenKey::new(SECRET), dir, pki, _thread: thread }
     }
 
     /// Shuts the relay down and starts a new one on the same address with the same
     /// certificates and token secret.
     async fn restart(self) -> Relay {
         self.handle.shutdown().await;
-        let Relay { handle, config, tokens, dir, pki } = self;
+        let Relay { handle, config, tokens, dir, pki, _thread } = self;
         drop(handle);
         let listen = ServerConfig { listen: config.server, ..server_config() };
         // The old socket is released once the old connections' tasks have ended.
@@ -81,7 +103,7 @@ impl Relay {
         .await;
         let handle = server.handle();
         tokio::spawn(server.run());
-        Relay { handle, config, tokens, dir, pki }
+        Relay { handle, config, tokens, dir, pki, _thread }
     }
 
     fn token(&self, user: &str) -> String {
@@ -101,12 +123,16 @@ impl Relay {
 
     /// The CLI with the connection options set.
     fn cli(&self, user: &str) -> Command {
+        self.cli_at(user, &self.config.server.to_string(), &self.path("ca.pem"))
+    }
+
+    /// The CLI pointed at `server`, trusting the CA in `ca`.
+    fn cli_at(&self, user: &str, server: &str, ca: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_qrelay-cli"));
         command
-            .arg("--server")
-            .arg(self.config.server.to_string())
+            .args(["--server", server])
             .arg("--ca")
-            .arg(self.path("ca.pem"))
+            .arg(ca)
             .arg("--secret")
             .arg(self.path("token.secret"))
             .args(["--user", user])
@@ -123,13 +149,18 @@ impl Relay {
 
     /// Runs a one-shot CLI command; returns its exit status and its JSON line.
     async fn run(&self, user: &str, args: &[&str]) -> (bool, Value) {
-        let output = within(self.cli(user).args(args).output()).await.expect("run cli");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().next().unwrap_or_else(|| {
-            panic!("no output; stderr: {}", String::from_utf8_lossy(&output.stderr))
-        });
-        (output.status.success(), serde_json::from_str(line).expect("JSON line"))
+        json_line(self.cli(user).args(args)).await
     }
+}
+
+/// Runs a one-shot CLI command; returns its exit status and its JSON line.
+async fn json_line(command: &mut Command) -> (bool, Value) {
+    let output = within(command.output()).await.expect("run cli");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().next().unwrap_or_else(|| {
+        panic!("no output; stderr: {}", String::from_utf8_lossy(&output.stderr))
+    });
+    (output.status.success(), serde_json::from_str(line).expect("JSON line"))
 }
 
 /// The next event that is not a user update.
@@ -145,6 +176,28 @@ async fn next_message(events: &mut Events) -> Event {
 async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
     let line = within(lines.next_line()).await.expect("read").expect("a line");
     serde_json::from_str(&line).expect("JSON line")
+}
+
+/// Reads lines until one contains `needle` (other diagnostics may come first); returns it.
+async fn line_with(lines: &mut Lines<impl AsyncBufRead + Unpin>, needle: &str) -> String {
+    loop {
+        let line = within(lines.next_line()).await.expect("read").expect("a line");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+/// Waits for `events` to report that `user` left `room` (other events are skipped).
+async fn left(events: &mut Events, room: &str, user: &str) {
+    loop {
+        if let Event::UsersLeft { room: r, users } = within(events.next()).await.expect("event")
+            && r == room
+            && users.iter().any(|u| u.id == user)
+        {
+            return;
+        }
+    }
 }
 
 fn user(id: &str) -> User {
@@ -302,6 +355,10 @@ async fn cli_one_shot_commands() {
     let (ok, line) = relay.run("alice", &["barrage", "--room", "lobby", "pew"]).await;
     assert!(ok, "{line}");
     assert_eq!((line["kind"].as_str(), line["ok"].as_bool()), (Some("barrage"), Some(true)));
+    match next_message(&mut bob_events).await {
+        Event::Barrages { messages, .. } => assert_eq!(messages[0].payload.as_ref(), b"pew"),
+        other => panic!("expected a barrage, got {other:?}"),
+    }
 
     let (ok, line) = relay.run("alice", &["command", "--room", "lobby", "--to", "bob", "go"]).await;
     assert!(ok, "{line}");
@@ -320,13 +377,61 @@ async fn cli_one_shot_commands() {
     assert!(!ok);
     assert_eq!(line["error"], "UNKNOWN_TARGET_USER");
 
+    // A refused login is the same kind of line.
     let (ok, line) =
         relay.run("alice", &["--token", "bad", "broadcast", "--room", "lobby", "x"]).await;
     assert!(!ok);
-    assert_eq!(
-        (line["event"].as_str(), line["ok"].as_bool(), line["code"].as_u64()),
-        (Some("login"), Some(false), Some(2001))
-    );
+    assert_eq!(failure(&line)[..4], ["broadcast", "lobby", "2001", "TOKEN_INVALID"]);
+}
+
+/// A one-shot command's failure line (checked to be one): kind, room, code, error, detail.
+fn failure(line: &Value) -> [String; 5] {
+    assert_eq!(line["ok"], false, "{line}");
+    let text = |field: &str| match &line[field] {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        _ => panic!("no {field}: {line}"),
+    };
+    ["kind", "room", "code", "error", "detail"].map(text)
+}
+
+#[tokio::test]
+async fn cli_one_shot_failures_are_json_lines() {
+    let relay = Relay::start(|_| {}).await;
+    // Caught before connecting.
+    let (ok, line) = relay.run("bad user", &["broadcast", "--room", "lobby", "x"]).await;
+    assert!(!ok);
+    assert_eq!(failure(&line)[2..4], ["1004", "INVALID_USER_ID"]);
+    let (ok, line) = relay.run("alice", &["barrage", "--room", "no spaces", "x"]).await;
+    assert!(!ok);
+    assert_eq!(failure(&line)[3], "INVALID_ROOM_ID");
+    let (ok, line) = relay.run("alice", &["command", "--room", "lobby", ""]).await;
+    assert!(!ok);
+    assert_eq!(failure(&line)[..4], ["command", "lobby", "1001", "PAYLOAD_EMPTY"]);
+
+    // No relay at the address: a UDP port held by a socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let args = ["--timeout", "0.3", "broadcast", "--room", "lobby", "x"];
+    let (ok, line) =
+        json_line(relay.cli_at("alice", &addr, &relay.path("ca.pem")).args(args)).await;
+    assert!(!ok);
+    let [_, _, code, error, detail] = failure(&line);
+    assert_eq!([code, error], ["5002", "DISCONNECTED"]);
+    assert!(detail.starts_with(&format!("no relay answered at {addr} within 300ms")), "{detail}");
+    assert!(detail.contains("cargo run --release -- serve"), "{detail}");
+
+    // A CA that did not sign the relay's certificate.
+    let other = DevPki::generate().expect("pki");
+    let other_ca = relay.path("other-ca.pem");
+    std::fs::write(&other_ca, &other.ca_cert_pem).expect("write ca");
+    let server = relay.config.server.to_string();
+    let args = ["barrage", "--room", "lobby", "x"];
+    let (ok, line) = json_line(relay.cli_at("alice", &server, &other_ca).args(args)).await;
+    assert!(!ok);
+    let [.., detail] = failure(&line);
+    let expected = format!("not signed by the CA in --ca {}", other_ca.display());
+    assert!(detail.contains(&expected), "{detail}");
 }
 
 #[tokio::test]
@@ -392,7 +497,7 @@ async fn cli_listen_without_reconnect_reports_a_lost_connection() {
             break line;
         }
     };
-    assert_eq!((last["code"].as_u64(), last["name"].as_str()), (Some(3), Some("SHUTDOWN")));
+    assert_eq!((last["code"].as_u64(), last["error"].as_str()), (Some(3), Some("SHUTDOWN")));
     let status = within(child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(1));
 }
@@ -519,7 +624,124 @@ async fn cli_listen_keeps_running_through_a_restart_and_exits_when_it_gives_up()
         }
     };
     assert_eq!(states.last(), Some(&Some("failed".to_owned())), "{states:?}");
-    assert_eq!(last["name"], "SHUTDOWN");
+    assert_eq!(last["error"], "SHUTDOWN");
     let status = within(child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(1));
+}
+
+/// A one-shot sender (as `qrelay-cli barrage`) sends its barrage right after its login; the
+/// datagram often overtakes the `UsersJoined` that names the sender on the listener's lane
+/// (with the relay on its own thread, as `qrelay serve` runs; before the client held such
+/// barrage, about a third of them were dropped as from an unknown sender). The listener's
+/// client holds it until the lane announces the sender: none is lost on loopback.
+#[tokio::test]
+async fn a_fresh_senders_first_barrage_reaches_the_listener() {
+    const SENDERS: usize = 30;
+    let relay = Relay::start_on_thread();
+    let (bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+    for i in 0..SENDERS {
+        let (sender, _events) = relay.client(&format!("s{i}"), &["lobby"]).await;
+        within(sender.send_barrage_message("lobby", format!("first from s{i}")))
+            .await
+            .expect("barrage");
+        within(sender.close()).await;
+    }
+    let mut received = std::collections::HashSet::new();
+    let collect = async {
+        while received.len() < SENDERS {
+            match bob_events.next().await.expect("event") {
+                Event::Barrages { messages, .. } => {
+                    for message in messages {
+                        let text = String::from_utf8_lossy(&message.payload).into_owned();
+                        assert_eq!(text, format!("first from {}", message.from.id));
+                        received.insert(message.from.id);
+                    }
+                }
+                Event::UsersJoined { .. } | Event::UsersLeft { .. } => {}
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(STEP, collect).await;
+    assert_eq!(received.len(), SENDERS, "received from {received:?}; stats {:?}", bob.stats());
+    assert_eq!(bob.stats().barrage_unknown_sender, 0);
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn cli_chat_sends_lines_explains_usage_and_quits() {
+    let relay = Relay::start(|_| {}).await;
+    let (_bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+    let mut child = relay
+        .cli("carol")
+        .args(["chat", "--room", "lobby"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    line_with(&mut stderr, "logged in to lobby as carol").await;
+
+    within(stdin.write_all(b"/barrage\n/cmd bob\nhello from chat\n")).await.expect("write");
+    assert_eq!(line_with(&mut stderr, "usage").await, "usage: /barrage TEXT");
+    assert_eq!(line_with(&mut stderr, "usage").await, "usage: /cmd USER[,USER] TEXT");
+    assert_eq!(line_with(&mut stdout, "carol:").await, "[lobby] carol: hello from chat  #1");
+    match next_message(&mut bob_events).await {
+        Event::Broadcasts { messages, .. } => {
+            assert_eq!(messages[0].payload.as_ref(), b"hello from chat");
+            assert_eq!(messages[0].from.id, "carol");
+        }
+        other => panic!("expected a broadcast, got {other:?}"),
+    }
+
+    within(stdin.write_all(b"/quit\n")).await.expect("write");
+    assert_eq!(line_with(&mut stderr, "bye").await, "bye: leaving lobby");
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // The client closed: the relay removed carol at once, not after the idle timeout.
+    left(&mut bob_events, "lobby", "carol").await;
+}
+
+#[tokio::test]
+async fn cli_chat_exits_non_zero_when_the_room_closes() {
+    let relay = Relay::start(|_| {}).await;
+    let mut child = relay
+        .cli("bob")
+        .args(["chat", "--room", "lobby"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    let _stdin = child.stdin.take().expect("stdin");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    line_with(&mut stderr, "logged in to lobby").await;
+    // bob logs in elsewhere: the chat's room closes for good.
+    let (_bob, _bob_events) = relay.client("bob", &["lobby"]).await;
+    let line = line_with(&mut stderr, "exiting").await;
+    assert_eq!(line, "no longer in lobby (KICKED_LOGGED_IN_ELSEWHERE (3003)); exiting");
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn cli_listen_leaves_at_once_on_sigterm() {
+    let relay = Relay::start(|_| {}).await;
+    let (_alice, mut alice_events) = relay.client("alice", &["lobby"]).await;
+    let mut child = relay
+        .cli("bob")
+        .args(["listen", "--room", "lobby"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(next_line(&mut lines).await["ok"], true);
+    let pid = child.id().expect("pid").to_string();
+    let kill = within(Command::new("kill").args(["-TERM", &pid]).status()).await.expect("kill");
+    assert!(kill.success());
+    let status = within(child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The client closed: the relay removed bob at once, not after the idle timeout.
+    left(&mut alice_events, "lobby", "bob").await;
 }

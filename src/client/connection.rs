@@ -102,16 +102,16 @@ impl Connection {
         let connecting = endpoint
             .connect_with(quic, server, server_name)
             .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let no_answer = ClientError::NoAnswer { server, waited: timeout };
         let open = async {
-            let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+            let conn = connecting.await.map_err(|e| handshake_error(e, &no_answer))?;
             let (send, recv) = conn.open_bi().await.map_err(|e| {
                 ClientError::Connect(format!("cannot open the control stream: {e}"))
             })?;
             Ok((conn, send, recv))
         };
-        let (conn, send, recv) = tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| ClientError::Connect(format!("no answer from {server} in time")))??;
+        let (conn, send, recv) =
+            tokio::time::timeout(timeout, open).await.map_err(|_| no_answer.clone())??;
         let connection = Connection {
             quic: conn,
             request_timeout,
@@ -306,6 +306,22 @@ fn write_now(
 /// (every critical section leaves it consistent).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A failed handshake as an error. rustls reports a certificate chain that leads to no
+/// trusted CA as `UnknownIssuer`, or as `BadSignature` when a trusted CA has the issuer's name
+/// but another key (two development CAs, e.g. after `certs/` was made anew); quinn passes on
+/// only its text.
+fn handshake_error(error: ConnectionError, no_answer: &ClientError) -> ClientError {
+    match error {
+        ConnectionError::TransportError(e)
+            if e.reason.contains("UnknownIssuer") || e.reason.contains("BadSignature") =>
+        {
+            ClientError::UntrustedCertificate(e.reason)
+        }
+        ConnectionError::TimedOut => no_answer.clone(),
+        other => ClientError::Connect(other.to_string()),
+    }
 }
 
 fn write_error(error: WriteError) -> ClientError {

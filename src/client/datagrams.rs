@@ -1,28 +1,45 @@
-//! The reader of barrage datagrams: decode, name the room and sender, deliver in lists.
+//! The reader of barrage datagrams: decode, name the room and sender (or hold the message
+//! until the room's lane names them), deliver in lists.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::protocol::{MAX_BATCH, ServerDatagram, decode_datagram};
 
 use super::connection::{Connection, lock};
 use super::event::{Event, ReceivedBarrage};
-use super::rooms::{Rooms, Unresolved};
+use super::rooms::{Dropped, Rooms};
 use super::shared::Shared;
 use super::stats::Stats;
 
 /// Reads the datagrams of `connection` until it ends. After one arrives, those already
 /// queued are taken too (up to [`MAX_BATCH`]), so a burst becomes one event per room.
+/// Barrage whose room or sender is not known yet is held in `shared.rooms` (see
+/// [`Rooms::receive_barrage`]); this reader also drops it when it expires.
 pub(crate) async fn read_datagrams(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     events: mpsc::Sender<Event>,
 ) {
     let quic = &connection.quic;
-    while let Ok(first) = quic.read_datagram().await {
+    loop {
+        // Only this reader holds barrage, so the next expiry can only move later meanwhile
+        // (the lane readers release held messages): waking then is early at worst.
+        let expiry = lock(&shared.rooms).next_expiry();
+        let first = tokio::select! {
+            datagram = quic.read_datagram() => match datagram {
+                Ok(datagram) => datagram,
+                Err(_) => break,
+            },
+            () = until(expiry) => {
+                expire_held(&shared, Instant::now());
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match ready_now(quic.read_datagram()) {
@@ -31,13 +48,34 @@ pub(crate) async fn read_datagrams(
             }
         }
         let batches = {
-            let rooms = lock(&shared.rooms);
-            barrage_events(&rooms, batch, &shared.stats)
+            let mut rooms = lock(&shared.rooms);
+            barrage_events(&mut rooms, batch, Instant::now(), &shared.stats)
         };
         for event in batches {
             let _ = events.send(event).await;
         }
     }
+}
+
+/// Waits until `deadline`, or forever if there is none.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops the held barrage that expired by `now` and counts it.
+fn expire_held(shared: &Shared, now: Instant) {
+    let mut dropped = Dropped::default();
+    lock(&shared.rooms).expire_held(now, &mut dropped);
+    count_dropped(&shared.stats, dropped);
+}
+
+/// Adds dropped barrage to the counters.
+pub(crate) fn count_dropped(stats: &Stats, dropped: Dropped) {
+    Stats::add(&stats.barrage_unknown_room, dropped.unknown_room);
+    Stats::add(&stats.barrage_unknown_sender, dropped.unknown_sender);
 }
 
 /// Polls `future` once: its output if it is ready now. (A zero `tokio::time::timeout` is no
@@ -50,9 +88,18 @@ fn ready_now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Turns received datagrams into one `Barrages` event per room (rooms in order of first
-/// appearance, messages in arrival order), counting what cannot be delivered.
-pub(crate) fn barrage_events(rooms: &Rooms, datagrams: Vec<Bytes>, stats: &Stats) -> Vec<Event> {
+/// Turns datagrams received at `now` into one `Barrages` event per room (rooms in order of
+/// first appearance, messages in arrival order). Barrage whose room or sender is not known
+/// yet is held in `rooms`; held barrage that expired by `now`, overflow and what cannot be
+/// delivered are counted.
+pub(crate) fn barrage_events(
+    rooms: &mut Rooms,
+    datagrams: Vec<Bytes>,
+    now: Instant,
+    stats: &Stats,
+) -> Vec<Event> {
+    let mut dropped = Dropped::default();
+    rooms.expire_held(now, &mut dropped);
     let mut by_room: Vec<(String, Vec<ReceivedBarrage>)> = Vec::new();
     for datagram in datagrams {
         let message = match decode_datagram::<ServerDatagram>(&datagram) {
@@ -63,15 +110,14 @@ pub(crate) fn barrage_events(rooms: &Rooms, datagrams: Vec<Bytes>, stats: &Stats
                 continue;
             }
         };
-        match rooms.resolve_barrage(message) {
-            Ok((room, message)) => match by_room.iter_mut().find(|(r, _)| r == room) {
+        if let Some((room, message)) = rooms.receive_barrage(message, now, &mut dropped) {
+            match by_room.iter_mut().find(|(r, _)| *r == room) {
                 Some((_, messages)) => messages.push(message),
-                None => by_room.push((room.to_owned(), vec![message])),
-            },
-            Err(Unresolved::UnknownRoom) => Stats::add(&stats.barrage_unknown_room, 1),
-            Err(Unresolved::UnknownSender) => Stats::add(&stats.barrage_unknown_sender, 1),
+                None => by_room.push((room, vec![message])),
+            }
         }
     }
+    count_dropped(stats, dropped);
     by_room
         .into_iter()
         .map(|(room, messages)| {
@@ -84,6 +130,7 @@ pub(crate) fn barrage_events(rooms: &Rooms, datagrams: Vec<Bytes>, stats: &Stats
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::rooms::HELD_BARRAGE_TTL;
     use crate::protocol::{BarrageMessage, LaneEvent, LaneHeader, Member, User, encode_body};
 
     fn datagram(room_number: u32, sender: u32, id: u64) -> Bytes {
@@ -127,29 +174,61 @@ mod tests {
         let stats = Stats::default();
         let batch =
             vec![datagram(10, 1, 1), datagram(20, 1, 2), datagram(10, 1, 3), datagram(10, 1, 4)];
-        let events = barrage_events(&rooms(), batch, &stats);
+        let events = barrage_events(&mut rooms(), batch, Instant::now(), &stats);
         let events: Vec<_> = events.iter().map(ids).collect();
         assert_eq!(events, vec![("a".into(), vec![1, 3, 4]), ("b".into(), vec![2])]);
         assert_eq!(stats.snapshot().barrage_received, 4);
     }
 
-    #[test]
-    fn undeliverable_datagrams_are_dropped_and_counted() {
+    #[tokio::test(start_paused = true)]
+    async fn undeliverable_datagrams_are_dropped_and_counted() {
         let stats = Stats::default();
+        let mut rooms = rooms();
         let batch = vec![
-            datagram(99, 1, 1),             // unknown room
-            datagram(10, 42, 2),            // unknown sender
+            datagram(99, 1, 1),             // unknown room, no login waiting: dropped
+            datagram(10, 42, 2),            // unknown sender: held
             Bytes::from_static(&[0xFF; 9]), // garbage
             Bytes::new(),                   // empty
             Bytes::from(vec![0; 2000]),     // oversize
             datagram(10, 1, 3),
         ];
-        let events = barrage_events(&rooms(), batch, &stats);
+        let events = barrage_events(&mut rooms, batch, Instant::now(), &stats);
         assert_eq!(events.iter().map(ids).collect::<Vec<_>>(), vec![("a".into(), vec![3])]);
-        let stats = stats.snapshot();
-        assert_eq!(stats.barrage_unknown_room, 1);
-        assert_eq!(stats.barrage_unknown_sender, 1);
-        assert_eq!(stats.datagrams_malformed, 3);
-        assert_eq!(stats.barrage_received, 1);
+        let counted = stats.snapshot();
+        assert_eq!(counted.barrage_unknown_room, 1);
+        assert_eq!(counted.barrage_unknown_sender, 0, "held, not dropped yet");
+        assert_eq!(counted.datagrams_malformed, 3);
+        assert_eq!(counted.barrage_received, 1);
+
+        // The held one expires: the next batch (or the reader's timer) drops and counts it.
+        assert_eq!(rooms.next_expiry(), Some(Instant::now() + HELD_BARRAGE_TTL));
+        tokio::time::advance(HELD_BARRAGE_TTL).await;
+        let events = barrage_events(&mut rooms, vec![datagram(20, 1, 4)], Instant::now(), &stats);
+        assert_eq!(events.iter().map(ids).collect::<Vec<_>>(), vec![("b".into(), vec![4])]);
+        assert_eq!(stats.snapshot().barrage_unknown_sender, 1);
+        assert_eq!(rooms.next_expiry(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_timer_waits_for_the_oldest_held_barrage() {
+        let stats = Stats::default();
+        let mut rooms = rooms();
+        let start = Instant::now();
+        barrage_events(&mut rooms, vec![datagram(10, 7, 1)], start, &stats);
+        tokio::time::advance(HELD_BARRAGE_TTL / 2).await;
+        barrage_events(&mut rooms, vec![datagram(20, 7, 2)], Instant::now(), &stats);
+        // `until` sleeps to the first expiry; at it only the first message is dropped.
+        until(rooms.next_expiry()).await;
+        assert_eq!(Instant::now(), start + HELD_BARRAGE_TTL);
+        let mut dropped = Dropped::default();
+        rooms.expire_held(Instant::now(), &mut dropped);
+        assert_eq!(dropped.unknown_sender, 1);
+        until(rooms.next_expiry()).await;
+        assert_eq!(Instant::now(), start + HELD_BARRAGE_TTL * 3 / 2);
+        rooms.expire_held(Instant::now(), &mut dropped);
+        assert_eq!((dropped.unknown_sender, rooms.next_expiry()), (2, None));
+        // With nothing held, `until` never returns.
+        let never = tokio::time::timeout(HELD_BARRAGE_TTL * 10, until(None)).await;
+        assert!(never.is_err());
     }
 }

@@ -1,5 +1,8 @@
 //! The one error type of the client library, with its mapping to wire result codes.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use crate::protocol::ErrorCode;
 
 /// Why a client operation failed.
@@ -36,9 +39,23 @@ pub enum ClientError {
     /// A barrage datagram cannot be sent on this connection (peer or path does not allow it).
     #[error("datagram unavailable: {0}")]
     DatagramUnavailable(String),
-    /// The connection could not be established.
+    /// The connection could not be established (for a reason other than the two below).
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// No relay answered the handshake in time: none runs at that address, or UDP to it is
+    /// blocked.
+    #[error("no relay answered at {server} within {}", humantime::format_duration(*waited))]
+    NoAnswer {
+        /// The address tried.
+        server: SocketAddr,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The relay's certificate is not signed by a CA the client trusts
+    /// ([`super::ClientConfig::roots`]): the wrong CA file, or the relay's certificates were
+    /// made anew.
+    #[error("the relay's certificate is not signed by a trusted CA ({0})")]
+    UntrustedCertificate(String),
     /// The server answered with something this client cannot use.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -54,7 +71,10 @@ impl ClientError {
         match self {
             ClientError::Refused { code, .. } | ClientError::Invalid { code, .. } => *code,
             ClientError::Timeout => ErrorCode::TIMEOUT,
-            ClientError::Disconnected(_) | ClientError::Connect(_) => ErrorCode::DISCONNECTED,
+            ClientError::Disconnected(_)
+            | ClientError::Connect(_)
+            | ClientError::NoAnswer { .. }
+            | ClientError::UntrustedCertificate(_) => ErrorCode::DISCONNECTED,
             ClientError::DatagramUnavailable(_) => ErrorCode::DATAGRAM_UNAVAILABLE,
             ClientError::Protocol(_) => ErrorCode::PROTOCOL,
             ClientError::NotLoggedIn(_) => ErrorCode::NOT_LOGGED_IN,
@@ -73,6 +93,7 @@ impl ClientError {
             | ClientError::Connect(reason)
             | ClientError::Protocol(reason) => reason.clone(),
             ClientError::NotLoggedIn(room) => format!("not logged in to room {room:?}"),
+            ClientError::NoAnswer { .. } | ClientError::UntrustedCertificate(_) => self.to_string(),
         }
     }
 
@@ -94,6 +115,14 @@ mod tests {
         assert_eq!(ClientError::DatagramUnavailable("x".into()).code().0, 5003);
         assert_eq!(ClientError::Protocol("x".into()).code().0, 5004);
         assert_eq!(ClientError::NotLoggedIn("r".into()).code(), ErrorCode::NOT_LOGGED_IN);
+        let no_answer = ClientError::NoAnswer {
+            server: "127.0.0.1:4433".parse().unwrap(),
+            waited: Duration::from_millis(1500),
+        };
+        assert_eq!(no_answer.code(), ErrorCode::DISCONNECTED);
+        assert_eq!(no_answer.detail(), "no relay answered at 127.0.0.1:4433 within 1s 500ms");
+        let untrusted = ClientError::UntrustedCertificate("UnknownIssuer".into());
+        assert_eq!(untrusted.code(), ErrorCode::DISCONNECTED);
         let refused = ClientError::Refused { code: ErrorCode::ROOM_FULL, detail: "full".into() };
         assert_eq!(refused.code(), ErrorCode::ROOM_FULL);
         assert_eq!(refused.detail(), "full");

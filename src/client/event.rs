@@ -39,6 +39,15 @@ pub enum Event {
         messages: Vec<BroadcastMessage>,
     },
     /// Barrage messages that arrived together (up to 50); barrage may be lost or reordered.
+    ///
+    /// A barrage datagram can arrive before the lane event that names its sender (the
+    /// [`Event::UsersJoined`] of a member who just logged in and sent at once), or before the
+    /// lane of a room this client just logged in to: datagrams and lanes are not ordered with
+    /// respect to each other. The client then holds it, per room, at most 256 messages for at
+    /// most 500 ms, and delivers it in a `Barrages` event (in arrival order) right after the
+    /// `UsersJoined` that names the sender. Only when that does not come in time, or the hold
+    /// overflows (oldest first), is it dropped and counted
+    /// ([`super::ClientStats::barrage_unknown_sender`], `barrage_unknown_room`).
     Barrages {
         /// The room.
         room: String,

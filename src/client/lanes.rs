@@ -114,7 +114,8 @@ impl Lane {
     /// as delivered at that moment (so a later recovery asks for exactly what the application
     /// has not got). A lane closed as too slow is then logged in to again.
     async fn hand_over(&self, output: LaneOutput) {
-        let LaneOutput { events, delivered, dropped, relogin } = output;
+        let LaneOutput { events, delivered, dropped, relogin, barrage } = output;
+        Stats::add(&self.shared.stats.barrage_received, barrage);
         if dropped > 0 {
             Stats::add(&self.shared.stats.broadcast_duplicates, dropped);
             tracing::debug!(dropped, "broadcasts already delivered or own dropped");

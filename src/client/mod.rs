@@ -11,7 +11,8 @@
 //! - `lanes`: one reader task per room lane (user updates, broadcasts, commands, close);
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
 //! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
-//!   broadcast ID delivered), lanes, members, barrage sender resolution.
+//!   broadcast ID delivered), lanes, members, barrage sender resolution, and the barrage
+//!   held until a lane names its room or sender.
 //!
 //! When the connection is lost the supervisor fails every waiting request with
 //! [`ClientError::Disconnected`], waits for the readers, then reconnects (reporting
@@ -74,7 +75,7 @@ pub struct ClientConfig {
     /// every third of it.
     pub idle_timeout: Duration,
     /// How long a request (and the QUIC handshake) may take before it fails with
-    /// [`ClientError::Timeout`] (or [`ClientError::Connect`]).
+    /// [`ClientError::Timeout`] (or [`ClientError::NoAnswer`]).
     pub request_timeout: Duration,
     /// Whether and how to reconnect after a lost connection (on by default).
     pub reconnect: ReconnectPolicy,
@@ -141,7 +142,7 @@ impl Client {
     /// Each call binds its own UDP socket (one endpoint per connection); to open many
     /// connections from one process, share endpoints with [`Client::connect_with`].
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
-        check_user(&config.user)?;
+        validate_user(&config.user)?;
         let bind = connection::bind_address(config.server);
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
@@ -163,7 +164,7 @@ impl Client {
         endpoint: &quinn::Endpoint,
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
-        check_user(&config.user)?;
+        validate_user(&config.user)?;
         establish(endpoint.clone(), false, config).await
     }
 
@@ -171,7 +172,7 @@ impl Client {
     /// then arrive on [`Events`], starting with the members already there. The token is kept
     /// to log in again after a reconnect.
     pub async fn login_room(&self, room: &str, token: &str) -> Result<(), ClientError> {
-        check_room(room)?;
+        validate_room(room)?;
         check_token(token)?;
         let connection = self.shared().connection()?;
         let request = Request::Login {
@@ -203,7 +204,7 @@ impl Client {
     /// server already dropped it with the lost connection): this succeeds and no
     /// `RoomClosed` event follows.
     pub async fn logout_room(&self, room: &str) -> Result<(), ClientError> {
-        check_room(room)?;
+        validate_room(room)?;
         let connection = match self.shared().connection() {
             Ok(connection) => connection,
             Err(error) if self.shared().closed().is_some() => return Err(error),
@@ -232,8 +233,8 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
         let payload = payload.into();
-        check_room(room)?;
-        check_message(&payload)?;
+        validate_room(room)?;
+        validate_payload(&payload)?;
         let request = Request::Broadcast { room: room.to_owned(), payload };
         sent(self.shared().connection()?.request(request).await?)
     }
@@ -249,8 +250,8 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
         let payload = payload.into();
-        check_room(room)?;
-        check_message(&payload)?;
+        validate_room(room)?;
+        validate_payload(&payload)?;
         let connection = self.shared().connection()?;
         let room_number = lock(&self.shared().rooms)
             .room_number(room)
@@ -267,20 +268,9 @@ impl Client {
         to: &[&str],
     ) -> Result<u64, ClientError> {
         let payload = payload.into();
-        check_room(room)?;
-        check_message(&payload)?;
-        if to.len() > MAX_COMMAND_TARGETS {
-            return Err(ClientError::invalid(
-                ErrorCode::INVALID_TARGETS,
-                format!("at most {MAX_COMMAND_TARGETS} target users"),
-            ));
-        }
-        if let Some(bad) = to.iter().find(|id| check_user_id(id).is_err()) {
-            return Err(ClientError::invalid(
-                ErrorCode::INVALID_TARGETS,
-                format!("{bad:?} is not a valid user ID"),
-            ));
-        }
+        validate_room(room)?;
+        validate_payload(&payload)?;
+        validate_targets(to)?;
         let request = Request::Command {
             room: room.to_owned(),
             to: to.iter().map(|id| (*id).to_owned()).collect(),
@@ -382,7 +372,10 @@ async fn establish(
     Ok((Client { handle: Arc::new(Handle { shared, owns_endpoint }) }, events))
 }
 
-fn check_user(user: &User) -> Result<(), ClientError> {
+/// The check [`Client::connect`] makes on its user before connecting (`INVALID_USER_ID`,
+/// `INVALID_USER_NAME`). Like the other `validate_` functions (the checks each call makes
+/// before sending anything), for a caller that wants to fail before it connects.
+pub fn validate_user(user: &User) -> Result<(), ClientError> {
     check_user_id(&user.id).map_err(|code| {
         ClientError::invalid(
             code,
@@ -394,7 +387,8 @@ fn check_user(user: &User) -> Result<(), ClientError> {
     })
 }
 
-fn check_room(room: &str) -> Result<(), ClientError> {
+/// The check every room call makes on the room ID (`INVALID_ROOM_ID`).
+pub fn validate_room(room: &str) -> Result<(), ClientError> {
     check_room_id(room).map_err(|code| {
         ClientError::invalid(
             code,
@@ -413,10 +407,28 @@ fn check_token(token: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn check_message(payload: &[u8]) -> Result<(), ClientError> {
+/// The check every send makes on the payload (`PAYLOAD_EMPTY`, `PAYLOAD_TOO_LARGE`).
+pub fn validate_payload(payload: &[u8]) -> Result<(), ClientError> {
     check_payload(payload).map_err(|code| {
         ClientError::invalid(code, format!("payload of {} bytes; 1 to 1024 allowed", payload.len()))
     })
+}
+
+/// The check [`Client::send_custom_command`] makes on its target list (`INVALID_TARGETS`).
+pub fn validate_targets(to: &[&str]) -> Result<(), ClientError> {
+    if to.len() > MAX_COMMAND_TARGETS {
+        return Err(ClientError::invalid(
+            ErrorCode::INVALID_TARGETS,
+            format!("at most {MAX_COMMAND_TARGETS} target users"),
+        ));
+    }
+    if let Some(bad) = to.iter().find(|id| check_user_id(id).is_err()) {
+        return Err(ClientError::invalid(
+            ErrorCode::INVALID_TARGETS,
+            format!("{bad:?} is not a valid user ID"),
+        ));
+    }
+    Ok(())
 }
 
 /// The message ID of a `Sent` outcome.

@@ -142,7 +142,8 @@ async fn supervise(
         for reader in readers.drain(..) {
             let _ = reader.await;
         }
-        lock(&shared.rooms).connection_lost();
+        let dropped = lock(&shared.rooms).connection_lost();
+        datagrams::count_dropped(&shared.stats, dropped);
         if !again {
             let _ = events.send(ended.event).await;
             return;

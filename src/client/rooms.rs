@@ -4,12 +4,16 @@
 //!   after a lost connection (the token) and where broadcast delivery stopped (the lane's
 //!   epoch and the last broadcast ID handed to the application). They outlive connections.
 //! - the lanes of the current connection: room numbers and members, to name the room and the
-//!   sender of received barrage. They end with their connection.
+//!   sender of received barrage, and the barrage held until its lane names them. They end
+//!   with their connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::protocol::{
-    BarrageMessage, ErrorCode, LaneEvent, LaneHeader, Member, Recover, Request, User,
+    BarrageMessage, ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, Member, Recover, Request, User,
 };
 
 use super::event::{Event, ReceivedBarrage};
@@ -22,6 +26,17 @@ pub(crate) type LaneId = u64;
 /// server then treats the login as coming from another epoch and says recovery is incomplete.
 /// (A room whose random epoch is 0 would replay its history instead: harmless.)
 const UNKNOWN_EPOCH: u64 = 0;
+
+/// How many received barrage messages are held per room number while the lane has not named
+/// their sender (or the room itself) yet; when more arrive, the oldest is dropped. Live
+/// comments at the relay's default 20/s per room fill it only if the lane stalls for over
+/// 10 s; it costs at most 256 × 1056 bytes (about 270 KiB) per room.
+pub(crate) const HELD_BARRAGE_PER_ROOM: usize = 256;
+
+/// How long a held barrage waits for the lane to name its sender (or room) before it is
+/// dropped: the lane lags a datagram by about one round trip plus the readers' scheduling, far
+/// less than this; much longer and a comment would no longer be live.
+pub(crate) const HELD_BARRAGE_TTL: Duration = Duration::from_millis(500);
 
 /// The rooms of one client.
 #[derive(Debug)]
@@ -38,6 +53,18 @@ pub(crate) struct Rooms {
     lanes: HashMap<LaneId, Lane>,
     /// Room number → the newest open lane of that room, to resolve barrage.
     by_number: HashMap<u32, LaneId>,
+    /// Barrage whose room or sender the lanes have not named yet, by room number, oldest
+    /// first (see [`Rooms::receive_barrage`]).
+    held: HashMap<u32, VecDeque<Held>>,
+}
+
+/// A received barrage waiting for its lane to name its room or sender.
+#[derive(Debug)]
+struct Held {
+    /// When it arrived: it is dropped [`HELD_BARRAGE_TTL`] later.
+    arrived: Instant,
+    /// The message as received.
+    message: BarrageMessage,
 }
 
 /// A room the application logged in to.
@@ -113,6 +140,9 @@ pub(crate) struct LaneOutput {
     pub(crate) dropped: u64,
     /// The lane was closed because the receiver fell behind: log in to this room again.
     pub(crate) relogin: Option<String>,
+    /// Held barrage released by this event (a `UsersJoined` that named their sender), in
+    /// the `Barrages` events of `events`.
+    pub(crate) barrage: u64,
 }
 
 /// Why a received barrage could not be delivered.
@@ -124,11 +154,36 @@ pub(crate) enum Unresolved {
     UnknownSender,
 }
 
+/// Received barrage dropped undelivered, by reason (for the client's counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// Its room number was never named by a lane.
+    pub(crate) unknown_room: u64,
+    /// Its room's lane never named its sender.
+    pub(crate) unknown_sender: u64,
+}
+
+impl Dropped {
+    fn add(&mut self, why: Unresolved, n: u64) {
+        match why {
+            Unresolved::UnknownRoom => self.unknown_room += n,
+            Unresolved::UnknownSender => self.unknown_sender += n,
+        }
+    }
+}
+
 impl Rooms {
     /// No rooms yet. `keep`: whether rooms are logged in to again after a lost connection or
     /// a lane closed as too slow or for a shutdown.
     pub(crate) fn new(me: User, keep: bool) -> Self {
-        Rooms { me, keep, joined: HashMap::new(), lanes: HashMap::new(), by_number: HashMap::new() }
+        Rooms {
+            me,
+            keep,
+            joined: HashMap::new(),
+            lanes: HashMap::new(),
+            by_number: HashMap::new(),
+            held: HashMap::new(),
+        }
     }
 
     /// Registers a login about to be sent, so that its lane is recognised even before the
@@ -218,6 +273,8 @@ impl Rooms {
             return out;
         };
         let room = lane.room.clone();
+        let room_number = lane.room_number;
+        let announced = matches!(event, LaneEvent::UsersJoined(_));
         let mut joined = self.joined.get_mut(&room).filter(|joined| joined.lane == Some(id));
         // A new login's member list ends at its first other event (the `Recovered` event of
         // a recovering login): members known before that it did not name have left.
@@ -277,7 +334,110 @@ impl Rooms {
             }
             LaneEvent::Closed { .. } => {} // handled above
         }
+        if announced {
+            self.release_held(room_number, &mut out);
+        }
         out
+    }
+
+    /// Names the room and sender of a received barrage, or holds it until a lane names them.
+    ///
+    /// Datagrams and lanes are not ordered with respect to each other: a barrage from a member
+    /// who just logged in often arrives before the `UsersJoined` naming its sender (quinn
+    /// puts datagrams before stream data in a packet, and the datagram and lane readers race),
+    /// and one sent right after this client's own login can arrive before the lane header
+    /// naming its room number. Such a barrage is held, per room number, at most
+    /// [`HELD_BARRAGE_PER_ROOM`] (the oldest is dropped first) for at most
+    /// [`HELD_BARRAGE_TTL`] ([`Rooms::expire_held`]); [`Rooms::lane_event`] releases it as
+    /// soon as the lane names the sender. A room number no lane has is held only while a
+    /// login still waits for its lane (one room number per such login); otherwise (a
+    /// barrage that crossed a logout) it is dropped at once. Drops are counted in `dropped`.
+    pub(crate) fn receive_barrage(
+        &mut self,
+        message: BarrageMessage,
+        now: Instant,
+        dropped: &mut Dropped,
+    ) -> Option<(String, ReceivedBarrage)> {
+        let why = match self.resolve_barrage(&message) {
+            Ok((room, received)) => return Some((room.to_owned(), received)),
+            Err(why) => why,
+        };
+        if why == Unresolved::UnknownRoom
+            && !self.held.contains_key(&message.room_number)
+            && !self.awaits_lane()
+        {
+            dropped.add(why, 1);
+            return None;
+        }
+        let held = self.held.entry(message.room_number).or_default();
+        if held.len() >= HELD_BARRAGE_PER_ROOM {
+            // Every message held for a room number waits for the same thing (its room, or
+            // a sender not named yet: a named one would have been released).
+            held.pop_front();
+            dropped.add(why, 1);
+        }
+        held.push_back(Held { arrived: now, message });
+        None
+    }
+
+    /// Drops the held barrage that has waited [`HELD_BARRAGE_TTL`] by `now`.
+    pub(crate) fn expire_held(&mut self, now: Instant, dropped: &mut Dropped) {
+        let by_number = &self.by_number;
+        self.held.retain(|number, held| {
+            let before = held.len();
+            while held.front().is_some_and(|h| h.arrived + HELD_BARRAGE_TTL <= now) {
+                held.pop_front();
+            }
+            let why = match by_number.contains_key(number) {
+                true => Unresolved::UnknownSender,
+                false => Unresolved::UnknownRoom,
+            };
+            dropped.add(why, (before - held.len()) as u64);
+            !held.is_empty()
+        });
+    }
+
+    /// When the oldest held barrage expires, if any is held.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.held
+            .values()
+            .filter_map(|held| held.front())
+            .map(|h| h.arrived + HELD_BARRAGE_TTL)
+            .min()
+    }
+
+    /// Moves the held barrage of `room_number` whose sender is now known into `out`, in
+    /// arrival order, in lists of at most [`MAX_BATCH`].
+    fn release_held(&mut self, room_number: u32, out: &mut LaneOutput) {
+        let Some(held) = self.held.remove(&room_number) else { return };
+        let mut room = None;
+        let mut ready = Vec::new();
+        let mut waiting = VecDeque::new();
+        for h in held {
+            match self.resolve_barrage(&h.message) {
+                Ok((name, received)) => {
+                    room.get_or_insert_with(|| name.to_owned());
+                    ready.push(received);
+                }
+                Err(_) => waiting.push_back(h),
+            }
+        }
+        if !waiting.is_empty() {
+            self.held.insert(room_number, waiting);
+        }
+        let Some(room) = room else { return };
+        out.barrage += ready.len() as u64;
+        for messages in ready.chunks(MAX_BATCH) {
+            out.events.push(Event::Barrages { room: room.clone(), messages: messages.to_vec() });
+        }
+    }
+
+    /// Whether a barrage for a room number no lane has may be held: a login waits for its
+    /// lane, and fewer unknown room numbers are held than such logins.
+    fn awaits_lane(&self) -> bool {
+        let waiting = self.joined.values().filter(|joined| joined.lane.is_none()).count();
+        let unknown = self.held.keys().filter(|n| !self.by_number.contains_key(n)).count();
+        unknown < waiting
     }
 
     /// Records that broadcasts up to `last_id` of lane `id` were handed to the application.
@@ -336,13 +496,23 @@ impl Rooms {
         }
     }
 
-    /// The connection is gone: forget its lanes and room numbers; memberships stay.
-    pub(crate) fn connection_lost(&mut self) {
+    /// The connection is gone: forget its lanes, room numbers and held barrage (the next
+    /// connection numbers rooms anew); memberships stay. Returns the barrage dropped.
+    pub(crate) fn connection_lost(&mut self) -> Dropped {
+        let mut dropped = Dropped::default();
+        for (number, held) in self.held.drain() {
+            let why = match self.by_number.contains_key(&number) {
+                true => Unresolved::UnknownSender,
+                false => Unresolved::UnknownRoom,
+            };
+            dropped.add(why, held.len() as u64);
+        }
         self.lanes.clear();
         self.by_number.clear();
         for joined in self.joined.values_mut() {
             joined.detach();
         }
+        dropped
     }
 
     /// The logins that restore every room after a reconnect, each asking to recover what
@@ -381,10 +551,10 @@ impl Rooms {
         self.joined.remove(room).is_some()
     }
 
-    /// Names the room and the sender of a received barrage.
-    pub(crate) fn resolve_barrage(
+    /// Names the room and the sender of a received barrage, if the lanes have.
+    fn resolve_barrage(
         &self,
-        message: BarrageMessage,
+        message: &BarrageMessage,
     ) -> Result<(&str, ReceivedBarrage), Unresolved> {
         let lane = self
             .by_number
@@ -398,7 +568,7 @@ impl Rooms {
                 id: message.id,
                 sent_at_ms: message.sent_at_ms,
                 from: from.clone(),
-                payload: message.payload,
+                payload: message.payload.clone(),
             },
         ))
     }
@@ -496,7 +666,7 @@ mod tests {
         let mut rooms = rooms(true);
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
-        let (room, message) = rooms.resolve_barrage(barrage(7, 4)).unwrap();
+        let (room, message) = rooms.resolve_barrage(&barrage(7, 4)).unwrap();
         assert_eq!(room, "lobby");
         assert_eq!(message.from, user("carol"));
         assert_eq!(message.id, 77);
@@ -506,12 +676,133 @@ mod tests {
     #[test]
     fn unknown_room_and_sender_are_reported() {
         let mut rooms = rooms(true);
-        assert_eq!(rooms.resolve_barrage(barrage(7, 3)).err(), Some(Unresolved::UnknownRoom));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).err(), Some(Unresolved::UnknownRoom));
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
-        assert_eq!(rooms.resolve_barrage(barrage(7, 9)).err(), Some(Unresolved::UnknownSender));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 9)).err(), Some(Unresolved::UnknownSender));
         rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")]));
-        assert_eq!(rooms.resolve_barrage(barrage(7, 3)).err(), Some(Unresolved::UnknownSender));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).err(), Some(Unresolved::UnknownSender));
+    }
+
+    fn barrage_from(room_number: u32, sender: u32, id: u64) -> BarrageMessage {
+        BarrageMessage { id, ..barrage(room_number, sender) }
+    }
+
+    /// The IDs of the `Barrages` events among `events`, one list per event.
+    fn barrage_ids(events: &[Event]) -> Vec<Vec<u64>> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Barrages { messages, .. } => Some(messages.iter().map(|m| m.id).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_barrage_that_overtakes_its_senders_join_is_held_then_delivered_in_order() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        // carol (session 5) and dave (6) logged in and sent before their joins were read.
+        assert!(rooms.receive_barrage(barrage_from(7, 5, 1), t0, &mut dropped).is_none());
+        let bob = rooms.receive_barrage(barrage_from(7, 3, 2), t0, &mut dropped);
+        assert_eq!(
+            bob.map(|(room, m)| (room, m.id, m.from)),
+            Some(("lobby".into(), 2, user("bob")))
+        );
+        assert!(rooms.receive_barrage(barrage_from(7, 6, 3), t0, &mut dropped).is_none());
+        assert!(rooms.receive_barrage(barrage_from(7, 5, 4), t0, &mut dropped).is_none());
+        assert_eq!(rooms.next_expiry(), Some(t0 + HELD_BARRAGE_TTL));
+
+        // carol's join releases her two, in arrival order, right after the join.
+        let out = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(5, "carol")]));
+        assert!(
+            matches!(&out.events[0], Event::UsersJoined { users, .. } if users == &[user("carol")])
+        );
+        assert_eq!(barrage_ids(&out.events), vec![vec![1, 4]]);
+        let Event::Barrages { room, messages } = &out.events[1] else { panic!("{out:?}") };
+        assert_eq!((room.as_str(), &messages[0].from), ("lobby", &user("carol")));
+        assert_eq!((out.events.len(), out.barrage), (2, 2));
+
+        // dave's never comes (he left at once): dropped when the hold expires, not before.
+        rooms.expire_held(t0 + HELD_BARRAGE_TTL - Duration::from_millis(1), &mut dropped);
+        assert_eq!(dropped, Dropped::default());
+        rooms.expire_held(t0 + HELD_BARRAGE_TTL, &mut dropped);
+        assert_eq!(dropped, Dropped { unknown_room: 0, unknown_sender: 1 });
+        assert_eq!(rooms.next_expiry(), None);
+        let out = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(6, "dave")]));
+        assert_eq!((barrage_ids(&out.events), out.barrage), (vec![], 0));
+    }
+
+    #[test]
+    fn a_barrage_that_overtakes_the_lane_header_is_held_while_a_login_waits_for_it() {
+        let mut rooms = rooms(true);
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        // Not logged in anywhere: a barrage for an unknown room number is dropped at once.
+        assert!(rooms.receive_barrage(barrage_from(7, 3, 1), t0, &mut dropped).is_none());
+        assert_eq!(dropped, Dropped { unknown_room: 1, unknown_sender: 0 });
+        assert_eq!(rooms.next_expiry(), None);
+
+        // One login waits for its lane: one unknown room number may be held.
+        assert!(rooms.login_started("lobby", "t"));
+        assert!(rooms.receive_barrage(barrage_from(7, 3, 2), t0, &mut dropped).is_none());
+        assert!(rooms.receive_barrage(barrage_from(7, 3, 3), t0, &mut dropped).is_none());
+        assert!(rooms.receive_barrage(barrage_from(8, 3, 4), t0, &mut dropped).is_none());
+        assert_eq!(dropped, Dropped { unknown_room: 2, unknown_sender: 0 });
+
+        rooms.logged_in("lobby", 7);
+        rooms.lane_opened(1, header("lobby", 7));
+        let out = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
+        assert_eq!((barrage_ids(&out.events), out.barrage), (vec![vec![2, 3]], 2));
+
+        // Held for a login whose lane never comes: counted as an unknown room on expiry.
+        assert!(rooms.login_started("other", "t"));
+        assert!(rooms.receive_barrage(barrage_from(9, 3, 5), t0, &mut dropped).is_none());
+        rooms.expire_held(t0 + HELD_BARRAGE_TTL, &mut dropped);
+        assert_eq!(dropped, Dropped { unknown_room: 3, unknown_sender: 0 });
+    }
+
+    #[test]
+    fn the_hold_is_bounded_per_room_and_released_in_lists_of_at_most_a_batch() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        let extra = 10;
+        for id in 1..=(HELD_BARRAGE_PER_ROOM + extra) as u64 {
+            let arrived = t0 + Duration::from_millis(id);
+            assert!(rooms.receive_barrage(barrage_from(7, 5, id), arrived, &mut dropped).is_none());
+        }
+        // The oldest went first; the expiry is now that of the oldest kept.
+        assert_eq!(dropped, Dropped { unknown_room: 0, unknown_sender: extra as u64 });
+        let oldest_kept = t0 + Duration::from_millis(extra as u64 + 1);
+        assert_eq!(rooms.next_expiry(), Some(oldest_kept + HELD_BARRAGE_TTL));
+        let out = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(5, "carol")]));
+        let lists = barrage_ids(&out.events);
+        assert_eq!(lists.iter().map(Vec::len).collect::<Vec<_>>(), vec![50, 50, 50, 50, 50, 6]);
+        let ids: Vec<u64> = lists.into_iter().flatten().collect();
+        let expected: Vec<u64> =
+            (extra as u64 + 1..=(HELD_BARRAGE_PER_ROOM + extra) as u64).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(out.barrage, HELD_BARRAGE_PER_ROOM as u64);
+    }
+
+    #[test]
+    fn a_lost_connection_drops_the_held_barrage() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        assert!(rooms.login_started("other", "t"));
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        rooms.receive_barrage(barrage_from(7, 5, 1), t0, &mut dropped);
+        rooms.receive_barrage(barrage_from(7, 5, 2), t0, &mut dropped);
+        rooms.receive_barrage(barrage_from(9, 5, 3), t0, &mut dropped);
+        assert_eq!(dropped, Dropped::default());
+        assert_eq!(rooms.connection_lost(), Dropped { unknown_room: 1, unknown_sender: 2 });
+        // The next connection may number rooms alike: nothing old is released on it.
+        rooms.lane_opened(2, header("lobby", 7));
+        let out = rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(5, "carol")]));
+        assert_eq!(out.barrage, 0);
     }
 
     #[test]
@@ -564,7 +855,7 @@ mod tests {
             assert_eq!(closed.relogin, None);
             assert_eq!(rooms.room_number("lobby"), None, "reply first: {reply_first}");
             assert!(rooms.relogins().is_empty());
-            assert_eq!(rooms.resolve_barrage(barrage(7, 1)).err(), Some(Unresolved::UnknownRoom));
+            assert_eq!(rooms.resolve_barrage(&barrage(7, 1)).err(), Some(Unresolved::UnknownRoom));
         }
     }
 
@@ -597,7 +888,7 @@ mod tests {
         assert_eq!(rooms.room_number("lobby"), Some(7));
         rooms.lane_opened(2, header("lobby", 7));
         rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(5, "dave")]));
-        assert!(rooms.resolve_barrage(barrage(7, 5)).is_ok());
+        assert!(rooms.resolve_barrage(&barrage(7, 5)).is_ok());
         // The new lane, in turn, ends the new login.
         rooms.lane_closed(2, ErrorCode::LOGGED_OUT, String::new());
         assert_eq!(rooms.room_number("lobby"), None);
@@ -610,11 +901,11 @@ mod tests {
         rooms.lane_opened(2, header("b", 2));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(9, "x")]));
         rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(9, "x")]));
-        assert_eq!(rooms.resolve_barrage(barrage(1, 9)).unwrap().0, "a");
-        assert_eq!(rooms.resolve_barrage(barrage(2, 9)).unwrap().0, "b");
+        assert_eq!(rooms.resolve_barrage(&barrage(1, 9)).unwrap().0, "a");
+        assert_eq!(rooms.resolve_barrage(&barrage(2, 9)).unwrap().0, "b");
         rooms.lane_lost(1);
-        assert!(rooms.resolve_barrage(barrage(1, 9)).is_err());
-        assert!(rooms.resolve_barrage(barrage(2, 9)).is_ok());
+        assert!(rooms.resolve_barrage(&barrage(1, 9)).is_err());
+        assert!(rooms.resolve_barrage(&barrage(2, 9)).is_ok());
     }
 
     #[test]
@@ -746,7 +1037,7 @@ mod tests {
             ]
         );
         // bob's new session names his barrage.
-        assert_eq!(rooms.resolve_barrage(barrage(7, 5)).unwrap().1.from, user("bob"));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 5)).unwrap().1.from, user("bob"));
         // A second loss compares with the updated list.
         rooms.connection_lost();
         rooms.lane_opened(3, header("lobby", 7));

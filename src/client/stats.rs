@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct ClientStats {
     /// Barrage messages delivered as events.
     pub barrage_received: u64,
-    /// Barrage datagrams dropped because no open room lane has their room number (not logged
-    /// in, or the datagram overtook the lane header).
+    /// Barrage datagrams dropped because no open room lane has their room number: not
+    /// logged in (e.g. one that crossed a logout), or held for a login's lane header that did
+    /// not come within 500 ms, or pushed out of the full hold (see [`super::Event::Barrages`]).
     pub barrage_unknown_room: u64,
-    /// Barrage datagrams dropped because their sender is not a known member of the room (the
-    /// datagram overtook the user update, or the sender already left).
+    /// Barrage datagrams dropped because their sender is not a known member of the room: held
+    /// for the `UsersJoined` naming the sender, which did not come within 500 ms (the sender
+    /// already left), or pushed out of the full hold, or held when the connection was lost.
     pub barrage_unknown_sender: u64,
     /// Datagrams dropped because they did not decode.
     pub datagrams_malformed: u64,

@@ -404,8 +404,38 @@ async fn connect_to_nothing_fails_in_time() {
         user("alice"),
     );
     config.request_timeout = Duration::from_millis(300);
-    let result = within(Client::connect(config)).await;
-    assert!(matches!(result, Err(ClientError::Connect(_))), "{result:?}");
+    let server = config.server;
+    let result = within(Client::connect(config)).await.map(drop);
+    let waited = Duration::from_millis(300);
+    assert_eq!(result, Err(ClientError::NoAnswer { server, waited }));
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_reported_as_untrusted() {
+    // Two development CAs: the same name, different keys (as after certs/ is made anew).
+    let relay = DevPki::generate().expect("pki");
+    let (chain, key) = relay.server_identity().expect("identity");
+    let config = server_config(chain, key, DEFAULT_IDLE_TIMEOUT).expect("server config");
+    let server =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind server");
+    let handshake = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let incoming = within(server.accept()).await.expect("incoming");
+            let _ = within(async { incoming.await }).await;
+        })
+    };
+    let other = DevPki::generate().expect("pki").ca().expect("ca");
+    let config = ClientConfig::new(
+        server.local_addr().expect("addr"),
+        "localhost",
+        vec![other],
+        user("alice"),
+    );
+    let result = within(Client::connect(config)).await.map(drop);
+    assert!(matches!(&result, Err(ClientError::UntrustedCertificate(_))), "{result:?}");
+    assert_eq!(result.map_err(|e| e.code()), Err(ErrorCode::DISCONNECTED));
+    within(handshake).await.expect("join");
 }
 
 fn message(id: u64, from: &str) -> BroadcastMessage {
