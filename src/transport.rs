@@ -77,10 +77,11 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
     config
 }
 
-/// Binds the relay's UDP socket: the one place for socket options. The kernel's default
-/// buffers (about 208 KiB) overflow when a thousand receivers acknowledge a burst at once;
-/// `buffer_bytes` asks for larger ones (Linux caps them at `net.core.rmem_max` and
-/// `net.core.wmem_max`). Returns the socket and the receive and send buffer sizes granted.
+/// Binds the relay's UDP socket: the one place for socket options. `buffer_bytes` (0 keeps
+/// the system default, about 208 KiB on Linux) asks for larger receive and send buffers
+/// (Linux caps them at `net.core.rmem_max` and `net.core.wmem_max`): they absorb handshake
+/// storms, at the cost of queueing delay when the relay is overloaded. Returns the socket and
+/// the receive and send buffer sizes granted.
 pub fn bind_udp(
     addr: std::net::SocketAddr,
     buffer_bytes: usize,

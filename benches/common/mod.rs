@@ -33,6 +33,9 @@ impl BenchRelay {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse()?,
             limits: RateLimits::unlimited(),
+            // Every bench client comes from 127.0.0.1.
+            max_connections_per_address: 10_000,
+            retry_above_handshakes: 10_000,
             ..ServerConfig::default()
         };
         let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })?;

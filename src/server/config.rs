@@ -48,7 +48,8 @@ pub struct ServerConfig {
     pub segmentation_offload: bool,
     /// Bytes asked for the UDP socket's receive and send buffers (the kernel may grant less:
     /// Linux caps them at `net.core.rmem_max` / `wmem_max`). 0 keeps the system default.
-    /// Default 4 MiB.
+    /// Default 0: larger buffers absorb handshake storms, but under overload they queue
+    /// packets instead of dropping them, and latency grows with the buffer (BENCHMARKS.md).
     pub udp_buffer_bytes: usize,
     /// Broadcasts each room keeps for recovery after a re-login (0 turns recovery off).
     /// Default 500.
@@ -77,7 +78,7 @@ impl Default for ServerConfig {
             max_members_per_room: 10_000,
             lane_queue: 4096,
             segmentation_offload: true,
-            udp_buffer_bytes: 4 * 1024 * 1024,
+            udp_buffer_bytes: 0,
             history_size: 500,
             history_ttl_secs: 300,
             limits: RateLimits::default(),
