@@ -143,12 +143,17 @@ async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
-    println!("qrelay listening on UDP {addr}");
-    println!(
-        "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} listen --room lobby",
+    // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
+    // the relay, so write errors are ignored rather than panicking as `println!` would.
+    let banner = format!(
+        "qrelay listening on UDP {addr}\n  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
         certs_dir.join("ca.pem").display()
     );
-    println!("  a token for another program:  cargo run --release -- token --user alice");
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+    }
     let running = tokio::spawn(server.run());
     shutdown_signal().await;
     info!("shutting down");
