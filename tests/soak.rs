@@ -15,7 +15,9 @@
 //! room minus its own, in order, each once; every command addressed to it exactly once, except
 //! those sent while it was out of the room (only between a close and its `Recovered` event, as
 //! documented: commands are not recoverable); no rate-limit refusal; the relay's counters back
-//! to zero, the rooms gone once their history expired, RSS near its warm-up level, no panic.
+//! to zero, the rooms gone once their history expired, heap in use (a counting allocator) back
+//! near its start level and RSS (trimmed) near its warm-up level, no file descriptor leaked, no
+//! panic in any thread. `RUST_LOG` turns on the relay's and the clients' logs.
 //!
 //! Knobs (environment): `QRELAY_SOAK_SECS` (20), `QRELAY_SOAK_ROOMS` (5),
 //! `QRELAY_SOAK_STAYERS` per room (36, of which 2 slow), `QRELAY_SOAK_CHURN` slots per room (12),
@@ -133,6 +135,11 @@ fn trim() {
             malloc_trim(0);
         }
     }
+}
+
+/// File descriptors open in this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
 }
 
 /// Resident set size of this process, in KiB.
@@ -336,6 +343,8 @@ struct Tally {
     commands_many: AtomicU64,
     rate_limited: AtomicU64,
     cuts: AtomicU64,
+    /// The longest time from a cut to the slow receiver's `Recovered` event.
+    slowest_recovery_ms: AtomicU64,
     churn_logouts: AtomicU64,
     churn_closes: AtomicU64,
     churn_kills: AtomicU64,
@@ -700,6 +709,7 @@ async fn commands_to_many(ctx: Arc<Ctx>, room: usize, commander: Member, core: V
 /// A slow receiver as the commander to one sees it.
 struct Slow {
     index: u32,
+    client: Client,
     user: String,
     pause: watch::Sender<bool>,
     seen: Arc<Mutex<Seen>>,
@@ -757,10 +767,11 @@ async fn commands_to_one(
                 let body = payload("pressure", n, 1024);
                 match client.send_custom_command(&name, body, &[target.user.as_str()]).await {
                     Err(e) if e.code() == ErrorCode::UNKNOWN_TARGET_USER => {
-                        // Dropped as too slow: let it read again.
+                        // Dropped as too slow: let it read again. Its recoveries are counted
+                        // first: once it reads, it can recover within milliseconds.
                         Tally::add(&ctx.tally.cuts);
-                        let _ = target.pause.send(false);
                         let before = lock(&target.seen).recovered.len();
+                        let _ = target.pause.send(false);
                         phase = Phase::Recovering { which, since: Instant::now(), before };
                     }
                     result => {
@@ -784,9 +795,22 @@ async fn commands_to_one(
                     command_result(&ctx, room, from, Targets::Only(vec![*index]), result);
                 }
                 if lock(&slow[which].seen).recovered.len() > before {
+                    let took = since.elapsed().as_millis() as u64;
+                    ctx.tally.slowest_recovery_ms.fetch_max(took, Ordering::Relaxed);
                     phase = Phase::Normal { until: Instant::now() + SLOW_GAP };
                 } else if since.elapsed() > STEP {
-                    ctx.tally.error(format!("{} did not recover", slow[which].user));
+                    let target = &slow[which];
+                    let seen = lock(&target.seen);
+                    ctx.tally.error(format!(
+                        "{} did not recover within {STEP:?} (recovered {} before, {} now; paused {}; rooms {:?}; connected {}; {:?})",
+                        target.user,
+                        before,
+                        seen.recovered.len(),
+                        *target.pause.borrow(),
+                        target.client.rooms(),
+                        target.client.connection().is_some(),
+                        target.client.stats(),
+                    ));
                     phase = Phase::Normal { until: Instant::now() + SLOW_GAP };
                 }
             }
@@ -1035,6 +1059,11 @@ fn mib(kib: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     count_panics();
+    if std::env::var_os("RUST_LOG").is_some() {
+        let filter = tracing_subscriber::EnvFilter::from_default_env();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+    let fds_start = open_fds();
     let began = Instant::now();
     let cpu_began = cpu_secs();
     let (rss_start, live_start) = (rss_kib(), live_kib());
@@ -1101,6 +1130,7 @@ async fn soak() {
             .filter_map(|s| {
                 s.pause.as_ref().map(|pause| Slow {
                     index: s.index,
+                    client: s.client.clone(),
                     user: s.user.clone(),
                     pause: pause.clone(),
                     seen: Arc::clone(&s.seen),
@@ -1245,6 +1275,7 @@ async fn soak() {
     sampler.abort();
     let (live_end, rss_end_raw) = (live_kib(), rss_kib());
     let logs_kib = log_bytes(&ctx.logs) / 1024;
+    let fds_end = open_fds();
     let udp_drops = udp_rcvbuf_errors().saturating_sub(udp_drops_start);
     trim();
     let rss_end = rss_kib();
@@ -1283,10 +1314,11 @@ async fn soak() {
         checked.broadcasts, checked.commands, checked.commands_lost_while_out, checked.barrages,
     );
     println!(
-        "  slow receivers: {} (relay counter), {} cuts seen by the sender, {} recoveries; connections lost {}, reconnects {}; replayed duplicates dropped {}",
+        "  slow receivers: {} (relay counter), {} cuts seen by the sender, {} recoveries (slowest {} ms after the cut); connections lost {}, reconnects {}; replayed duplicates dropped {}",
         server_during.slow_receivers,
         Tally::get(&tally.cuts),
         checked.recoveries,
+        Tally::get(&tally.slowest_recovery_ms),
         checked.connection_losses,
         reconnects,
         duplicates_dropped,
@@ -1316,7 +1348,7 @@ async fn soak() {
         mib(logs_kib),
     );
     println!(
-        "  CPU {:.1} s over {:.1} s (stopping took {:.1} s)",
+        "  open file descriptors: {fds_start} at the start, {fds_end} at the end; CPU {:.1} s over {:.1} s (stopping took {:.1} s)",
         cpu,
         elapsed.as_secs_f64(),
         stopped_in.as_secs_f64(),
@@ -1356,6 +1388,10 @@ async fn soak() {
     let leftover = live_end.saturating_sub(live_start + logs_kib);
     if leftover > 16 * 1024 {
         failures.push(format!("{:.1} MiB of heap still in use after everyone left", mib(leftover)));
+    }
+    if fds_end > fds_start + 32 {
+        failures
+            .push(format!("{fds_start} file descriptors open at the start, {fds_end} at the end"));
     }
     let panics = PANICS.load(Ordering::SeqCst);
     if panics > 0 {
