@@ -17,6 +17,9 @@ const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Longest a client may delay an acknowledgement (see `transport_config`).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(20);
 
+/// Longest interval between a client's keep-alives (see `transport_config`).
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
+
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -65,8 +68,11 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
             config.stream_receive_window(VarInt::from_u32(256 * 1024));
             config.receive_window(VarInt::from_u32(1024 * 1024));
             config.send_window(128 * 1024);
-            // Keep-alives make an idle but healthy client survive the server's idle timeout.
-            config.keep_alive_interval(Some(idle_timeout / 3));
+            // Keep-alives make an idle but healthy client survive the idle timeout, which is
+            // the smaller of both sides' (unknown before the handshake): a third of ours, and
+            // at most KEEP_ALIVE_MAX, so a relay with a timeout down to 3 x KEEP_ALIVE_MAX
+            // keeps default clients.
+            config.keep_alive_interval(Some((idle_timeout / 3).min(KEEP_ALIVE_MAX)));
         }
     }
     // Incoming barrage not yet read by the application; older datagrams are dropped past this.

@@ -342,6 +342,9 @@ struct Tally {
     commands_one: AtomicU64,
     commands_many: AtomicU64,
     rate_limited: AtomicU64,
+    /// Commands refused with SLOW_RECEIVER: their only target had just been dropped as too
+    /// slow, and the sender was told (not an error).
+    commands_to_dropped: AtomicU64,
     cuts: AtomicU64,
     /// The longest time from a cut to the slow receiver's `Recovered` event.
     slowest_recovery_ms: AtomicU64,
@@ -664,6 +667,9 @@ fn command_result(
             };
             Tally::add(counter);
             lock(&ctx.logs[room]).commands.push(Accepted { id, from, to });
+        }
+        Err(e) if e.code() == ErrorCode::SLOW_RECEIVER => {
+            Tally::add(&ctx.tally.commands_to_dropped)
         }
         Err(e) => ctx.tally.failed("command", &e),
     }
@@ -1324,11 +1330,12 @@ async fn soak() {
         duplicates_dropped,
     );
     println!(
-        "  relay: {} connections accepted, {} logins, {} requests refused, {} rate-limited, {} datagrams sent; after: {} connections, {} lanes, {} rooms",
+        "  relay: {} connections accepted, {} logins, {} requests refused ({} rate-limited, {} commands whose target was just dropped as slow), {} datagrams sent; after: {} connections, {} lanes, {} rooms",
         server_during.connections_accepted,
         server_during.logins,
         server_during.requests_refused,
         Tally::get(&tally.rate_limited),
+        Tally::get(&tally.commands_to_dropped),
         server_during.datagrams_sent,
         server_after.connections_open,
         server_after.lanes_open,

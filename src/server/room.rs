@@ -321,9 +321,19 @@ impl Room {
             payload: send.payload,
         });
         let frame = frame_of(&event).ok_or_else(|| internal("command encoding"))?;
-        state.fan_out(shared, &self.name, send.user_id, LaneItem::Frame(frame), |user| {
-            to.is_empty() || to.iter().any(|t| t == user)
-        });
+        let delivered =
+            state.fan_out(shared, &self.name, send.user_id, LaneItem::Frame(frame), |user| {
+                to.is_empty() || to.iter().any(|t| t == user)
+            });
+        // Targets whose lane overflowed were removed as too slow (they get SLOW_RECEIVER);
+        // when none was reached, the sender must not be told the command was sent.
+        if delivered == 0 && !to.is_empty() {
+            return Err((
+                ErrorCode::SLOW_RECEIVER,
+                "no target could take the command: their lanes were full and they were removed"
+                    .into(),
+            ));
+        }
         Counters::bump(&shared.counters.commands);
         Ok(id)
     }
