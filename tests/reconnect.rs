@@ -323,3 +323,36 @@ async fn a_replay_never_echoes_the_receivers_own_broadcast() {
     alice.close().await;
     bob.close().await;
 }
+
+#[tokio::test]
+async fn barrage_to_a_receiver_whose_path_is_gone_is_dropped_and_counted_not_queued() {
+    let relay = TestRelay::start(test_config()).await;
+    let path = Cuttable::start(relay.addr).await;
+    // bob sits behind a path that will go away; his long idle timeout keeps the connection.
+    let (_bob, _bob_events) = client(&relay, "bob", &["lobby"], |config| {
+        config.server = path.addr;
+        config.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let (carol, mut carol_events) = client(&relay, "carol", &["lobby"], |_| {}).await;
+    let (alice, _alice_events) = client(&relay, "alice", &["lobby"], |_| {}).await;
+    path.set_cut(true);
+    // 300 barrage of 1000 bytes: far more than bob's 64 KiB datagram queue can hold while
+    // nothing reaches him.
+    let payload = bytes::Bytes::from(vec![b'b'; 1000]);
+    for _ in 0..300 {
+        assert!(within(alice.send_barrage_message("lobby", payload.clone())).await.is_ok());
+    }
+    let dropped = relay.handle.stats().datagrams_dropped_congested;
+    assert!(dropped > 0, "no barrage counted as dropped for the cut-off receiver");
+    assert!(dropped < 300, "{dropped}: some barrage fitted the queue");
+    // carol, whose path is fine, got barrage all along.
+    let mut received = 0;
+    while received == 0 {
+        if let Event::Barrages { messages, .. } = within(carol_events.next()).await.expect("event")
+        {
+            received += messages.len();
+        }
+    }
+    let _ = carol;
+}

@@ -357,6 +357,10 @@ impl Room {
         let encoded = encode_body(&datagram).map_err(internal)?;
         let counters = &shared.counters;
         for member in state.members.values().filter(|m| m.session != send.session) {
+            // quinn makes room by dropping the oldest queued datagram: count that drop.
+            if member.conn.datagram_send_buffer_space() < encoded.len() {
+                Counters::bump(&counters.datagrams_dropped_congested);
+            }
             match member.conn.send_datagram(encoded.clone()) {
                 Ok(()) => Counters::bump(&counters.datagrams_sent),
                 Err(quinn::SendDatagramError::ConnectionLost(_)) => {}

@@ -61,6 +61,9 @@ stats! {
     /// Barrage datagrams that could not be sent to a receiver (too large for the path, or the
     /// receiver does not accept datagrams).
     datagrams_unsendable,
+    /// Barrage datagrams that pushed an older one out of a congested receiver's send queue
+    /// (64 KiB per connection): each is one barrage dropped for that receiver.
+    datagrams_dropped_congested,
     /// Received datagrams that did not decode, and were dropped.
     datagrams_malformed,
     /// Connections closed for breaking the protocol (malformed or oversize frames).
