@@ -38,6 +38,15 @@ pub(crate) const HELD_BARRAGE_PER_ROOM: usize = 256;
 /// less than this; much longer and a comment would no longer be live.
 pub(crate) const HELD_BARRAGE_TTL: Duration = Duration::from_millis(500);
 
+/// How long a member that left still names the sender of a barrage: the server sends a
+/// barrage before it handles its sender's leave, but on the receiving side the lane can tell
+/// of the leave before the datagram reader has the barrage (a one-shot sender leaves right
+/// after its reply).
+pub(crate) const DEPARTED_TTL: Duration = Duration::from_secs(2);
+
+/// How many departed members a lane remembers for that ([`DEPARTED_TTL`]); the oldest goes.
+pub(crate) const DEPARTED_PER_ROOM: usize = 256;
+
 /// The rooms of one client.
 #[derive(Debug)]
 pub(crate) struct Rooms {
@@ -126,6 +135,8 @@ struct Lane {
     room_number: u32,
     /// Members by session number, from the lane's user updates.
     members: HashMap<u32, User>,
+    /// Members that left recently (when, session, who), to name late barrage senders.
+    departed: VecDeque<(Instant, u32, User)>,
 }
 
 /// What a lane reader does with one lane event.
@@ -256,8 +267,12 @@ impl Rooms {
             }
         }
         self.by_number.insert(header.room_number, id);
-        let lane =
-            Lane { room: header.room, room_number: header.room_number, members: HashMap::new() };
+        let lane = Lane {
+            room: header.room,
+            room_number: header.room_number,
+            members: HashMap::new(),
+            departed: VecDeque::new(),
+        };
         self.lanes.insert(id, lane);
     }
 
@@ -308,7 +323,12 @@ impl Rooms {
                 let users = members
                     .into_iter()
                     .map(|Member { session, user }| {
-                        lane.members.remove(&session);
+                        if let Some(gone) = lane.members.remove(&session) {
+                            if lane.departed.len() == DEPARTED_PER_ROOM {
+                                lane.departed.pop_front();
+                            }
+                            lane.departed.push_back((Instant::now(), session, gone));
+                        }
                         if let Some(joined) = joined.as_mut() {
                             joined.known.remove(&user.id);
                         }
@@ -561,7 +581,18 @@ impl Rooms {
             .get(&message.room_number)
             .and_then(|id| self.lanes.get(id))
             .ok_or(Unresolved::UnknownRoom)?;
-        let from = lane.members.get(&message.sender).ok_or(Unresolved::UnknownSender)?;
+        let departed = || {
+            let now = Instant::now();
+            lane.departed
+                .iter()
+                .rev()
+                .find(|(left, session, _)| {
+                    *session == message.sender && now.duration_since(*left) <= DEPARTED_TTL
+                })
+                .map(|(_, _, user)| user)
+        };
+        let from =
+            lane.members.get(&message.sender).or_else(departed).ok_or(Unresolved::UnknownSender)?;
         Ok((
             &lane.room,
             ReceivedBarrage {
@@ -673,14 +704,18 @@ mod tests {
         assert_eq!(message.payload, Bytes::from_static(b"hi"));
     }
 
-    #[test]
-    fn unknown_room_and_sender_are_reported() {
+    #[tokio::test(start_paused = true)]
+    async fn unknown_room_and_sender_are_reported() {
         let mut rooms = rooms(true);
         assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).err(), Some(Unresolved::UnknownRoom));
         rooms.lane_opened(1, header("lobby", 7));
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob")]));
         assert_eq!(rooms.resolve_barrage(&barrage(7, 9)).err(), Some(Unresolved::UnknownSender));
         rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")]));
+        // A barrage bob sent just before leaving still names him for a while…
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).unwrap().1.from, user("bob"));
+        tokio::time::advance(DEPARTED_TTL + Duration::from_millis(1)).await;
+        // …then no longer.
         assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).err(), Some(Unresolved::UnknownSender));
     }
 
