@@ -149,6 +149,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let common = &cli.common;
     match cli.action {
@@ -372,6 +373,13 @@ async fn start(common: &Common) -> Option<(Session, Stop)> {
 /// (connection lost and not reconnected), or no room is left. Reconnects and recoveries are
 /// printed as they happen (`connection_state`, `recovered`).
 async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
+    // Bad room names fail before connecting, in the same JSON line a refused login gets.
+    for room in &rooms {
+        if let Err(e) = qrelay::client::validate_room(room) {
+            print_json(&render::login_json(room, &Err(e)));
+            return ExitCode::FAILURE;
+        }
+    }
     let Some((session, mut stop)) = start(common).await else {
         return ExitCode::FAILURE;
     };
