@@ -111,34 +111,28 @@ async fn a_peer_that_sends_half_a_frame_and_vanishes_is_removed_after_the_idle_t
 
     // The ghost runs on its own runtime; shutting it down stops its endpoint without a word.
     let ghost_relay = relay.clone();
-    within(tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let ghost = rt.block_on(async {
-            let conn = ghost_relay.connect_raw_with_idle(Duration::from_millis(600)).await;
-            let (mut ghost, lane) =
-                ghost_relay.join(ghost_relay.raw_peer_on(conn).await, "ghost", "lobby").await;
-            // A whole request, then the first 10 bytes of a 100-byte frame, in one write: the
-            // reply to the first shows the server read up to the half frame.
-            let mut bytes = BytesMut::new();
-            let logout = RequestFrame { request: 900, body: Request::Logout { room: "x".into() } };
-            encode_frame(&logout, &mut bytes).unwrap();
-            bytes.put_u32(100);
-            bytes.put_slice(&[0; 10]);
-            ghost.write_raw(&bytes).await;
-            loop {
-                match within(ghost.control.next::<ControlFrame>()).await.unwrap() {
-                    Some(ControlFrame::Reply(reply)) if reply.request == 900 => break,
-                    Some(_) => continue,
-                    None => panic!("control stream ended"),
-                }
+    vanish(move || async move {
+        let conn = ghost_relay.connect_raw_with_idle(Duration::from_millis(600)).await;
+        let (mut ghost, lane) =
+            ghost_relay.join(ghost_relay.raw_peer_on(conn).await, "ghost", "lobby").await;
+        // A whole request, then the first 10 bytes of a 100-byte frame, in one write: the
+        // reply to the first shows the server read up to the half frame.
+        let mut bytes = BytesMut::new();
+        let logout = RequestFrame { request: 900, body: Request::Logout { room: "x".into() } };
+        encode_frame(&logout, &mut bytes).unwrap();
+        bytes.put_u32(100);
+        bytes.put_slice(&[0; 10]);
+        ghost.write_raw(&bytes).await;
+        loop {
+            match within(ghost.control.next::<ControlFrame>()).await.unwrap() {
+                Some(ControlFrame::Reply(reply)) if reply.request == 900 => break,
+                Some(_) => continue,
+                None => panic!("control stream ended"),
             }
-            (ghost, lane)
-        });
-        rt.shutdown_background();
-        std::mem::forget(ghost);
-    }))
-    .await
-    .unwrap();
+        }
+        (ghost, lane)
+    })
+    .await;
 
     assert!(
         matches!(next_event(&mut lane).await, LaneEvent::UsersJoined(m) if m[0].user.id == "ghost")

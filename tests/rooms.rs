@@ -215,17 +215,11 @@ async fn a_vanished_client_is_removed_after_the_idle_timeout() {
     // The ghost lives on its own runtime on another thread; shutting that runtime down stops
     // its endpoint without sending anything, exactly like a client whose network vanished.
     let ghost_relay = relay.clone();
-    within(tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let ghost = rt.block_on(async {
-            let conn = ghost_relay.connect_raw_with_idle(Duration::from_millis(600)).await;
-            ghost_relay.join(ghost_relay.raw_peer_on(conn).await, "ghost", "lobby").await
-        });
-        rt.shutdown_background();
-        std::mem::forget(ghost);
-    }))
-    .await
-    .unwrap();
+    vanish(move || async move {
+        let conn = ghost_relay.connect_raw_with_idle(Duration::from_millis(600)).await;
+        ghost_relay.join(ghost_relay.raw_peer_on(conn).await, "ghost", "lobby").await
+    })
+    .await;
     assert!(
         matches!(next_event(&mut lane).await, LaneEvent::UsersJoined(m) if m[0].user.id == "ghost")
     );

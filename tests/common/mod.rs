@@ -190,6 +190,25 @@ impl RawPeer {
     }
 }
 
+/// Runs `make` on a runtime of its own on another thread, then stops that runtime without
+/// letting it send anything more: the peers `make` created vanish as if their network went
+/// away (no close, no FIN), and the relay has to notice by its idle timeout.
+pub async fn vanish<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future,
+{
+    within(tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ghost = rt.block_on(make());
+        rt.shutdown_background();
+        // Dropping the ghost's handles could try to close; it must not get the chance.
+        std::mem::forget(ghost);
+    }))
+    .await
+    .unwrap();
+}
+
 /// The next broadcast batch on a lane, skipping user updates.
 pub async fn next_broadcasts(lane: &mut FrameReader) -> Vec<qrelay::protocol::BroadcastMessage> {
     loop {
