@@ -184,7 +184,7 @@ async fn connections_beyond_the_per_address_limit_are_refused() {
         }
     })
     .await;
-    let (mut dave, _) = relay.raw_member("dave", "lobby").await;
+    let (mut dave, _lane) = relay.raw_member("dave", "lobby").await;
     assert!(matches!(dave.broadcast("lobby", b"in again").await, Outcome::Sent { .. }));
 }
 

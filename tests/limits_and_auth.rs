@@ -30,7 +30,7 @@ fn login(room: &str, id: &str, name: &str, token: String) -> Request {
 #[tokio::test]
 async fn payload_size_rules() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     let send = |len: usize| Request::Broadcast {
         room: "lobby".into(),
         payload: Bytes::from(vec![b'a'; len]),
@@ -173,12 +173,12 @@ async fn a_full_room_refuses_the_next_member() {
     let mut config = test_config();
     config.max_members_per_room = 2;
     let relay = TestRelay::start(config).await;
-    let (_a, _) = relay.raw_member("a", "lobby").await;
-    let (_b, _) = relay.raw_member("b", "lobby").await;
+    let (_a, _lane) = relay.raw_member("a", "lobby").await;
+    let (_b, _lane) = relay.raw_member("b", "lobby").await;
     let mut c = relay.raw_peer().await;
     assert_eq!(code(c.login(&relay, "c", "lobby").await), ErrorCode::ROOM_FULL);
     // The same user replacing its session does not count as a new member.
-    let (_a2, _) = relay.raw_member("a", "lobby").await;
+    let (_a2, _lane) = relay.raw_member("a", "lobby").await;
 }
 
 #[tokio::test]
@@ -200,9 +200,13 @@ async fn sends_over_a_limit_get_a_rate_limit_result_and_the_connection_stays() {
     config.limits.command_to_one_per_user = 3.0;
     config.limits.login_per_room = 0.0;
     let relay = TestRelay::start(config).await;
-    let mut members = Vec::new();
+    let (mut members, mut lanes) = (Vec::new(), Vec::new());
     for i in 0..6 {
-        members.push(relay.raw_member(&format!("u{i}"), "lobby").await.0);
+        // A dropped lane reader stops the stream, and the relay then removes the member: keep
+        // the lanes.
+        let (member, lane) = relay.raw_member(&format!("u{i}"), "lobby").await;
+        members.push(member);
+        lanes.push(lane);
     }
     // Per user: 2 broadcasts pass, the third is refused.
     assert!(matches!(members[0].broadcast("lobby", b"1").await, Outcome::Sent { .. }));
@@ -249,4 +253,19 @@ async fn logins_over_the_room_limit_are_refused() {
     assert!(matches!(peers[2].login(&relay, "c", "other").await, Outcome::LoggedIn { .. }));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(matches!(peers[2].login(&relay, "c", "lobby").await, Outcome::LoggedIn { .. }));
+}
+
+#[tokio::test]
+async fn a_token_that_never_expires_is_accepted_without_a_warning() {
+    let relay = TestRelay::start(test_config()).await;
+    let mut peer = relay.raw_peer().await;
+    let forever = relay
+        .tokens
+        .sign(&Claims { sub: "alice".into(), exp: u64::MAX, iat: 0, rooms: None, publish: true })
+        .unwrap();
+    assert!(matches!(
+        peer.request(login("lobby", "alice", "A", forever)).await,
+        Outcome::LoggedIn { .. }
+    ));
+    assert!(matches!(peer.broadcast("lobby", b"still served").await, Outcome::Sent { .. }));
 }

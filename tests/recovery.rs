@@ -64,7 +64,7 @@ async fn send_n(sender: &mut RawPeer, room: &str, n: usize) {
 #[tokio::test]
 async fn a_receiver_that_logs_in_again_gets_exactly_what_it_missed() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut sender, _) = relay.raw_member("alice", "lobby").await;
+    let (mut sender, _lane) = relay.raw_member("alice", "lobby").await;
     let mut bob = relay.raw_peer().await;
     let (header, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
     send_n(&mut sender, "lobby", 5).await;
@@ -90,7 +90,7 @@ async fn a_history_too_short_reports_the_missing_range() {
     let mut config = test_config();
     config.history_size = 3;
     let relay = TestRelay::start(config).await;
-    let (mut sender, _) = relay.raw_member("alice", "lobby").await;
+    let (mut sender, _lane) = relay.raw_member("alice", "lobby").await;
     let epoch = {
         let mut bob = relay.raw_peer().await;
         let (header, _lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
@@ -107,7 +107,7 @@ async fn a_history_too_short_reports_the_missing_range() {
 #[tokio::test]
 async fn another_epoch_replays_the_current_history_and_says_it_is_incomplete() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut sender, _) = relay.raw_member("alice", "lobby").await;
+    let (mut sender, _lane) = relay.raw_member("alice", "lobby").await;
     send_n(&mut sender, "lobby", 2).await;
     let mut bob = relay.raw_peer().await;
     let stale = Recover { epoch: 12345, last_id: 40 };
@@ -122,7 +122,7 @@ async fn an_empty_room_keeps_its_history_until_it_expires() {
     let mut config = test_config();
     config.history_ttl_secs = 1;
     let relay = TestRelay::start(config).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     let mut bob = relay.raw_peer().await;
     let (header, _lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
     send_n(&mut alice, "lobby", 3).await;
@@ -152,7 +152,7 @@ async fn a_receiver_that_stops_reading_is_cut_loose_explicitly_and_recovers() {
     config.history_size = 2000;
     config.lane_queue = 2100;
     let relay = TestRelay::start(config).await;
-    let (mut sender, _) = relay.raw_member("alice", "lobby").await;
+    let (mut sender, _lane) = relay.raw_member("alice", "lobby").await;
     let (_watcher, mut watcher_lane) = relay.raw_member("carol", "lobby").await;
     let mut bob = relay.raw_peer().await;
     let (header, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
@@ -212,7 +212,7 @@ async fn a_receiver_that_stops_reading_is_cut_loose_explicitly_and_recovers() {
 #[tokio::test]
 async fn a_recovering_sender_does_not_get_its_own_broadcasts_back() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     let mut bob = relay.raw_peer().await;
     let (header, _lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
     send_n(&mut alice, "lobby", 1).await; // 1
@@ -231,7 +231,7 @@ async fn after_an_epoch_change_missed_stays_unknown_even_with_a_trimmed_history(
     let mut config = test_config();
     config.history_size = 2;
     let relay = TestRelay::start(config).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     send_n(&mut alice, "lobby", 5).await;
     let mut bob = relay.raw_peer().await;
     let stale = Recover { epoch: 1, last_id: 3 };

@@ -87,7 +87,7 @@ async fn broadcast_reaches_every_other_member_once_in_order_and_nobody_else() {
 #[tokio::test]
 async fn received_messages_carry_payload_id_time_and_sender() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
     let before = qrelay::server::now_ms();
     sent_id(alice.broadcast("lobby", b"hello").await);
@@ -142,7 +142,7 @@ async fn custom_command_reaches_listed_users_or_everyone_else() {
     }
     // The sender gets neither (listing yourself is skipped); a later broadcast from bob is the
     // first non-user event on alice's lane.
-    let (mut bob2, _) = relay.raw_member("bob2", "lobby").await;
+    let (mut bob2, _lane) = relay.raw_member("bob2", "lobby").await;
     sent_id(bob2.broadcast("lobby", b"marker").await);
     assert_eq!(next_broadcasts(&mut alice_lane).await[0].payload, Bytes::from_static(b"marker"));
 
@@ -251,8 +251,8 @@ async fn one_connection_joins_several_rooms_up_to_the_maximum() {
     assert_eq!(refused_code(alice.login(&relay, "bob", "d").await), ErrorCode::USER_MISMATCH);
 
     // Messages in each room arrive on that room's lane.
-    let (mut bob, _) = relay.raw_member("bob", "a").await;
-    let (mut carol, _) = relay.raw_member("carol", "b").await;
+    let (mut bob, _lane) = relay.raw_member("bob", "a").await;
+    let (mut carol, _lane) = relay.raw_member("carol", "b").await;
     sent_id(bob.broadcast("a", b"to a").await);
     sent_id(carol.broadcast("b", b"to b").await);
     assert_eq!(next_broadcasts(&mut lanes[0].1).await[0].payload, Bytes::from_static(b"to a"));
@@ -349,7 +349,7 @@ async fn barrage_travels_as_datagrams_both_ways() {
 #[tokio::test]
 async fn closing_the_control_stream_closes_the_connection_normally() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut peer, _) = relay.raw_member("alice", "lobby").await;
+    let (mut peer, _lane) = relay.raw_member("alice", "lobby").await;
     peer.send.finish().unwrap();
     assert_eq!(close_code(&peer.conn).await, u64::from(close::NORMAL));
 }
@@ -369,7 +369,7 @@ async fn shutdown_ends_lanes_and_closes_connections_with_documented_codes() {
 #[tokio::test]
 async fn a_command_addressed_only_to_its_sender_is_refused_not_sent_to_everyone() {
     let relay = TestRelay::start(test_config()).await;
-    let (mut alice, _) = relay.raw_member("alice", "lobby").await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
     let (mut bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
     let own =
         Request::Command { room: "lobby".into(), to: vec!["alice".into()], payload: "me".into() };
@@ -396,7 +396,7 @@ async fn connections_over_the_limit_are_refused_at_the_handshake() {
     let mut config = test_config();
     config.max_connections = 1;
     let relay = TestRelay::start(config).await;
-    let (mut first, _) = relay.raw_member("alice", "lobby").await;
+    let (mut first, _lane) = relay.raw_member("alice", "lobby").await;
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(
         qrelay::transport::client_config(std::slice::from_ref(&relay.ca), Duration::from_secs(5))
@@ -406,4 +406,41 @@ async fn connections_over_the_limit_are_refused_at_the_handshake() {
     assert!(matches!(second, Err(quinn::ConnectionError::ConnectionClosed(_))), "{second:?}");
     assert_eq!(relay.handle.stats().connections_refused, 1);
     sent_id(first.broadcast("lobby", b"still served").await);
+}
+
+#[tokio::test]
+async fn a_member_that_stops_its_lane_is_removed_and_the_others_told() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _alice_lane) = relay.raw_member("alice", "lobby").await;
+    let (_carol, mut carol_lane) = relay.raw_member("carol", "lobby").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    // bob's client stops reading the lane (STOP_SENDING): nothing can reach him through it.
+    bob_lane.stream_mut().stop(0u32.into()).unwrap();
+    let mut told = false;
+    for _ in 0..50 {
+        sent_id(alice.broadcast("lobby", b"x").await);
+        loop {
+            match next_event(&mut carol_lane).await {
+                LaneEvent::UsersLeft(members) if members[0].user.id == "bob" => told = true,
+                LaneEvent::Broadcasts(_) => break,
+                _ => continue,
+            }
+        }
+        if told {
+            break;
+        }
+    }
+    assert!(told, "carol was never told that bob left");
+    assert_eq!(refused_code(command_to_bob(&relay).await), ErrorCode::UNKNOWN_TARGET_USER);
+}
+
+/// A command to bob from a new member: refused once bob is no longer in the room.
+async fn command_to_bob(relay: &TestRelay) -> Outcome {
+    let (mut dave, _dave_lane) = relay.raw_member("dave", "lobby").await;
+    dave.request(Request::Command {
+        room: "lobby".into(),
+        to: vec!["bob".into()],
+        payload: "hi".into(),
+    })
+    .await
 }

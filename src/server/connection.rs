@@ -406,8 +406,10 @@ impl ConnState {
         let now = SystemTime::now();
         let warn_secs = self.shared.config.token_warning_secs;
         let until_warning = claims.exp.saturating_sub(warn_secs).saturating_sub(unix_seconds(now));
-        self.token_warning =
-            Some((Instant::now() + Duration::from_secs(until_warning), claims.exp));
+        // A token that never expires in practice (exp near u64::MAX) gets no warning.
+        self.token_warning = Instant::now()
+            .checked_add(Duration::from_secs(until_warning))
+            .map(|at| (at, claims.exp));
         self.claims = Some(claims);
     }
 

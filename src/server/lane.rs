@@ -36,9 +36,15 @@ pub struct Lane {
     close: Arc<OnceLock<(ErrorCode, String)>>,
 }
 
-/// The queue was full: the receiver is too slow.
+/// Why an event could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaneFull;
+pub enum PushError {
+    /// The queue was full: the receiver is too slow.
+    Full,
+    /// The writer has ended (the stream failed or the peer stopped it): nothing reaches the
+    /// receiver through this lane any more.
+    Gone,
+}
 
 impl Lane {
     /// A lane with room for `depth` queued events, and the receiving half for its writer.
@@ -48,12 +54,12 @@ impl Lane {
         (Lane { tx, close: close.clone() }, LaneQueue { rx, close })
     }
 
-    /// Queues an event without waiting. A lane whose writer has already ended (its connection is
-    /// gone) takes the event and drops it: the connection's cleanup removes the member.
-    pub fn push(&self, item: LaneItem) -> Result<(), LaneFull> {
+    /// Queues an event without waiting.
+    pub fn push(&self, item: LaneItem) -> Result<(), PushError> {
         match self.tx.try_send(item) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(LaneFull),
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Gone),
         }
     }
 

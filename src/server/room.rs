@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::Shared;
-use super::lane::{Lane, LaneItem, LaneQueue};
+use super::lane::{Lane, LaneItem, LaneQueue, PushError};
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
@@ -199,8 +199,10 @@ impl Room {
             command_many_bucket: TokenBucket::new(limits.command_to_many_per_user),
         };
         let joined = entry.member();
-        state.fan_out_users(shared, &self.name, joined, true, &user.id);
+        // Insert first: should announcing the join remove a slow member, the newcomer (who
+        // was just listed that member) hears that it left, too.
         state.members.insert(user.id.clone(), entry);
+        state.fan_out_users(shared, &self.name, joined, true, &user.id);
         debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
         Ok(queue)
     }
@@ -320,6 +322,11 @@ impl Room {
             from,
             payload: send.payload,
         });
+        let targets = state
+            .members
+            .keys()
+            .filter(|id| id.as_str() != send.user_id && (to.is_empty() || to.contains(id)))
+            .count();
         let frame = frame_of(&event).ok_or_else(|| internal("command encoding"))?;
         let delivered =
             state.fan_out(shared, &self.name, send.user_id, LaneItem::Frame(frame), |user| {
@@ -327,7 +334,7 @@ impl Room {
             });
         // Targets whose lane overflowed were removed as too slow (they get SLOW_RECEIVER);
         // when none was reached, the sender must not be told the command was sent.
-        if delivered == 0 && !to.is_empty() {
+        if delivered == 0 && targets > 0 {
             return Err((
                 ErrorCode::SLOW_RECEIVER,
                 "no target could take the command: their lanes were full and they were removed"
@@ -415,7 +422,7 @@ impl RoomState {
         item: LaneItem,
         wanted: impl Fn(&str) -> bool,
     ) -> usize {
-        let mut slow = Vec::new();
+        let mut failed = Vec::new();
         let mut delivered = 0;
         for (id, member) in &self.members {
             if id == except || !wanted(id) {
@@ -423,19 +430,45 @@ impl RoomState {
             }
             match member.lane.push(item.clone()) {
                 Ok(()) => delivered += 1,
-                Err(_) => slow.push(id.clone()),
+                Err(why) => failed.push((id.clone(), why)),
             }
         }
-        for id in slow {
-            if let Some(entry) = self.members.remove(&id) {
-                Counters::bump(&shared.counters.slow_receivers);
-                info!(room, user = %id, "receiver too slow: lane closed");
-                let left = entry.member();
-                entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
-                self.fan_out_users(shared, room, left, false, "");
-            }
-        }
+        self.remove_unreachable(shared, room, failed);
         delivered
+    }
+
+    /// Removes members whose lane could not take an event, and tells the others they left.
+    /// Telling them can overflow more lanes: this repeats (a loop, not recursion, so a chain
+    /// of slow receivers cannot exhaust the stack) until nobody else fails.
+    fn remove_unreachable(
+        &mut self,
+        shared: &Shared,
+        room: &str,
+        mut failed: Vec<(String, PushError)>,
+    ) {
+        while !failed.is_empty() {
+            let mut left = Vec::new();
+            for (id, why) in failed.drain(..) {
+                let Some(entry) = self.members.remove(&id) else { continue };
+                if why == PushError::Full {
+                    Counters::bump(&shared.counters.slow_receivers);
+                    info!(room, user = %id, "receiver too slow: lane closed");
+                } else {
+                    info!(room, user = %id, "lane writer ended: member removed");
+                }
+                left.push(entry.member());
+                entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
+            }
+            for chunk in left.chunks(MAX_USERS_PER_UPDATE) {
+                let Some(frame) = frame_of(&LaneEvent::UsersLeft(chunk.to_vec())) else { continue };
+                for (id, member) in &self.members {
+                    if let Err(why) = member.lane.push(LaneItem::Frame(frame.clone())) {
+                        failed.push((id.clone(), why));
+                    }
+                }
+            }
+            failed.dedup_by(|a, b| a.0 == b.0);
+        }
     }
 
     /// Tells every member except `except` that `member` joined or left.
