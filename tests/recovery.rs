@@ -239,3 +239,40 @@ async fn after_an_epoch_change_missed_stays_unknown_even_with_a_trimmed_history(
     assert_eq!(recovered(&mut lane).await, (false, None, 2));
     assert_eq!(broadcast_ids(&mut lane, 2).await, vec![4, 5]);
 }
+
+#[tokio::test]
+async fn a_receiver_that_takes_nothing_for_the_stall_limit_is_cut_loose() {
+    let mut config = test_config();
+    config.lane_stall_ms = 1000;
+    let relay = TestRelay::start(config).await;
+    let (mut alice, _alice_lane) = relay.raw_member("alice", "lobby").await;
+    let (_carol, mut carol_lane) = relay.raw_member("carol", "lobby").await;
+    // bob's connection stays alive (keep-alives) but he never reads his lane.
+    let conn = relay.connect_raw_with_idle(std::time::Duration::from_millis(1000)).await;
+    let (_bob, _bob_lane) = relay.join(relay.raw_peer_on(conn).await, "bob", "lobby").await;
+    let carol = tokio::spawn(async move {
+        loop {
+            if let LaneEvent::UsersLeft(members) = next_event(&mut carol_lane).await
+                && members[0].user.id == "bob"
+            {
+                return;
+            }
+        }
+    });
+    // Fill bob's stream window (256 KiB), then keep the room busy until the relay gives up on
+    // his stalled lane and removes him.
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    for _ in 0..400 {
+        let outcome = alice
+            .request(Request::Broadcast { room: "lobby".into(), payload: payload.clone() })
+            .await;
+        assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+    }
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !carol.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "bob's stalled lane was never given up");
+        send_n(&mut alice, "lobby", 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay.handle.stats().slow_receivers, 0, "removed for the stall, not a full queue");
+}

@@ -57,6 +57,11 @@ pub struct ServerConfig {
     /// Seconds a broadcast stays in the history; an empty room lives until its history
     /// expires. Default 300.
     pub history_ttl_secs: u64,
+    /// Milliseconds a room lane may make no progress at all (the client withholds QUIC flow
+    /// control) before the relay resets it with `SLOW_RECEIVER` and removes the member: the
+    /// client's unread data on that lane is lost, so the client re-logs in with recovery.
+    /// Default 60000.
+    pub lane_stall_ms: u64,
     /// Frequency limits.
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             udp_buffer_bytes: 0,
             history_size: 500,
             history_ttl_secs: 300,
+            lane_stall_ms: 60_000,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
         }
@@ -95,8 +101,8 @@ impl ServerConfig {
 
     /// Checks values that would make the relay unusable.
     pub fn validate(&self) -> Result<(), String> {
-        if self.idle_timeout_ms == 0 {
-            return Err("idle_timeout_ms must be above 0".into());
+        if self.idle_timeout_ms == 0 || self.lane_stall_ms == 0 {
+            return Err("idle_timeout_ms and lane_stall_ms must be above 0".into());
         }
         if self.max_rooms_per_connection == 0 || self.max_members_per_room == 0 {
             return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -18,7 +19,7 @@ use crate::protocol::{
 const WRITE_BUDGET: usize = 64 * 1024;
 
 /// How long a finished lane waits for the peer to acknowledge its last bytes.
-const FINISH_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const FINISH_LINGER: Duration = Duration::from_secs(2);
 
 /// One queued lane event.
 #[derive(Debug, Clone)]
@@ -85,14 +86,18 @@ pub async fn run_writer(
 ) {
     shared.counters.lanes_open.fetch_add(1, Ordering::Relaxed);
     let _open = LaneGuard(&shared);
-    let Ok(mut send) = conn.open_uni().await else {
+    // A peer that takes nothing from this lane for `lane_stall_ms` is not coming back for it:
+    // the writer gives up (its queue is dropped, and the room removes the member at its next
+    // event) rather than hold the queue until the connection ends.
+    let stall = Duration::from_millis(shared.config.lane_stall_ms);
+    let Ok(Ok(mut send)) = tokio::time::timeout(stall, conn.open_uni()).await else {
         return;
     };
     // Buffers grow on first use: an idle lane holds no write buffer.
     let mut buf = BytesMut::new();
     // The header goes out at once: a stream is invisible to the peer until data is written.
     if encode_frame(&header, &mut buf).is_err()
-        || send.write_chunk(buf.split().freeze()).await.is_err()
+        || !write_or_give_up(&mut send, buf.split().freeze(), stall).await
     {
         return;
     }
@@ -120,14 +125,14 @@ pub async fn run_writer(
         flush_batch(&mut pending, &mut buf);
         trace!(room = %header.room, bytes = buf.len(), "lane write");
         // The filled part goes to quinn as is (no copy); `buf` keeps only spare capacity.
-        if send.write_chunk(buf.split().freeze()).await.is_err() {
+        if !write_or_give_up(&mut send, buf.split().freeze(), stall).await {
             return;
         }
     }
     if let Some((code, detail)) = queue.close.get() {
         let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
         if encode_frame(&event, &mut buf).is_ok()
-            && send.write_chunk(buf.split().freeze()).await.is_err()
+            && !write_or_give_up(&mut send, buf.split().freeze(), stall).await
         {
             return;
         }
@@ -137,6 +142,19 @@ pub async fn run_writer(
         // Hold the connection until the peer has the final events: dropping the last handle
         // of a connection closes it, which could cut off the `Closed` event in flight.
         let _ = tokio::time::timeout(FINISH_LINGER, send.stopped()).await;
+    }
+}
+
+/// Writes `bytes`; `false` when the stream failed, or when the peer took none of it for
+/// `stall` (its flow control withheld): the stream is then reset with `SLOW_RECEIVER`.
+async fn write_or_give_up(send: &mut quinn::SendStream, bytes: Bytes, stall: Duration) -> bool {
+    match tokio::time::timeout(stall, send.write_chunk(bytes)).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            debug!("lane write stalled: stream reset");
+            let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::SLOW_RECEIVER.0));
+            false
+        }
     }
 }
 
