@@ -148,14 +148,25 @@ pub async fn run_writer(
 /// Writes `bytes`; `false` when the stream failed, or when the peer took none of it for
 /// `stall` (its flow control withheld): the stream is then reset with `SLOW_RECEIVER`.
 async fn write_or_give_up(send: &mut quinn::SendStream, bytes: Bytes, stall: Duration) -> bool {
-    match tokio::time::timeout(stall, send.write_chunk(bytes)).await {
-        Ok(written) => written.is_ok(),
-        Err(_) => {
-            debug!("lane write stalled: stream reset");
-            let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::SLOW_RECEIVER.0));
-            false
+    let stalled = {
+        let mut write = std::pin::pin!(send.write_chunk(bytes));
+        // Most writes complete at once: arm the stall timer only for one that has to wait.
+        let waker = std::task::Waker::noop();
+        if let std::task::Poll::Ready(written) =
+            write.as_mut().poll(&mut std::task::Context::from_waker(waker))
+        {
+            return written.is_ok();
         }
+        match tokio::time::timeout(stall, write).await {
+            Ok(written) => return written.is_ok(),
+            Err(_) => true,
+        }
+    };
+    if stalled {
+        debug!("lane write stalled: stream reset");
+        let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::SLOW_RECEIVER.0));
     }
+    false
 }
 
 /// Takes a lane off `lanes_open` when its writer ends.
