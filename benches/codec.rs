@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench --bench codec`.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -168,14 +170,7 @@ fn codec(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // Short runs, no plots, fewer bootstrap resamples: the whole `cargo bench` stays within
-    // a few minutes on 2 cores.
-    Criterion::default()
-        .without_plots()
-        .nresamples(20_000)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(800))
-        .sample_size(30)
+    common::short_runs(Duration::from_millis(300), Duration::from_millis(800), 30)
 }
 
 criterion_group! {

@@ -96,14 +96,7 @@ fn fanout(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // Short runs, no plots, fewer bootstrap resamples: the whole `cargo bench` stays within
-    // a few minutes on 2 cores.
-    Criterion::default()
-        .without_plots()
-        .nresamples(20_000)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(20)
+    common::short_runs(Duration::from_secs(1), Duration::from_secs(4), 20)
 }
 
 criterion_group! {

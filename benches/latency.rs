@@ -104,14 +104,7 @@ fn latency(c: &mut Criterion) {
 const BARRAGE_WAIT: Duration = Duration::from_millis(500);
 
 fn config() -> Criterion {
-    // Short runs, no plots, fewer bootstrap resamples: the whole `cargo bench` stays within
-    // a few minutes on 2 cores.
-    Criterion::default()
-        .without_plots()
-        .nresamples(20_000)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
+    common::short_runs(Duration::from_secs(1), Duration::from_secs(3), 30)
 }
 
 criterion_group! {

@@ -17,6 +17,21 @@ use rustls::pki_types::CertificateDer;
 /// otherwise hang it).
 pub const STEP: Duration = Duration::from_secs(10);
 
+/// Criterion settings for this project's benches: short runs, no plots, fewer bootstrap
+/// resamples, so that the whole `cargo bench` stays within a few minutes on 2 cores.
+pub fn short_runs(
+    warm_up: Duration,
+    measurement: Duration,
+    samples: usize,
+) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .without_plots()
+        .nresamples(20_000)
+        .warm_up_time(warm_up)
+        .measurement_time(measurement)
+        .sample_size(samples)
+}
+
 /// A relay on 127.0.0.1 on its own thread.
 pub struct BenchRelay {
     relay: RelayThread,

@@ -205,13 +205,8 @@ impl Client {
     /// `RoomClosed` event follows.
     pub async fn logout_room(&self, room: &str) -> Result<(), ClientError> {
         validate_room(room)?;
-        let connection = match self.shared().connection() {
-            Ok(connection) => connection,
-            Err(error) if self.shared().closed().is_some() => return Err(error),
-            Err(_) => {
-                lock(&self.shared().rooms).logged_out(room);
-                return Ok(());
-            }
+        let Some(connection) = self.connection_or(|rooms| rooms.logged_out(room))? else {
+            return Ok(());
         };
         let request = Request::Logout { room: room.to_owned() };
         let result = match connection.request(request).await? {
@@ -286,13 +281,8 @@ impl Client {
     /// then; a refusal closes the room with [`Event::RoomClosed`]): this succeeds.
     pub async fn renew_token(&self, token: &str) -> Result<(), ClientError> {
         check_token(token)?;
-        let connection = match self.shared().connection() {
-            Ok(connection) => connection,
-            Err(error) if self.shared().closed().is_some() => return Err(error),
-            Err(_) => {
-                lock(&self.shared().rooms).renewed(token);
-                return Ok(());
-            }
+        let Some(connection) = self.connection_or(|rooms| rooms.renewed(token))? else {
+            return Ok(());
         };
         let request = Request::RenewToken { token: token.to_owned() };
         match connection.request(request).await? {
@@ -338,6 +328,22 @@ impl Client {
         if self.handle.owns_endpoint {
             let endpoint = &self.shared().endpoint;
             let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+        }
+    }
+
+    /// The current connection; while reconnecting, applies `offline` to the rooms instead
+    /// (it takes effect with the re-logins) and returns `None`. Fails once the client ended.
+    fn connection_or(
+        &self,
+        offline: impl FnOnce(&mut rooms::Rooms),
+    ) -> Result<Option<Arc<Connection>>, ClientError> {
+        match self.shared().connection() {
+            Ok(connection) => Ok(Some(connection)),
+            Err(error) if self.shared().closed().is_some() => Err(error),
+            Err(_) => {
+                offline(&mut lock(&self.shared().rooms));
+                Ok(None)
+            }
         }
     }
 
