@@ -193,6 +193,14 @@ impl FrameReader {
         }
     }
 
+    /// Whether [`next`](Self::next) would return without waiting: a whole frame, or the
+    /// length prefix of one that is too long, is already buffered.
+    pub fn has_buffered_frame(&self) -> bool {
+        let Some(prefix) = self.buf.first_chunk::<4>() else { return false };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        len > self.max || self.buf.len() - prefix.len() >= len
+    }
+
     /// The underlying stream (to stop or reset it).
     pub fn stream_mut(&mut self) -> &mut RecvStream {
         &mut self.stream

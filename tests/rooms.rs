@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use qrelay::protocol::{
     ControlFrame, ErrorCode, LaneEvent, MAX_PAYLOAD, MAX_ROOM_ID, MAX_USER_ID, MAX_USER_NAME,
-    Outcome, Request, ServerDatagram, User, close, decode_datagram,
+    Outcome, Request, RequestFrame, ServerDatagram, User, close, decode_datagram, encode_frame,
 };
 use qrelay::transport::FrameReader;
 
@@ -82,6 +82,63 @@ async fn broadcast_reaches_every_other_member_once_in_order_and_nobody_else() {
         vec![(1, "erin".into(), "room2 first".into())]
     );
     assert_eq!(relay.handle.stats().broadcast_deliveries, 2 * N + 2 + 1);
+}
+
+/// Writes `n` broadcast requests to `room` in one write, without waiting for their results,
+/// and returns the results in order.
+async fn pipelined_broadcasts(peer: &mut RawPeer, room: &str, tag: &str, n: u32) -> Vec<Outcome> {
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=n {
+        let payload = Bytes::from(format!("{tag}{i}"));
+        let body = Request::Broadcast { room: room.into(), payload };
+        encode_frame(&RequestFrame { request: 1000 + i, body }, &mut burst).unwrap();
+    }
+    peer.write_raw(&burst).await;
+    let mut outcomes = Vec::new();
+    while outcomes.len() < n as usize {
+        match within(peer.control.next::<ControlFrame>()).await.unwrap() {
+            Some(ControlFrame::Reply(reply)) => outcomes.push(reply.outcome),
+            Some(_) => continue,
+            None => panic!("control stream ended"),
+        }
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn pipelined_bursts_arrive_batched_in_order_and_never_back_to_their_author() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, mut alice_lane) = relay.raw_member("alice", "room1").await;
+    let (mut bob, mut bob_lane) = relay.raw_member("bob", "room1").await;
+    let (_carol, mut carol_lane) = relay.raw_member("carol", "room1").await;
+
+    const N: u32 = 20;
+    let (from_alice, from_bob) = tokio::join!(
+        pipelined_broadcasts(&mut alice, "room1", "a", N),
+        pipelined_broadcasts(&mut bob, "room1", "b", N),
+    );
+    let mut ids: Vec<u64> = from_alice.into_iter().chain(from_bob).map(sent_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=2 * u64::from(N)).collect::<Vec<_>>(), "every broadcast accepted once");
+
+    // carol gets all 40 in ID order, in fewer events than messages (bursts share batches).
+    let mut batches = 0;
+    let mut got = Vec::new();
+    while got.len() < 2 * N as usize {
+        batches += 1;
+        got.extend(next_broadcasts(&mut carol_lane).await.into_iter().map(|m| (m.id, m.from.id)));
+    }
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "in ID order, once each");
+    assert!(batches < 2 * N, "a pipelined burst is delivered in batches, got {batches} events");
+    // Each author gets exactly the other's messages, in order, none of its own.
+    for (lane, other) in [(&mut alice_lane, "bob"), (&mut bob_lane, "alice")] {
+        let theirs: Vec<u64> =
+            got.iter().filter(|(_, from)| from == other).map(|(id, _)| *id).collect();
+        let received = collect_broadcasts(lane, N as usize).await;
+        assert!(received.iter().all(|(_, from, _)| from == other), "{received:?}");
+        assert_eq!(received.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), theirs);
+    }
+    assert_eq!(relay.handle.stats().broadcast_deliveries, 4 * u64::from(N));
 }
 
 #[tokio::test]

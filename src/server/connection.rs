@@ -53,6 +53,7 @@ pub async fn serve(
         user: None,
         claims: None,
         rooms: HashMap::new(),
+        unflushed: Vec::new(),
         token_warning: None,
     };
     state.run(shutdown).instrument(span.clone()).await;
@@ -68,6 +69,8 @@ struct ConnState {
     /// Claims of the newest verified token; `None` in insecure dev-auth mode.
     claims: Option<Claims>,
     rooms: HashMap<String, Arc<Room>>,
+    /// Rooms with broadcasts of this connection's not yet flushed to their lanes.
+    unflushed: Vec<Arc<Room>>,
     /// When to send `TokenWillExpire`, and the expiry it announces.
     token_warning: Option<(Instant, u64)>,
 }
@@ -95,7 +98,15 @@ impl ConnState {
             let warn_at = self.token_warning.map(|(at, _)| at);
             let reply = tokio::select! {
                 frame = reader.next::<RequestFrame>() => match frame {
-                    Ok(Some(frame)) => Some(self.handle_request(frame)),
+                    Ok(Some(frame)) => {
+                        let reply = self.handle_request(frame);
+                        // A burst of requests is handled whole before its broadcasts go out
+                        // together: one flush per receiver, not one per message.
+                        if !reader.has_buffered_frame() {
+                            self.flush_rooms();
+                        }
+                        Some(reply)
+                    }
                     Ok(None) => {
                         debug!("control stream finished: closing");
                         self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
@@ -156,14 +167,27 @@ impl ConnState {
                 self.login(room, user, &token, recover)
             }
             Request::Logout { room } => self.logout(&room),
-            Request::Broadcast { room, payload } => self
-                .sender_room(&room, &payload)
-                .and_then(|(room, send)| room.broadcast(&self.shared, send))
-                .map(|message_id| Outcome::Sent { message_id }),
+            Request::Broadcast { room, payload } => self.broadcast(&room, &payload),
             Request::Command { room, to, payload } => self.command(&room, to, payload),
             Request::RenewToken { token } => self.renew_token(&token),
         };
         self.reply(frame.request, outcome)
+    }
+
+    fn broadcast(&mut self, room: &str, payload: &Bytes) -> Result<Outcome, Refusal> {
+        let (joined, send) = self.sender_room(room, payload)?;
+        let message_id = joined.broadcast(&self.shared, send)?;
+        if !self.unflushed.iter().any(|r| Arc::ptr_eq(r, &joined)) {
+            self.unflushed.push(joined);
+        }
+        Ok(Outcome::Sent { message_id })
+    }
+
+    /// Hands this connection's accepted broadcasts to the receivers' lanes.
+    fn flush_rooms(&mut self) {
+        for room in self.unflushed.drain(..) {
+            room.flush(&self.shared);
+        }
     }
 
     fn reply(&mut self, request: u32, outcome: Result<Outcome, Refusal>) -> ControlFrame {
@@ -421,6 +445,8 @@ impl ConnState {
     }
 
     fn leave_all(&mut self, close: Option<(ErrorCode, &str)>) {
+        // Broadcasts accepted from this connection go out even when it ends mid-burst.
+        self.flush_rooms();
         let Some(user) = &self.user else { return };
         for (_, room) in self.rooms.drain() {
             if room.leave(&self.shared, self.session, &user.id, close) {

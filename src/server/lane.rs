@@ -1,6 +1,8 @@
 //! Room lanes: one bounded queue and one writer task per (receiver, room). The room pushes
 //! encoded events without waiting; the writer coalesces everything queued into one write, with
-//! consecutive broadcasts merged into batches of up to [`MAX_BATCH`].
+//! consecutive broadcast bodies (a recovery replay) merged into batches of up to [`MAX_BATCH`].
+//! A lone frame (the usual case: one flush of the room's outbox, shared by every receiver) is
+//! handed to quinn as is, without a copy.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -106,8 +108,14 @@ pub async fn run_writer(
         let Some(first) = queue.rx.recv().await else {
             break;
         };
+        // A frame that is all there is to write goes to quinn without a copy; anything queued
+        // behind it is copied into `buf` after it.
+        let mut lone: Option<Bytes> = None;
         let mut next = Some(first);
         while let Some(item) = next {
+            if let Some(frame) = lone.take() {
+                buf.extend_from_slice(&frame);
+            }
             match item {
                 LaneItem::Broadcast(message) => {
                     pending.push(message);
@@ -117,15 +125,21 @@ pub async fn run_writer(
                 }
                 LaneItem::Frame(frame) => {
                     flush_batch(&mut pending, &mut buf);
-                    buf.extend_from_slice(&frame);
+                    if buf.is_empty() {
+                        lone = Some(frame);
+                    } else {
+                        buf.extend_from_slice(&frame);
+                    }
                 }
             }
-            next = if buf.len() < WRITE_BUDGET { queue.rx.try_recv().ok() } else { None };
+            let queued = buf.len() + lone.as_ref().map_or(0, Bytes::len);
+            next = if queued < WRITE_BUDGET { queue.rx.try_recv().ok() } else { None };
         }
         flush_batch(&mut pending, &mut buf);
-        trace!(room = %header.room, bytes = buf.len(), "lane write");
-        // The filled part goes to quinn as is (no copy); `buf` keeps only spare capacity.
-        if !write_or_give_up(&mut send, buf.split().freeze(), stall).await {
+        // The filled part of `buf` goes to quinn as is (no copy); `buf` keeps spare capacity.
+        let bytes = lone.unwrap_or_else(|| buf.split().freeze());
+        trace!(room = %header.room, bytes = bytes.len(), "lane write");
+        if !write_or_give_up(&mut send, bytes, stall).await {
             return;
         }
     }

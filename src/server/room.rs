@@ -1,5 +1,13 @@
 //! One room: its members, its sequences and its frequency limits. Every operation takes the
 //! room's lock briefly, never across an await, and never waits on a receiver.
+//!
+//! Broadcasts are not handed to the receivers one by one: an accepted broadcast goes to the
+//! room's outbox, and [`Room::flush`] hands everything in the outbox to every lane as one
+//! shared frame (batches of up to [`MAX_BATCH`]). The sender's connection task flushes once it
+//! has handled every request it had already received, so a burst costs each receiver one queue
+//! push, one write and about one packet, not one per message, and no task or timer is added on
+//! the way. Anything else that reaches the lanes (user updates, commands, a member leaving)
+//! flushes the outbox first, so every receiver sees the room's events in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,8 +22,9 @@ use super::lane::{Lane, LaneItem, LaneQueue, PushError};
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
-    BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_USERS_PER_UPDATE,
-    Member, Recover, ServerDatagram, User, encode_body, encode_frame,
+    BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_BATCH,
+    MAX_USERS_PER_UPDATE, Member, Recover, ServerDatagram, User, encode_body,
+    encode_broadcast_batch, encode_frame,
 };
 
 /// A room and everything the relay knows about it.
@@ -37,6 +46,8 @@ struct RoomState {
     closed: bool,
     broadcast_seq: u64,
     history: History,
+    /// Accepted broadcasts not yet handed to the lanes: encoded body and author's user ID.
+    outbox: Vec<(Bytes, Arc<str>)>,
     barrage_seq: u64,
     command_seq: u64,
     broadcast_bucket: TokenBucket,
@@ -99,6 +110,7 @@ impl Room {
                     shared.config.history_size,
                     Duration::from_secs(shared.config.history_ttl_secs),
                 ),
+                outbox: Vec::new(),
                 barrage_seq: 0,
                 command_seq: 0,
                 broadcast_bucket: TokenBucket::new(limits.broadcast_per_room),
@@ -144,6 +156,8 @@ impl Room {
                 format!("the room has the maximum of {} members", config.max_members_per_room),
             ));
         }
+        // What was accepted before this login goes to the members who were there.
+        state.flush(shared, &self.name);
         let (lane, queue) = Lane::new(config.lane_queue);
         if let Some(old) = state.members.remove(&user.id) {
             info!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
@@ -217,15 +231,18 @@ impl Room {
         close: Option<(ErrorCode, &str)>,
     ) -> bool {
         let mut state = self.lock();
-        if state.members.get(user_id).is_some_and(|m| m.session == session)
-            && let Some(entry) = state.members.remove(user_id)
-        {
-            let left = entry.member();
-            if let Some((code, detail)) = close {
-                entry.lane.close(code, detail);
+        if state.members.get(user_id).is_some_and(|m| m.session == session) {
+            // The leaving member gets what was accepted while it was in the room (a flush
+            // that finds its lane full removes it already).
+            state.flush(shared, &self.name);
+            if let Some(entry) = state.members.remove(user_id) {
+                let left = entry.member();
+                if let Some((code, detail)) = close {
+                    entry.lane.close(code, detail);
+                }
+                state.fan_out_users(shared, &self.name, left, false, "");
+                debug!(room = %self.name, user = %user_id, session, "left");
             }
-            state.fan_out_users(shared, &self.name, left, false, "");
-            debug!(room = %self.name, user = %user_id, session, "left");
         }
         state.members.is_empty()
     }
@@ -246,7 +263,8 @@ impl Room {
         state.closed
     }
 
-    /// Sends a broadcast to every other member; returns its sequence number.
+    /// Accepts a broadcast for every other member and returns its sequence number. It reaches
+    /// the lanes at the next [`flush`](Room::flush), which the caller must make.
     pub fn broadcast(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -270,15 +288,16 @@ impl Room {
         let message =
             BroadcastRef { id, sent_at_ms: now_ms(), from: &sender.user, payload: &send.payload };
         let encoded = encode_body(&message).map_err(internal)?;
-        state.history.push(id, encoded.clone(), sender.author.clone());
-        let delivered =
-            state.fan_out(shared, &self.name, send.user_id, LaneItem::Broadcast(encoded), |_| true);
+        let author = sender.author.clone();
+        state.history.push(id, encoded.clone(), author.clone());
+        state.outbox.push((encoded, author));
         Counters::bump(&shared.counters.broadcasts);
-        shared
-            .counters
-            .broadcast_deliveries
-            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
+    }
+
+    /// Hands the broadcasts accepted since the last flush to the lanes.
+    pub fn flush(&self, shared: &Shared) {
+        self.lock().flush(shared, &self.name);
     }
 
     /// Sends a custom command to `to` (deduplicated; empty means everyone else). Every listed
@@ -314,6 +333,8 @@ impl Room {
             let what = if single { "commands to one user" } else { "commands to several users" };
             return Err(user_limited(what, rate));
         }
+        // Broadcasts accepted before this command reach its targets first.
+        state.flush(shared, &self.name);
         state.command_seq += 1;
         let id = state.command_seq;
         let event = LaneEvent::Command(CommandMessage {
@@ -383,6 +404,52 @@ impl Room {
 }
 
 impl RoomState {
+    /// Hands every broadcast in the outbox to every member but its author: one frame (batches
+    /// of up to [`MAX_BATCH`]) shared by all receivers; an author gets a frame without its own.
+    fn flush(&mut self, shared: &Shared, room: &str) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        let everyone = batch_frame(outbox.iter().map(|(encoded, _)| encoded));
+        // The authors in this flush, each with the frame it gets (built when first needed).
+        let mut authors: Vec<(&str, Option<(Bytes, usize)>)> = Vec::new();
+        for (_, author) in &outbox {
+            if !authors.iter().any(|(a, _)| *a == &**author) {
+                authors.push((author, None));
+            }
+        }
+        let mut failed = Vec::new();
+        let mut delivered = 0;
+        for (id, member) in &self.members {
+            let (frame, count) = match authors.iter_mut().find(|(a, _)| *a == id.as_str()) {
+                Some((author, own)) => own
+                    .get_or_insert_with(|| {
+                        let others: Vec<&Bytes> = outbox
+                            .iter()
+                            .filter(|(_, a)| &**a != *author)
+                            .map(|(encoded, _)| encoded)
+                            .collect();
+                        (batch_frame(others.iter().copied()), others.len())
+                    })
+                    .clone(),
+                None => (everyone.clone(), outbox.len()),
+            };
+            if count == 0 {
+                continue;
+            }
+            match member.lane.push(LaneItem::Frame(frame)) {
+                Ok(()) => delivered += count,
+                Err(why) => failed.push((id.clone(), why)),
+            }
+        }
+        shared
+            .counters
+            .broadcast_deliveries
+            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        self.remove_unreachable(shared, room, failed);
+    }
+
     /// What a re-login that saw up to `recover` gets: the `Recovered` event and the encoded
     /// broadcasts to replay.
     /// The rejoining user's own broadcasts are not replayed: the sender never receives its own.
@@ -542,6 +609,17 @@ impl History {
             .map(|(_, _, encoded, _)| encoded.clone())
             .collect()
     }
+}
+
+/// Frames encoded broadcasts as `Broadcasts` events of up to [`MAX_BATCH`] each, back to back.
+fn batch_frame<'a>(encoded: impl Iterator<Item = &'a Bytes>) -> Bytes {
+    let encoded: Vec<Bytes> = encoded.cloned().collect();
+    let mut buf = BytesMut::new();
+    for batch in encoded.chunks(MAX_BATCH) {
+        // Splicing cannot fail: each body was a valid `BroadcastMessage` encoding.
+        let _ = encode_broadcast_batch(batch, &mut buf);
+    }
+    buf.freeze()
 }
 
 /// Encodes one complete frame.

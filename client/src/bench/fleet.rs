@@ -57,6 +57,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// UDP datagrams the tool's connections have received from the relay so far.
+    pub fn datagrams_received(&self) -> u64 {
+        let connections = self.clients.iter().flatten().filter_map(Client::connection);
+        connections.map(|conn| conn.stats().udp_rx.datagrams).sum()
+    }
+
     /// Who is in which room.
     pub fn membership(&self, plan: &FleetPlan) -> Membership {
         let room_of = (0..self.clients.len())

@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// Longest wait for every receiver to see its room's members before sending.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     settle: Duration,
+    /// Runtime threads of this tool (1: everything on one thread, which keeps each delivery
+    /// free of hops between cores; more when one thread cannot keep up with the traffic).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// Longest wait for outstanding deliveries after sending stops.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain: Duration,
@@ -243,6 +247,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let own = CpuSource::Process(std::process::id());
     let cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
     let own_start = own.cpu_time();
+    let datagrams_start = fleet.datagrams_received();
     let start_ns = live.now_ns();
     let start = Instant::now();
     let draining = Arc::new(AtomicBool::new(false));
@@ -260,6 +265,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let drain_seconds = window.as_secs_f64() - send_seconds;
     let cpu_end = cpu.as_ref().and_then(CpuSource::cpu_time);
     let own_end = own.cpu_time();
+    let datagrams_received = fleet.datagrams_received() - datagrams_start;
     progress.abort();
 
     // Collect.
@@ -384,6 +390,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         udp_buffer_drops,
         server_socket_drops,
         client_socket_drops,
+        datagrams_received,
         lost,
         duplicates,
     })

@@ -275,6 +275,10 @@ pub struct Report {
     pub server_socket_drops: Option<u64>,
     /// Datagrams dropped by this tool's UDP sockets.
     pub client_socket_drops: Option<u64>,
+    /// UDP datagrams the tool's connections received over the traffic window (messages,
+    /// acknowledgements and the rest): deliveries per datagram shows how well the relay
+    /// packs messages.
+    pub datagrams_received: u64,
     /// Reliable messages lost, every kind.
     pub lost: u64,
     /// Reliable messages delivered twice, every kind.
@@ -398,6 +402,13 @@ impl Report {
             self.client_memory.map_or(0, |m| m.peak_kib),
             self.late_sends,
             self.max_send_lag_ms,
+        );
+        let delivered: u64 = self.kinds.iter().map(|k| k.delivery.delivered).sum();
+        let _ = writeln!(
+            out,
+            "datagrams from the relay: {} ({:.2} deliveries per datagram)",
+            self.datagrams_received,
+            delivered as f64 / self.datagrams_received.max(1) as f64,
         );
         let _ = writeln!(
             out,
