@@ -11,6 +11,7 @@ use qrelay::protocol::{
     ControlFrame, ErrorCode, LaneEvent, MAX_PAYLOAD, MAX_ROOM_ID, MAX_USER_ID, MAX_USER_NAME,
     Outcome, Request, RequestFrame, ServerDatagram, User, close, decode_datagram, encode_frame,
 };
+use qrelay::server::ServerConfig;
 use qrelay::transport::FrameReader;
 
 fn sent_id(outcome: Outcome) -> u64 {
@@ -258,6 +259,86 @@ async fn joins_and_leaves_are_ordered_with_messages_on_the_lane() {
         other => panic!("expected bob's leave, got {other:?}"),
     }
     assert_eq!(refused_code(bob.broadcast("lobby", b"gone").await), ErrorCode::NOT_LOGGED_IN);
+}
+
+/// A relay whose rooms batch user updates above two members, every `interval_ms`.
+async fn batching_relay(interval_ms: u64) -> TestRelay {
+    let config = ServerConfig {
+        user_updates_batched_above: 2,
+        user_update_interval_ms: interval_ms,
+        ..test_config()
+    };
+    TestRelay::start(config).await
+}
+
+#[tokio::test]
+async fn large_rooms_batch_user_updates_and_newcomers_get_only_later_ones() {
+    let relay = batching_relay(2000).await;
+    // Up to two members, each change is told at once.
+    let (_alice, mut alice_lane) = relay.raw_member("alice", "hall").await;
+    let (_bob, _bob_lane) = relay.raw_member("bob", "hall").await;
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    // Above two, changes wait for the interval and arrive together, in order.
+    let (mut carol, _carol_lane) = relay.raw_member("carol", "hall").await;
+    let (_dave, mut dave_lane) = relay.raw_member("dave", "hall").await;
+    let (_erin, _erin_lane) = relay.raw_member("erin", "hall").await;
+    assert_eq!(carol.request(Request::Logout { room: "hall".into() }).await, Outcome::Done);
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave", "erin"]),
+        other => panic!("expected one batched join, got {other:?}"),
+    }
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersLeft(members) => assert_eq!(ids(&members), ["carol"]),
+        other => panic!("expected carol's leave, got {other:?}"),
+    }
+    // dave's list at login had alice, bob and carol; it hears only what came after (erin's
+    // join, carol's leave), never its own join or a join it was already listed.
+    match next_event(&mut dave_lane).await {
+        LaneEvent::UsersJoined(members) => {
+            let mut listed = ids(&members);
+            listed.sort_unstable();
+            assert_eq!(listed, ["alice", "bob", "carol"]);
+        }
+        other => panic!("expected the member list, got {other:?}"),
+    }
+    match next_event(&mut dave_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["erin"]),
+        other => panic!("expected erin's join, got {other:?}"),
+    }
+    match next_event(&mut dave_lane).await {
+        LaneEvent::UsersLeft(members) => assert_eq!(ids(&members), ["carol"]),
+        other => panic!("expected carol's leave, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_takes_pending_user_updates_with_it_in_order() {
+    // The interval is far beyond the test's time limit: only the message can flush them.
+    let relay = batching_relay(60_000).await;
+    let (_alice, mut alice_lane) = relay.raw_member("alice", "hall").await;
+    let (_bob, _bob_lane) = relay.raw_member("bob", "hall").await;
+    let (mut carol, _carol_lane) = relay.raw_member("carol", "hall").await;
+    let (_dave, _dave_lane) = relay.raw_member("dave", "hall").await;
+    sent_id(carol.broadcast("hall", b"hello").await);
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave"]),
+        other => panic!("expected the batched joins, got {other:?}"),
+    }
+    match next_event(&mut alice_lane).await {
+        LaneEvent::Broadcasts(messages) => assert_eq!(messages[0].payload, "hello"),
+        other => panic!("expected carol's broadcast, got {other:?}"),
+    }
+}
+
+fn ids(members: &[qrelay::protocol::Member]) -> Vec<&str> {
+    members.iter().map(|m| m.user.id.as_str()).collect()
 }
 
 #[tokio::test]

@@ -62,6 +62,13 @@ pub struct ServerConfig {
     /// client's unread data on that lane is lost, so the client re-logs in with recovery.
     /// Default 60000.
     pub lane_stall_ms: u64,
+    /// Rooms with more members than this batch their user updates (joins and leaves): the
+    /// members get them with the room's next messages, or after `user_update_interval_ms`,
+    /// whichever comes first, one event for many changes. Smaller rooms get each at once.
+    /// Default 500.
+    pub user_updates_batched_above: usize,
+    /// Longest wait of a batched user update, milliseconds (1 to 60000). Default 1000.
+    pub user_update_interval_ms: u64,
     /// Frequency limits.
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
@@ -87,6 +94,8 @@ impl Default for ServerConfig {
             history_size: 500,
             history_ttl_secs: 300,
             lane_stall_ms: 60_000,
+            user_updates_batched_above: 500,
+            user_update_interval_ms: 1000,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
         }
@@ -106,6 +115,9 @@ impl ServerConfig {
         }
         if self.max_rooms_per_connection == 0 || self.max_members_per_room == 0 {
             return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());
+        }
+        if !(1..=60_000).contains(&self.user_update_interval_ms) {
+            return Err("user_update_interval_ms must be 1 to 60000".into());
         }
         if self.max_connections_per_address == 0 {
             return Err("max_connections_per_address must be above 0".into());

@@ -6,8 +6,13 @@
 //! shared frame (batches of up to [`MAX_BATCH`]). The sender's connection task flushes once it
 //! has handled every request it had already received, so a burst costs each receiver one queue
 //! push, one write and about one packet, not one per message, and no task or timer is added on
-//! the way. Anything else that reaches the lanes (user updates, commands, a member leaving)
-//! flushes the outbox first, so every receiver sees the room's events in order.
+//! the way. User updates (joins and leaves) go through the outbox too: in a room of up to
+//! `user_updates_batched_above` members they are flushed at once; in a larger room they wait
+//! for the next flush of messages or `user_update_interval_ms`, whichever comes first, so a
+//! crowd joining costs each member one event per flush instead of one per newcomer. A command
+//! flushes the outbox first, so every receiver sees the room's events in order. A member that
+//! joined after some events entered the outbox gets only the later ones (its member list at
+//! login already reflected the earlier).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -46,8 +51,12 @@ struct RoomState {
     closed: bool,
     broadcast_seq: u64,
     history: History,
-    /// Accepted broadcasts not yet handed to the lanes: encoded body and author's user ID.
-    outbox: Vec<(Bytes, Arc<str>)>,
+    /// Events accepted for the members but not yet handed to their lanes, in room order.
+    outbox: Vec<Outgoing>,
+    /// Flushes of the outbox so far (tells which outbox a member's join position refers to).
+    flushes: u64,
+    /// Whether a timer will flush pending user updates.
+    update_timer: bool,
     barrage_seq: u64,
     command_seq: u64,
     broadcast_bucket: TokenBucket,
@@ -63,6 +72,9 @@ struct MemberEntry {
     author: Arc<str>,
     lane: Lane,
     conn: quinn::Connection,
+    /// (flush number, outbox length) when the member joined: of that outbox it gets only the
+    /// events after its own join.
+    joined_at: (u64, usize),
     broadcast_bucket: TokenBucket,
     command_one_bucket: TokenBucket,
     command_many_bucket: TokenBucket,
@@ -72,6 +84,21 @@ impl MemberEntry {
     fn member(&self) -> Member {
         Member { session: self.session, user: self.user.clone() }
     }
+}
+
+/// Which frame of a flush a member gets: events from this index of the outbox, without the
+/// broadcasts of this author.
+type FrameKey<'a> = (usize, Option<&'a str>);
+
+/// An event in a room's outbox.
+#[derive(Debug)]
+enum Outgoing {
+    /// An encoded `BroadcastMessage` and its author's user ID.
+    Broadcast(Bytes, Arc<str>),
+    /// A member joined.
+    Joined(Member),
+    /// A member left.
+    Left(Member),
 }
 
 /// Why a login to a room did not happen.
@@ -111,6 +138,8 @@ impl Room {
                     Duration::from_secs(shared.config.history_ttl_secs),
                 ),
                 outbox: Vec::new(),
+                flushes: 0,
+                update_timer: false,
                 barrage_seq: 0,
                 command_seq: 0,
                 broadcast_bucket: TokenBucket::new(limits.broadcast_per_room),
@@ -128,8 +157,8 @@ impl Room {
     /// Adds a member and returns the queue its lane writer drains. The same user ID already in
     /// the room is replaced: its lane is closed with `KICKED_LOGGED_IN_ELSEWHERE`.
     pub fn join(
-        &self,
-        shared: &Shared,
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
         session: u32,
         user: User,
         conn: quinn::Connection,
@@ -156,9 +185,13 @@ impl Room {
                 format!("the room has the maximum of {} members", config.max_members_per_room),
             ));
         }
-        // What was accepted before this login goes to the members who were there.
-        state.flush(shared, &self.name);
         let (lane, queue) = Lane::new(config.lane_queue);
+        if state.members.contains_key(&user.id)
+            && state.outbox.iter().any(|event| matches!(event, Outgoing::Broadcast(..)))
+        {
+            // The session being replaced gets what was accepted while it was in the room.
+            state.flush(shared, &self.name);
+        }
         if let Some(old) = state.members.remove(&user.id) {
             info!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
             let left = old.member();
@@ -166,7 +199,7 @@ impl Room {
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                 "the same user logged in to this room from another connection",
             );
-            state.fan_out_users(shared, &self.name, left, false, "");
+            state.outbox.push(Outgoing::Left(left));
         }
         // The newcomer's first events list who is already there, in chunks.
         let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
@@ -208,6 +241,8 @@ impl Room {
             user: user.clone(),
             lane,
             conn,
+            // Its own join is the last event of the outbox it does not get.
+            joined_at: (state.flushes, state.outbox.len() + 1),
             broadcast_bucket: TokenBucket::new(limits.broadcast_per_user),
             command_one_bucket: TokenBucket::new(limits.command_to_one_per_user),
             command_many_bucket: TokenBucket::new(limits.command_to_many_per_user),
@@ -216,7 +251,8 @@ impl Room {
         // Insert first: should announcing the join remove a slow member, the newcomer (who
         // was just listed that member) hears that it left, too.
         state.members.insert(user.id.clone(), entry);
-        state.fan_out_users(shared, &self.name, joined, true, &user.id);
+        state.outbox.push(Outgoing::Joined(joined));
+        self.user_update(&mut state, shared);
         debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
         Ok(queue)
     }
@@ -224,27 +260,49 @@ impl Room {
     /// Removes the member if `session` still holds it; `close` ends its lane with that code.
     /// Returns whether the room is now empty.
     pub fn leave(
-        &self,
-        shared: &Shared,
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
         session: u32,
         user_id: &str,
         close: Option<(ErrorCode, &str)>,
     ) -> bool {
         let mut state = self.lock();
         if state.members.get(user_id).is_some_and(|m| m.session == session) {
-            // The leaving member gets what was accepted while it was in the room (a flush
-            // that finds its lane full removes it already).
-            state.flush(shared, &self.name);
+            // The leaving member gets the broadcasts accepted while it was in the room (a
+            // flush that finds its lane full removes it already).
+            if state.outbox.iter().any(|event| matches!(event, Outgoing::Broadcast(..))) {
+                state.flush(shared, &self.name);
+            }
             if let Some(entry) = state.members.remove(user_id) {
                 let left = entry.member();
                 if let Some((code, detail)) = close {
                     entry.lane.close(code, detail);
                 }
-                state.fan_out_users(shared, &self.name, left, false, "");
+                state.outbox.push(Outgoing::Left(left));
+                self.user_update(&mut state, shared);
                 debug!(room = %self.name, user = %user_id, session, "left");
             }
         }
         state.members.is_empty()
+    }
+
+    /// A user update entered the outbox: a small room flushes it now; a large one within
+    /// `user_update_interval_ms` (sooner when a message or command flushes the outbox).
+    fn user_update(self: &Arc<Self>, state: &mut RoomState, shared: &Arc<Shared>) {
+        let config = &shared.config;
+        if state.members.len() <= config.user_updates_batched_above {
+            state.flush(shared, &self.name);
+        } else if !state.update_timer {
+            state.update_timer = true;
+            let (room, shared) = (self.clone(), shared.clone());
+            let interval = Duration::from_millis(config.user_update_interval_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(interval).await;
+                let mut state = room.lock();
+                state.update_timer = false;
+                state.flush(&shared, &room.name);
+            });
+        }
     }
 
     /// Whether `session` is the room's current member for `user_id`.
@@ -290,7 +348,7 @@ impl Room {
         let encoded = encode_body(&message).map_err(internal)?;
         let author = sender.author.clone();
         state.history.push(id, encoded.clone(), author.clone());
-        state.outbox.push((encoded, author));
+        state.outbox.push(Outgoing::Broadcast(encoded, author));
         Counters::bump(&shared.counters.broadcasts);
         Ok(id)
     }
@@ -404,42 +462,44 @@ impl Room {
 }
 
 impl RoomState {
-    /// Hands every broadcast in the outbox to every member but its author: one frame (batches
-    /// of up to [`MAX_BATCH`]) shared by all receivers; an author gets a frame without its own.
+    /// Hands the outbox to the lanes: every member gets the events after its join, without
+    /// its own broadcasts, as frames (broadcast batches of up to [`MAX_BATCH`], user updates
+    /// of up to [`MAX_USERS_PER_UPDATE`]) encoded once for all members that get the same.
     fn flush(&mut self, shared: &Shared, room: &str) {
         if self.outbox.is_empty() {
             return;
         }
         let outbox = std::mem::take(&mut self.outbox);
-        let everyone = batch_frame(outbox.iter().map(|(encoded, _)| encoded));
-        // The authors in this flush, each with the frame it gets (built when first needed).
-        let mut authors: Vec<(&str, Option<(Bytes, usize)>)> = Vec::new();
-        for (_, author) in &outbox {
-            if !authors.iter().any(|(a, _)| *a == &**author) {
-                authors.push((author, None));
+        let flush = self.flushes;
+        self.flushes += 1;
+        let mut authors: Vec<&str> = Vec::new();
+        for event in &outbox {
+            if let Outgoing::Broadcast(_, author) = event
+                && !authors.contains(&&**author)
+            {
+                authors.push(author);
             }
         }
+        // Frames by (first event, author left out): almost every member shares the first.
+        let mut frames: Vec<(FrameKey, (Bytes, usize))> = Vec::new();
         let mut failed = Vec::new();
         let mut delivered = 0;
         for (id, member) in &self.members {
-            let (frame, count) = match authors.iter_mut().find(|(a, _)| *a == id.as_str()) {
-                Some((author, own)) => own
-                    .get_or_insert_with(|| {
-                        let others: Vec<&Bytes> = outbox
-                            .iter()
-                            .filter(|(_, a)| &**a != *author)
-                            .map(|(encoded, _)| encoded)
-                            .collect();
-                        (batch_frame(others.iter().copied()), others.len())
-                    })
-                    .clone(),
-                None => (everyone.clone(), outbox.len()),
+            let start = if member.joined_at.0 == flush { member.joined_at.1 } else { 0 };
+            let key = (start, authors.iter().copied().find(|a| *a == id));
+            let (frame, broadcasts) = match frames.iter().find(|(k, _)| *k == key) {
+                Some((_, built)) => built.clone(),
+                None => {
+                    let built = encode_outgoing(&outbox[start.min(outbox.len())..], key.1);
+                    frames.push((key, built.clone()));
+                    built
+                }
             };
-            if count == 0 {
+            if frame.is_empty() {
                 continue;
             }
             match member.lane.push(LaneItem::Frame(frame)) {
-                Ok(()) => delivered += count,
+                Ok(()) => delivered += broadcasts,
                 Err(why) => failed.push((id.clone(), why)),
             }
         }
@@ -537,25 +597,6 @@ impl RoomState {
             failed.dedup_by(|a, b| a.0 == b.0);
         }
     }
-
-    /// Tells every member except `except` that `member` joined or left.
-    fn fan_out_users(
-        &mut self,
-        shared: &Shared,
-        room: &str,
-        member: Member,
-        joined: bool,
-        except: &str,
-    ) {
-        let event = if joined {
-            LaneEvent::UsersJoined(vec![member])
-        } else {
-            LaneEvent::UsersLeft(vec![member])
-        };
-        if let Some(frame) = frame_of(&event) {
-            self.fan_out(shared, room, except, LaneItem::Frame(frame), |_| true);
-        }
-    }
 }
 
 /// The last broadcasts of a room, bounded in count and age, for recovery after a re-login.
@@ -611,15 +652,58 @@ impl History {
     }
 }
 
-/// Frames encoded broadcasts as `Broadcasts` events of up to [`MAX_BATCH`] each, back to back.
-fn batch_frame<'a>(encoded: impl Iterator<Item = &'a Bytes>) -> Bytes {
-    let encoded: Vec<Bytes> = encoded.cloned().collect();
+/// Encodes `events` as lane frames, leaving out the broadcasts of `except`: consecutive
+/// broadcasts as `Broadcasts` batches, consecutive joins or leaves as one user update each
+/// (chunked). Returns the frames, back to back, and how many broadcasts they hold.
+fn encode_outgoing(events: &[Outgoing], except: Option<&str>) -> (Bytes, usize) {
     let mut buf = BytesMut::new();
-    for batch in encoded.chunks(MAX_BATCH) {
-        // Splicing cannot fail: each body was a valid `BroadcastMessage` encoding.
-        let _ = encode_broadcast_batch(batch, &mut buf);
+    let mut broadcasts: Vec<Bytes> = Vec::new();
+    let mut users: Vec<Member> = Vec::new();
+    let mut users_joined = true;
+    let mut count = 0;
+    let flush_users = |users: &mut Vec<Member>, joined: bool, buf: &mut BytesMut| {
+        if !users.is_empty() {
+            let list = std::mem::take(users);
+            let event =
+                if joined { LaneEvent::UsersJoined(list) } else { LaneEvent::UsersLeft(list) };
+            // Encoding a member list cannot fail: it holds checked IDs and names.
+            let _ = encode_frame(&event, buf);
+        }
+    };
+    let flush_broadcasts = |broadcasts: &mut Vec<Bytes>, buf: &mut BytesMut| {
+        if !broadcasts.is_empty() {
+            // Splicing cannot fail: each body was a valid `BroadcastMessage` encoding.
+            let _ = encode_broadcast_batch(broadcasts, buf);
+            broadcasts.clear();
+        }
+    };
+    for event in events {
+        match event {
+            Outgoing::Broadcast(encoded, author) => {
+                if except == Some(&**author) {
+                    continue;
+                }
+                flush_users(&mut users, users_joined, &mut buf);
+                broadcasts.push(encoded.clone());
+                count += 1;
+                if broadcasts.len() == MAX_BATCH {
+                    flush_broadcasts(&mut broadcasts, &mut buf);
+                }
+            }
+            Outgoing::Joined(member) | Outgoing::Left(member) => {
+                let joined = matches!(event, Outgoing::Joined(_));
+                flush_broadcasts(&mut broadcasts, &mut buf);
+                if joined != users_joined || users.len() == MAX_USERS_PER_UPDATE {
+                    flush_users(&mut users, users_joined, &mut buf);
+                }
+                users_joined = joined;
+                users.push(member.clone());
+            }
+        }
     }
-    buf.freeze()
+    flush_broadcasts(&mut broadcasts, &mut buf);
+    flush_users(&mut users, users_joined, &mut buf);
+    (buf.freeze(), count)
 }
 
 /// Encodes one complete frame.

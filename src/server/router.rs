@@ -29,7 +29,7 @@ impl Router {
     /// Logs `user` in to the room `name`, creating the room if needed.
     pub fn join(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         name: &str,
         session: u32,
         user: User,
