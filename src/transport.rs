@@ -193,12 +193,9 @@ impl FrameReader {
         }
     }
 
-    /// Whether [`next`](Self::next) would return without waiting: a whole frame, or the
-    /// length prefix of one that is too long, is already buffered.
-    pub fn has_buffered_frame(&self) -> bool {
-        let Some(prefix) = self.buf.first_chunk::<4>() else { return false };
-        let len = u32::from_be_bytes(*prefix) as usize;
-        len > self.max || self.buf.len() - prefix.len() >= len
+    /// The next frame if a whole one is already buffered, without reading the stream.
+    pub fn next_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        Ok(decode_frame(&mut self.buf, self.max)?)
     }
 
     /// The underlying stream (to stop or reset it).

@@ -96,16 +96,26 @@ impl ConnState {
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
         loop {
             let warn_at = self.token_warning.map(|(at, _)| at);
-            let reply = tokio::select! {
+            let replies = tokio::select! {
                 frame = reader.next::<RequestFrame>() => match frame {
                     Ok(Some(frame)) => {
-                        let reply = self.handle_request(frame);
-                        // A burst of requests is handled whole before its broadcasts go out
-                        // together: one flush per receiver, not one per message.
-                        if !reader.has_buffered_frame() {
-                            self.flush_rooms();
+                        // The requests that came with this one are handled too, then the
+                        // broadcasts among them go out together (one flush per receiver,
+                        // not one per message), then the replies, in one write.
+                        let mut replies = vec![self.handle_request(frame)];
+                        let more = loop {
+                            match reader.next_buffered::<RequestFrame>() {
+                                Ok(Some(frame)) => replies.push(self.handle_request(frame)),
+                                Ok(None) => break Ok(()),
+                                Err(e) => break Err(e),
+                            }
+                        };
+                        self.flush_rooms();
+                        if let Err(e) = more {
+                            self.violation(&e);
+                            return;
                         }
-                        Some(reply)
+                        replies
                     }
                     Ok(None) => {
                         debug!("control stream finished: closing");
@@ -118,7 +128,7 @@ impl ConnState {
                     }
                 },
                 datagram = self.conn.read_datagram() => match datagram {
-                    Ok(datagram) => self.handle_datagram(datagram),
+                    Ok(datagram) => self.handle_datagram(datagram).into_iter().collect(),
                     Err(e) => {
                         debug!(error = %e, "connection ended");
                         return;
@@ -126,13 +136,11 @@ impl ConnState {
                 },
                 _ = sleep_until_opt(warn_at) => {
                     let expires_at_ms = self.token_warning.take().map_or(0, |(_, exp)| exp * 1000);
-                    Some(ControlFrame::TokenWillExpire { expires_at_ms })
+                    vec![ControlFrame::TokenWillExpire { expires_at_ms }]
                 },
                 _ = shutdown.changed() => return self.shut_down().await,
             };
-            if let Some(frame) = reply
-                && write_frame(&mut control, &frame).await.is_err()
-            {
+            if !replies.is_empty() && write_frames(&mut control, &replies).await.is_err() {
                 return;
             }
         }
@@ -461,10 +469,12 @@ fn not_logged_in(room: &str) -> Refusal {
     (ErrorCode::NOT_LOGGED_IN, format!("not logged in to room {room}"))
 }
 
-async fn write_frame(stream: &mut SendStream, frame: &ControlFrame) -> Result<(), ()> {
+async fn write_frames(stream: &mut SendStream, frames: &[ControlFrame]) -> Result<(), ()> {
     let mut buf = BytesMut::new();
-    encode_frame(frame, &mut buf)
-        .map_err(|e| warn!(error = %e, "cannot encode a control frame"))?;
+    for frame in frames {
+        encode_frame(frame, &mut buf)
+            .map_err(|e| warn!(error = %e, "cannot encode a control frame"))?;
+    }
     stream.write_all(&buf).await.map_err(|e| debug!(error = %e, "control stream write failed"))
 }
 
