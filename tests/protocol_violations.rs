@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use qrelay::protocol::{
-    ClientDatagram, ErrorCode, MAX_REQUEST_FRAME, Outcome, Request, close, encode_body,
+    ClientDatagram, ControlFrame, ErrorCode, MAX_REQUEST_FRAME, Outcome, Request, RequestFrame,
+    close, encode_body, encode_frame,
 };
 
 #[tokio::test]
@@ -19,6 +20,30 @@ async fn garbage_on_the_control_stream_closes_only_that_connection() {
     assert_eq!(close_code(&bad.conn).await, u64::from(close::PROTOCOL_VIOLATION));
     assert_room_still_served(&relay, "lobby").await;
     assert_eq!(relay.handle.stats().protocol_violations, 1);
+}
+
+#[tokio::test]
+async fn requests_before_a_bad_frame_are_carried_out_and_answered() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut bad, _bad_lane) = relay.raw_member("mallory", "lobby").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "lobby").await;
+    // A broadcast and garbage in one write: the broadcast is sent and answered, then the
+    // connection is closed for the garbage.
+    let mut burst = BytesMut::new();
+    let body = Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"last") };
+    encode_frame(&RequestFrame { request: 77, body }, &mut burst).unwrap();
+    burst.extend_from_slice(&[0, 0, 0, 4, 0xFF, 0xFF, 0xFF, 0xFF]);
+    bad.write_raw(&burst).await;
+    match within(bad.control.next::<ControlFrame>()).await {
+        Ok(Some(ControlFrame::Reply(reply))) => {
+            assert_eq!(reply.request, 77);
+            assert!(matches!(reply.outcome, Outcome::Sent { .. }), "{:?}", reply.outcome);
+        }
+        other => panic!("expected the broadcast's reply, got {other:?}"),
+    }
+    assert_eq!(close_code(&bad.conn).await, u64::from(close::PROTOCOL_VIOLATION));
+    let got = next_broadcasts(&mut bob_lane).await;
+    assert_eq!(got[0].payload, "last");
 }
 
 #[tokio::test]

@@ -337,6 +337,36 @@ async fn a_message_takes_pending_user_updates_with_it_in_order() {
     }
 }
 
+#[tokio::test]
+async fn a_newcomers_barrage_takes_its_pending_join_with_it() {
+    // Receivers name barrage senders from user updates: a batched join must not trail the
+    // newcomer's barrage by the interval (far beyond this test's time limit).
+    let relay = batching_relay(60_000).await;
+    let (_alice, mut alice_lane) = relay.raw_member("alice", "hall").await;
+    let (_bob, _bob_lane) = relay.raw_member("bob", "hall").await;
+    let (_carol, _carol_lane) = relay.raw_member("carol", "hall").await;
+    let mut dave = relay.raw_peer().await;
+    let Outcome::LoggedIn { room_number, .. } = dave.login(&relay, "dave", "hall").await else {
+        panic!("dave's login failed");
+    };
+    let _dave_lane = dave.accept_lane("hall").await;
+    let datagram = qrelay::protocol::encode_body(&qrelay::protocol::ClientDatagram::Barrage {
+        room_number,
+        request: 1,
+        payload: Bytes::from_static(b"first words"),
+    })
+    .unwrap();
+    dave.conn.send_datagram(datagram).unwrap();
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    match next_event(&mut alice_lane).await {
+        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave"]),
+        other => panic!("expected the batched joins, got {other:?}"),
+    }
+}
+
 fn ids(members: &[qrelay::protocol::Member]) -> Vec<&str> {
     members.iter().map(|m| m.user.id.as_str()).collect()
 }

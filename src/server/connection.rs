@@ -112,6 +112,16 @@ impl ConnState {
                         };
                         self.flush_rooms();
                         if let Err(e) = more {
+                            // The requests before the bad frame were carried out: say so,
+                            // and let the replies arrive before the close discards them.
+                            let answered = async {
+                                if write_frames(&mut control, &replies).await.is_ok()
+                                    && control.finish().is_ok()
+                                {
+                                    let _ = control.stopped().await;
+                                }
+                            };
+                            let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
                             self.violation(&e);
                             return;
                         }

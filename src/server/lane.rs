@@ -28,7 +28,8 @@ const FINISH_LINGER: Duration = Duration::from_secs(2);
 pub enum LaneItem {
     /// An encoded `BroadcastMessage` body; consecutive ones are batched into one frame.
     Broadcast(Bytes),
-    /// A complete, already framed event (user update, command).
+    /// One or more complete, already framed events (a flush of the room's outbox, a command,
+    /// the member list of a new lane).
     Frame(Bytes),
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Broadcasts are not handed to the receivers one by one: an accepted broadcast goes to the
 //! room's outbox, and [`Room::flush`] hands everything in the outbox to every lane as one
-//! shared frame (batches of up to [`MAX_BATCH`]). The sender's connection task flushes once it
+//! buffer of frames (batches of up to [`MAX_BATCH`]) shared by all receivers. The sender's connection task flushes once it
 //! has handled every request it had already received, so a burst costs each receiver one queue
 //! push, one write and about one packet, not one per message, and no task or timer is added on
 //! the way. User updates (joins and leaves) go through the outbox too: in a room of up to
@@ -55,6 +55,8 @@ struct RoomState {
     outbox: Vec<Outgoing>,
     /// Flushes of the outbox so far (tells which outbox a member's join position refers to).
     flushes: u64,
+    /// Joins and leaves in the outbox.
+    pending_updates: usize,
     /// Whether a timer will flush pending user updates.
     update_timer: bool,
     barrage_seq: u64,
@@ -72,9 +74,11 @@ struct MemberEntry {
     author: Arc<str>,
     lane: Lane,
     conn: quinn::Connection,
-    /// (flush number, outbox length) when the member joined: of that outbox it gets only the
-    /// events after its own join.
+    /// (flush number, outbox position after its own `Joined`) when the member joined: of that
+    /// outbox it gets only the events from there on.
     joined_at: (u64, usize),
+    /// Whether its `Joined` has left the outbox (the others have been told it is here).
+    announced: bool,
     broadcast_bucket: TokenBucket,
     command_one_bucket: TokenBucket,
     command_many_bucket: TokenBucket,
@@ -85,6 +89,10 @@ impl MemberEntry {
         Member { session: self.session, user: self.user.clone() }
     }
 }
+
+/// Joins and leaves a large room batches before it flushes them anyway: newcomers within one
+/// flush each get their own frame (the events after their join), so this bounds that work.
+const USER_UPDATES_PER_FLUSH: usize = 64;
 
 /// Which frame of a flush a member gets: events from this index of the outbox, without the
 /// broadcasts of this author.
@@ -139,6 +147,7 @@ impl Room {
                 ),
                 outbox: Vec::new(),
                 flushes: 0,
+                pending_updates: 0,
                 update_timer: false,
                 barrage_seq: 0,
                 command_seq: 0,
@@ -200,6 +209,8 @@ impl Room {
                 "the same user logged in to this room from another connection",
             );
             state.outbox.push(Outgoing::Left(left));
+            // On its way now, whatever becomes of this login.
+            self.user_update(&mut state, shared);
         }
         // The newcomer's first events list who is already there, in chunks.
         let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
@@ -243,6 +254,7 @@ impl Room {
             conn,
             // Its own join is the last event of the outbox it does not get.
             joined_at: (state.flushes, state.outbox.len() + 1),
+            announced: false,
             broadcast_bucket: TokenBucket::new(limits.broadcast_per_user),
             command_one_bucket: TokenBucket::new(limits.command_to_one_per_user),
             command_many_bucket: TokenBucket::new(limits.command_to_many_per_user),
@@ -287,10 +299,14 @@ impl Room {
     }
 
     /// A user update entered the outbox: a small room flushes it now; a large one within
-    /// `user_update_interval_ms` (sooner when a message or command flushes the outbox).
+    /// `user_update_interval_ms`, sooner when a message or command flushes the outbox or
+    /// [`USER_UPDATES_PER_FLUSH`] are waiting.
     fn user_update(self: &Arc<Self>, state: &mut RoomState, shared: &Arc<Shared>) {
         let config = &shared.config;
-        if state.members.len() <= config.user_updates_batched_above {
+        state.pending_updates += 1;
+        if state.members.len() <= config.user_updates_batched_above
+            || state.pending_updates >= USER_UPDATES_PER_FLUSH
+        {
             state.flush(shared, &self.name);
         } else if !state.update_timer {
             state.update_timer = true;
@@ -427,7 +443,15 @@ impl Room {
     /// Sends a barrage datagram to every other member; returns its ID.
     pub fn barrage(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
         let mut state = self.lock();
-        state.sender(send.session, send.user_id)?;
+        let announced = match state.members.get(send.user_id) {
+            Some(m) if m.session == send.session => m.announced,
+            _ => return Err(not_member()),
+        };
+        if !announced {
+            // Receivers name a barrage sender from the user updates: tell them of this one
+            // first (a batched join could otherwise trail its barrage by the whole interval).
+            state.flush(shared, &self.name);
+        }
         if !state.barrage_bucket.try_take() {
             return Err(room_limited("barrage messages", shared.config.limits.barrage_per_room));
         }
@@ -480,21 +504,28 @@ impl RoomState {
                 authors.push(author);
             }
         }
-        // Frames by (first event, author left out): almost every member shares the first.
-        let mut frames: Vec<(FrameKey, (Bytes, usize))> = Vec::new();
+        self.pending_updates = 0;
+        // Almost every member gets the whole outbox; authors and newcomers get their own frame.
+        let mut everyone: Option<(Bytes, usize)> = None;
+        let mut others: Vec<(FrameKey, (Bytes, usize))> = Vec::new();
         let mut failed = Vec::new();
         let mut delivered = 0;
-        for (id, member) in &self.members {
+        for (id, member) in &mut self.members {
+            member.announced = true;
             let start = if member.joined_at.0 == flush { member.joined_at.1 } else { 0 };
             let key = (start, authors.iter().copied().find(|a| *a == id));
-            let (frame, broadcasts) = match frames.iter().find(|(k, _)| *k == key) {
-                Some((_, built)) => built.clone(),
-                None => {
-                    let built = encode_outgoing(&outbox[start.min(outbox.len())..], key.1);
-                    frames.push((key, built.clone()));
-                    built
-                }
+            let built = match key {
+                (0, None) => everyone.get_or_insert_with(|| encode_outgoing(&outbox, None)),
+                _ => match others.iter().position(|(k, _)| *k == key) {
+                    Some(i) => &others[i].1,
+                    None => {
+                        let events = &outbox[start.min(outbox.len())..];
+                        others.push((key, encode_outgoing(events, key.1)));
+                        &others[others.len() - 1].1
+                    }
+                },
             };
+            let (frame, broadcasts) = built.clone();
             if frame.is_empty() {
                 continue;
             }
