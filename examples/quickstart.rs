@@ -72,7 +72,9 @@ async fn main() -> anyhow::Result<()> {
             Event::Barrages { room, messages } => {
                 for m in messages {
                     let text = String::from_utf8_lossy(&m.payload);
-                    println!("bob: [{room}] barrage #{} from {}: {text}", m.id, m.from.name);
+                    // Always named here: the client tracks members (the default).
+                    let from = m.from.as_ref().map_or("?", |from| from.name.as_str());
+                    println!("bob: [{room}] barrage #{} from {from}: {text}", m.id);
                 }
                 seen += 1;
             }

@@ -509,7 +509,7 @@ async fn consume(
             }
             Event::Barrages { messages, .. } => {
                 for m in messages {
-                    if m.from.id == me {
+                    if m.from.as_ref().is_some_and(|from| from.id == me) {
                         seen.unexpected(format!("own barrage {} echoed", m.id));
                     }
                     if !seen.barrages.insert(m.id) {

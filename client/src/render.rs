@@ -88,7 +88,8 @@ pub struct UserJson<'a> {
 pub struct MessageJson<'a> {
     id: u64,
     sent_at_ms: u64,
-    from: UserJson<'a>,
+    /// `null` for a barrage whose sender the client does not know (members not tracked).
+    from: Option<UserJson<'a>>,
     #[serde(flatten)]
     payload: PayloadJson<'a>,
 }
@@ -128,26 +129,26 @@ fn user_json(user: &User) -> UserJson<'_> {
 fn message_json<'a>(
     id: u64,
     sent_at_ms: u64,
-    from: &'a User,
+    from: Option<&'a User>,
     payload: &'a Bytes,
 ) -> MessageJson<'a> {
     let payload = match std::str::from_utf8(payload) {
         Ok(text) => PayloadJson::Text(text),
         Err(_) => PayloadJson::Hex(hex::encode(payload)),
     };
-    MessageJson { id, sent_at_ms, from: user_json(from), payload }
+    MessageJson { id, sent_at_ms, from: from.map(user_json), payload }
 }
 
 fn broadcast_json(m: &BroadcastMessage) -> MessageJson<'_> {
-    message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
+    message_json(m.id, m.sent_at_ms, Some(&m.from), &m.payload)
 }
 
 fn barrage_json(m: &ReceivedBarrage) -> MessageJson<'_> {
-    message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
+    message_json(m.id, m.sent_at_ms, m.from.as_ref(), &m.payload)
 }
 
 fn command_json(m: &CommandMessage) -> MessageJson<'_> {
-    message_json(m.id, m.sent_at_ms, &m.from, &m.payload)
+    message_json(m.id, m.sent_at_ms, Some(&m.from), &m.payload)
 }
 
 fn error_json(error: &ClientError) -> ErrorJson {
@@ -256,7 +257,8 @@ pub fn event_lines(event: &Event) -> Vec<String> {
         Event::Barrages { room, messages } => messages
             .iter()
             .map(|m| {
-                format!("[{room}] {} (barrage): {}  #{}", who(&m.from), text(&m.payload), m.id)
+                let from = m.from.as_ref().map_or_else(|| "?".to_string(), who);
+                format!("[{room}] {from} (barrage): {}  #{}", text(&m.payload), m.id)
             })
             .collect(),
         Event::Command { room, message: m } => {
@@ -437,7 +439,7 @@ mod tests {
             messages: vec![ReceivedBarrage {
                 id: 5,
                 sent_at_ms: 1,
-                from: User { id: "al".into(), name: "al".into() },
+                from: Some(User { id: "al".into(), name: "al".into() }),
                 payload: Bytes::from_static(b"pew"),
             }],
         };

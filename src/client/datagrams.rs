@@ -145,7 +145,7 @@ mod tests {
     }
 
     fn rooms() -> Rooms {
-        let mut rooms = Rooms::new(User { id: "me".into(), name: "Me".into() }, true);
+        let mut rooms = Rooms::new(User { id: "me".into(), name: "Me".into() }, true, true);
         for (lane, room, number) in [(1, "a", 10), (2, "b", 20)] {
             rooms
                 .lane_opened(lane, LaneHeader { room: room.into(), room_number: number, epoch: 1 });

@@ -47,7 +47,9 @@ pub enum Event {
     /// most 500 ms, and delivers it in a `Barrages` event (in arrival order) right after the
     /// `UsersJoined` that names the sender. Only when that does not come in time, or the hold
     /// overflows (oldest first), is it dropped and counted
-    /// ([`super::ClientStats::barrage_unknown_sender`], `barrage_unknown_room`).
+    /// ([`super::ClientStats::barrage_unknown_sender`], `barrage_unknown_room`). Without
+    /// [`super::ClientConfig::track_members`], only the room is waited for: senders are not
+    /// named ([`ReceivedBarrage::from`] is `None`).
     Barrages {
         /// The room.
         room: String,
@@ -87,8 +89,9 @@ pub enum Event {
     ///   about what the old sequence still carried; resynchronise the room's state.
     ///
     /// Members who left while the client was away are reported just before this event as
-    /// [`Event::UsersLeft`]; members who joined, as [`Event::UsersJoined`]. Custom commands
-    /// sent while the client was away are not recovered.
+    /// [`Event::UsersLeft`]; members who joined, as [`Event::UsersJoined`] (without
+    /// [`super::ClientConfig::track_members`]: the whole member list, see there). Custom
+    /// commands sent while the client was away are not recovered.
     Recovered {
         /// The room.
         room: String,
@@ -139,15 +142,18 @@ pub enum ConnectionState {
     },
 }
 
-/// A barrage message with its sender resolved from the room's member list.
+/// A barrage message, its sender named from the room's member list (when the client tracks
+/// members).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedBarrage {
     /// A per-room unique ID.
     pub id: u64,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
-    /// Who sent it.
-    pub from: User,
+    /// Who sent it: always `Some` when the client tracks members (the default). The datagram
+    /// names its sender only by session number, which only the member list maps to a user:
+    /// without [`super::ClientConfig::track_members`] this is `None`.
+    pub from: Option<User>,
     /// 1 to 1024 bytes.
     pub payload: Bytes,
 }

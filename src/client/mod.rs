@@ -79,6 +79,26 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Whether and how to reconnect after a lost connection (on by default).
     pub reconnect: ReconnectPolicy,
+    /// Whether the client keeps the member list of each room (on by default). That costs
+    /// memory for every member of every room the client is in (two map entries with the
+    /// user's ID and name, a few hundred bytes), which adds up when one process holds many
+    /// clients of one room: N clients in a room of N keep N² entries. It buys two things:
+    /// - barrage senders are named ([`ReceivedBarrage::from`]): a barrage datagram carries
+    ///   only its sender's session number, which only the member list maps to a user;
+    /// - after a re-login (reconnect, or dropped as too slow) only real changes of the member
+    ///   list are reported ([`Event::Recovered`]).
+    ///
+    /// Off, the client keeps nothing per member; [`Event::UsersJoined`] and
+    /// [`Event::UsersLeft`] are still delivered as the lane brings them, but:
+    /// - barrage arrives with `from: None`, as soon as its room is known (it is never held
+    ///   for its sender);
+    /// - after a re-login the room's whole member list arrives again as `UsersJoined` (members
+    ///   the application already knew included), and members who left while the client was
+    ///   away are not reported: the `UsersJoined` events before the room's
+    ///   [`Event::Recovered`] are the complete list, to replace any list the application kept.
+    ///
+    /// For load generators and bots that do not need to know who is in a room.
+    pub track_members: bool,
 }
 
 impl ClientConfig {
@@ -97,6 +117,7 @@ impl ClientConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             reconnect: ReconnectPolicy::default(),
+            track_members: true,
         }
     }
 }

@@ -6,6 +6,9 @@
 //! - the lanes of the current connection: room numbers and members, to name the room and the
 //!   sender of received barrage, and the barrage held until its lane names them. They end
 //!   with their connection.
+//!
+//! Member lists (per lane by session, per membership by user ID) are kept only when the
+//! client tracks members ([`super::ClientConfig::track_members`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -56,6 +59,9 @@ pub(crate) struct Rooms {
     /// Keep memberships when the server ends a lane as too slow or for its shutdown, or when
     /// the connection is lost, to log in again (automatic reconnect is on).
     keep: bool,
+    /// Keep member lists: name barrage senders, report only real member changes after a
+    /// re-login. Without them nothing here grows with the size of a room.
+    track_members: bool,
     /// Memberships by room name.
     joined: HashMap<String, Joined>,
     /// Open room lanes of the current connection.
@@ -94,7 +100,8 @@ struct Joined {
     /// The last broadcast ID of `epoch` handed to the application: a replay drops what is at
     /// or below it, and a recovering login asks for what is above it.
     last_id: u64,
-    /// Members the application has been told about, by user ID.
+    /// Members the application has been told about, by user ID (empty when members are not
+    /// tracked).
     known: HashMap<String, User>,
     /// While the member list of a new login arrives: members known from before that it has
     /// not named yet. Those it never names left while the client was away.
@@ -133,7 +140,8 @@ struct Lane {
     room: String,
     /// The room number from the lane header.
     room_number: u32,
-    /// Members by session number, from the lane's user updates.
+    /// Members by session number, from the lane's user updates (empty when members are not
+    /// tracked).
     members: HashMap<u32, User>,
     /// Members that left recently (when, session, who), to name late barrage senders.
     departed: VecDeque<(Instant, u32, User)>,
@@ -185,11 +193,13 @@ impl Dropped {
 
 impl Rooms {
     /// No rooms yet. `keep`: whether rooms are logged in to again after a lost connection or
-    /// a lane closed as too slow or for a shutdown.
-    pub(crate) fn new(me: User, keep: bool) -> Self {
+    /// a lane closed as too slow or for a shutdown; `track_members`: whether to keep member
+    /// lists.
+    pub(crate) fn new(me: User, keep: bool, track_members: bool) -> Self {
         Rooms {
             me,
             keep,
+            track_members,
             joined: HashMap::new(),
             lanes: HashMap::new(),
             by_number: HashMap::new(),
@@ -278,7 +288,8 @@ impl Rooms {
 
     /// Applies a lane event and says what to deliver. On the membership's current lane,
     /// broadcasts at or below the last one delivered are dropped (a replay overlapping what
-    /// arrived before), and after a new login only real membership changes are reported.
+    /// arrived before), and after a new login only real membership changes are reported
+    /// (when members are tracked; otherwise user updates pass through as they are).
     pub(crate) fn lane_event(&mut self, id: LaneId, event: LaneEvent) -> LaneOutput {
         let mut out = LaneOutput::default();
         if let LaneEvent::Closed { code, detail } = event {
@@ -289,7 +300,9 @@ impl Rooms {
         };
         let room = lane.room.clone();
         let room_number = lane.room_number;
-        let announced = matches!(event, LaneEvent::UsersJoined(_));
+        // Held barrage waits for a join to name its sender; untracked, only for its room,
+        // which any event of this lane shows is known.
+        let release = matches!(event, LaneEvent::UsersJoined(_)) || !self.track_members;
         let mut joined = self.joined.get_mut(&room).filter(|joined| joined.lane == Some(id));
         // A new login's member list ends at its first other event (the `Recovered` event of
         // a recovering login): members known before that it did not name have left.
@@ -302,6 +315,12 @@ impl Rooms {
             out.events.push(Event::UsersLeft { room: room.clone(), users });
         }
         match event {
+            LaneEvent::UsersJoined(members) if !self.track_members => {
+                out.events.push(Event::UsersJoined { room, users: users_of(members) });
+            }
+            LaneEvent::UsersLeft(members) if !self.track_members => {
+                out.events.push(Event::UsersLeft { room, users: users_of(members) });
+            }
             LaneEvent::UsersJoined(members) => {
                 let mut users = Vec::with_capacity(members.len());
                 for Member { session, user } in members {
@@ -354,7 +373,7 @@ impl Rooms {
             }
             LaneEvent::Closed { .. } => {} // handled above
         }
-        if announced {
+        if release {
             self.release_held(room_number, &mut out);
         }
         out
@@ -571,7 +590,8 @@ impl Rooms {
         self.joined.remove(room).is_some()
     }
 
-    /// Names the room and the sender of a received barrage, if the lanes have.
+    /// Names the room and the sender of a received barrage, if the lanes have (untracked:
+    /// the room only, `from` is `None`).
     fn resolve_barrage(
         &self,
         message: &BarrageMessage,
@@ -591,14 +611,22 @@ impl Rooms {
                 })
                 .map(|(_, _, user)| user)
         };
-        let from =
-            lane.members.get(&message.sender).or_else(departed).ok_or(Unresolved::UnknownSender)?;
+        let from = match self.track_members {
+            true => Some(
+                lane.members
+                    .get(&message.sender)
+                    .or_else(departed)
+                    .ok_or(Unresolved::UnknownSender)?
+                    .clone(),
+            ),
+            false => None,
+        };
         Ok((
             &lane.room,
             ReceivedBarrage {
                 id: message.id,
                 sent_at_ms: message.sent_at_ms,
-                from: from.clone(),
+                from,
                 payload: message.payload.clone(),
             },
         ))
@@ -611,6 +639,11 @@ impl Rooms {
         }
         Some(lane)
     }
+}
+
+/// The users of a user update.
+fn users_of(members: Vec<Member>) -> Vec<User> {
+    members.into_iter().map(|member| member.user).collect()
 }
 
 /// The code a lane gets when it ends without a `Closed` event (server reset the stream).
@@ -638,7 +671,7 @@ mod tests {
     }
 
     fn rooms(keep: bool) -> Rooms {
-        Rooms::new(user("me"), keep)
+        Rooms::new(user("me"), keep, true)
     }
 
     /// A login to `room` whose reply and lane (`lane`, epoch `epoch`) both arrived.
@@ -699,7 +732,7 @@ mod tests {
         rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
         let (room, message) = rooms.resolve_barrage(&barrage(7, 4)).unwrap();
         assert_eq!(room, "lobby");
-        assert_eq!(message.from, user("carol"));
+        assert_eq!(message.from, Some(user("carol")));
         assert_eq!(message.id, 77);
         assert_eq!(message.payload, Bytes::from_static(b"hi"));
     }
@@ -713,7 +746,7 @@ mod tests {
         assert_eq!(rooms.resolve_barrage(&barrage(7, 9)).err(), Some(Unresolved::UnknownSender));
         rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")]));
         // A barrage bob sent just before leaving still names him for a while…
-        assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).unwrap().1.from, user("bob"));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).unwrap().1.from, Some(user("bob")));
         tokio::time::advance(DEPARTED_TTL + Duration::from_millis(1)).await;
         // …then no longer.
         assert_eq!(rooms.resolve_barrage(&barrage(7, 3)).err(), Some(Unresolved::UnknownSender));
@@ -745,7 +778,7 @@ mod tests {
         let bob = rooms.receive_barrage(barrage_from(7, 3, 2), t0, &mut dropped);
         assert_eq!(
             bob.map(|(room, m)| (room, m.id, m.from)),
-            Some(("lobby".into(), 2, user("bob")))
+            Some(("lobby".into(), 2, Some(user("bob"))))
         );
         assert!(rooms.receive_barrage(barrage_from(7, 6, 3), t0, &mut dropped).is_none());
         assert!(rooms.receive_barrage(barrage_from(7, 5, 4), t0, &mut dropped).is_none());
@@ -758,7 +791,7 @@ mod tests {
         );
         assert_eq!(barrage_ids(&out.events), vec![vec![1, 4]]);
         let Event::Barrages { room, messages } = &out.events[1] else { panic!("{out:?}") };
-        assert_eq!((room.as_str(), &messages[0].from), ("lobby", &user("carol")));
+        assert_eq!((room.as_str(), &messages[0].from), ("lobby", &Some(user("carol"))));
         assert_eq!((out.events.len(), out.barrage), (2, 2));
 
         // dave's never comes (he left at once): dropped when the hold expires, not before.
@@ -1072,7 +1105,7 @@ mod tests {
             ]
         );
         // bob's new session names his barrage.
-        assert_eq!(rooms.resolve_barrage(&barrage(7, 5)).unwrap().1.from, user("bob"));
+        assert_eq!(rooms.resolve_barrage(&barrage(7, 5)).unwrap().1.from, Some(user("bob")));
         // A second loss compares with the updated list.
         rooms.connection_lost();
         rooms.lane_opened(3, header("lobby", 7));
@@ -1080,6 +1113,69 @@ mod tests {
         let events = deliver(&mut rooms, 3, recovered);
         let Event::UsersLeft { users, .. } = &events[0] else { panic!("{events:?}") };
         assert_eq!(users, &vec![user("bob"), user("dave")]);
+    }
+
+    fn untracked() -> Rooms {
+        Rooms::new(user("me"), true, false)
+    }
+
+    #[test]
+    fn untracked_user_updates_pass_through_and_no_member_list_is_kept() {
+        let mut rooms = untracked();
+        joined(&mut rooms, "lobby", 1, 1);
+        let joins = LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]);
+        assert_eq!(
+            rooms.lane_event(1, joins).events,
+            vec![Event::UsersJoined {
+                room: "lobby".into(),
+                users: vec![user("bob"), user("carol")]
+            }]
+        );
+        assert_eq!(
+            rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])).events,
+            vec![Event::UsersLeft { room: "lobby".into(), users: vec![user("bob")] }]
+        );
+        assert!(rooms.lanes[&1].members.is_empty() && rooms.lanes[&1].departed.is_empty());
+        assert!(rooms.joined["lobby"].known.is_empty());
+        // Any sender, present, departed or never announced, is delivered at once, unnamed.
+        for sender in [4, 3, 9] {
+            let (room, message) = rooms.resolve_barrage(&barrage(7, sender)).unwrap();
+            assert_eq!((room, message.from), ("lobby", None));
+        }
+    }
+
+    #[test]
+    fn untracked_barrage_waits_only_for_its_room() {
+        let mut rooms = untracked();
+        assert!(rooms.login_started("lobby", "t"));
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        assert!(rooms.receive_barrage(barrage_from(7, 3, 1), t0, &mut dropped).is_none());
+        rooms.lane_opened(1, header("lobby", 7));
+        // The lane's first event, whatever it is, releases it.
+        let out = rooms.lane_event(1, broadcasts(&[1], "bob"));
+        assert_eq!((barrage_ids(&out.events), out.barrage), (vec![vec![1]], 1));
+        assert_eq!((dropped, rooms.next_expiry()), (Dropped::default(), None));
+    }
+
+    #[test]
+    fn untracked_relogin_repeats_the_whole_member_list_and_misses_departures() {
+        let mut rooms = untracked();
+        joined(&mut rooms, "lobby", 1, 1);
+        deliver(&mut rooms, 1, LaneEvent::UsersJoined(vec![member(2, "bob"), member(3, "carol")]));
+        rooms.connection_lost();
+        rooms.lane_opened(2, header("lobby", 7));
+        // bob is still there, dave is new, carol left while the client was away.
+        let members = vec![member(5, "bob"), member(6, "dave")];
+        assert_eq!(
+            deliver(&mut rooms, 2, LaneEvent::UsersJoined(members)),
+            vec![Event::UsersJoined {
+                room: "lobby".into(),
+                users: vec![user("bob"), user("dave")]
+            }]
+        );
+        let recovered = LaneEvent::Recovered { complete: true, missed: None, replayed: 0 };
+        let events = deliver(&mut rooms, 2, recovered);
+        assert!(matches!(&events[..], [Event::Recovered { .. }]), "{events:?}");
     }
 
     #[test]

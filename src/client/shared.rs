@@ -65,7 +65,7 @@ impl Shared {
         quic: quinn::ClientConfig,
         connection: Arc<Connection>,
     ) -> Self {
-        let rooms = Rooms::new(config.user.clone(), config.reconnect.enabled);
+        let rooms = Rooms::new(config.user.clone(), config.reconnect.enabled, config.track_members);
         Shared {
             config,
             endpoint,

@@ -238,7 +238,7 @@ async fn login_lane_events_broadcast_and_barrage() {
                 other => panic!("expected barrage, got {other:?}"),
             }
         }
-        assert!(received.iter().all(|m| m.from == user("bob")));
+        assert!(received.iter().all(|m| m.from == Some(user("bob"))));
         assert_eq!(client.stats().barrage_received, 2);
 
         // Kicked: the room closes and the login is forgotten.
@@ -589,6 +589,88 @@ async fn reconnect_logs_in_again_with_recovery_and_never_duplicates() {
     let last = within(events.next()).await;
     assert_eq!(last, Some(Event::Disconnected { code: Some(0), reason: "client closed".into() }));
     assert_eq!(within(events.next()).await, None);
+}
+
+#[tokio::test]
+async fn member_tracking_names_barrage_senders_and_diffs_the_members_after_a_relogin() {
+    for track_members in [true, false] {
+        let (client, mut events, conn, server) = pair_with(|config| {
+            config.track_members = track_members;
+            config.reconnect.initial_backoff = Duration::from_millis(20);
+        })
+        .await;
+        let (peer, mut lane) = login(&client, &conn, "lobby", 7, true).await;
+        let members = vec![member(2, "bob"), member(3, "carol")];
+        send_frame(&mut lane, &LaneEvent::UsersJoined(members)).await;
+        let room = || "lobby".to_string();
+        assert_eq!(
+            within(events.next()).await,
+            Some(Event::UsersJoined { room: room(), users: vec![user("bob"), user("carol")] })
+        );
+
+        // Barrage from a session never announced (1), then from bob's (2).
+        for (id, sender) in [(1, 9), (2, 2)] {
+            let datagram = ServerDatagram::Barrage(BarrageMessage {
+                room_number: 7,
+                id,
+                sent_at_ms: 11,
+                sender,
+                payload: Bytes::from_static(b"pew"),
+            });
+            peer.conn.send_datagram(encode_body(&datagram).expect("encode")).expect("send");
+        }
+        let expected = match track_members {
+            // Named; the unknown session's is held for its join, which never comes.
+            true => vec![(2, Some(user("bob")))],
+            false => vec![(1, None), (2, None)],
+        };
+        let mut received = Vec::new();
+        while received.len() < expected.len() {
+            match within(events.next()).await {
+                Some(Event::Barrages { messages, .. }) => {
+                    received.extend(messages.into_iter().map(|m| (m.id, m.from)));
+                }
+                other => panic!("expected barrage, got {other:?}"),
+            }
+        }
+        received.sort_by_key(|(id, _)| *id);
+        assert_eq!(received, expected, "track_members: {track_members}");
+
+        // Logged in again: bob is still there, carol left, dave joined.
+        peer.conn.close(VarInt::from_u32(close::SHUTDOWN), b"restart");
+        assert!(matches!(within(events.next()).await, Some(Event::ConnectionState(_))));
+        let mut peer = accept_next(&server).await;
+        let recover = Recover { epoch: 1, last_id: 0 };
+        let members = vec![member(5, "bob"), member(6, "dave")];
+        let mut lane = expect_relogin(&mut peer, "token", recover, 1, members).await;
+        let recovered = LaneEvent::Recovered { complete: true, missed: None, replayed: 0 };
+        send_frame(&mut lane, &recovered).await;
+        let membership = match track_members {
+            // Only the changes.
+            true => vec![
+                Event::UsersJoined { room: room(), users: vec![user("dave")] },
+                Event::UsersLeft { room: room(), users: vec![user("carol")] },
+            ],
+            // The whole list again; carol's departure is not reported.
+            false => {
+                vec![Event::UsersJoined { room: room(), users: vec![user("bob"), user("dave")] }]
+            }
+        };
+        let reconnected = Event::ConnectionState(ConnectionState::Reconnected);
+        let recovered =
+            Event::Recovered { room: room(), complete: true, missed: None, replayed: 0 };
+        let expected: Vec<Event> =
+            [reconnected].into_iter().chain(membership).chain([recovered]).collect();
+        for event in expected {
+            assert_eq!(within(events.next()).await, Some(event), "track_members: {track_members}");
+        }
+        // The held one was dropped with the lost connection (as of an unknown sender, or of
+        // an unknown room when its lane ended first).
+        let stats = client.stats();
+        let dropped = stats.barrage_unknown_sender + stats.barrage_unknown_room;
+        assert_eq!(dropped, u64::from(track_members));
+        client.close().await;
+    }
 }
 
 #[tokio::test]

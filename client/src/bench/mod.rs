@@ -41,8 +41,9 @@ use report::{
 };
 use traffic::{BARRAGE_LATE, CommandTo, Kind, Live, STAMP_LEN, SendPlan, run_sender};
 
-/// Most connections one run opens (the relay's default `max_connections`).
-pub const MAX_CONNECTIONS: usize = 10_000;
+/// Most connections one run opens: 10,000 receivers and a sender in one room (above the
+/// relay's default `max_connections`; `benches/relay-bench.toml` allows it).
+pub const MAX_CONNECTIONS: usize = 10_001;
 /// Longest sending phase.
 const MAX_DURATION: Duration = Duration::from_secs(600);
 /// Longest wait for outstanding deliveries, and for rooms to settle.
@@ -57,7 +58,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Options of `qrelay-cli bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Client connections to open (each logs in to one room), at most 10000.
+    /// Client connections to open (each logs in to one room), at most 10001.
     #[arg(long, default_value_t = 100)]
     connections: usize,
     /// Rooms; connection i joins room i mod M.
@@ -427,7 +428,11 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
 }
 
 /// Users, rooms and sockets of a run.
-fn fleet_plan(args: &BenchArgs, run_id: u32, client: ClientConfig, token: Minter) -> FleetPlan {
+fn fleet_plan(args: &BenchArgs, run_id: u32, mut client: ClientConfig, token: Minter) -> FleetPlan {
+    // The tool tells senders apart by the stamp in the payload and only counts members: a
+    // member list in every client would cost it memory for the square of a room's size
+    // (10⁸ entries for 10,000 receivers in one room).
+    client.track_members = false;
     let n = args.connections;
     let room_of: Vec<usize> = (0..n).map(|i| i % args.rooms).collect();
     FleetPlan {
@@ -492,21 +497,24 @@ fn spawn_senders(
     live: &Arc<Live>,
 ) -> Vec<tokio::task::JoinHandle<traffic::SenderTally>> {
     let senders: Vec<usize> = (0..args.senders).filter(|&i| fleet.clients[i].is_some()).collect();
+    // One list per room, shared by its senders (not one per sender: every connection may send).
+    let mut members = vec![Vec::new(); plan.rooms];
+    for (conn, client) in fleet.clients.iter().enumerate() {
+        if client.is_some() {
+            members[plan.room_of[conn]].push((conn, plan.users[conn].clone()));
+        }
+    }
+    let members: Vec<Arc<[(usize, String)]>> = members.into_iter().map(Arc::from).collect();
     let mut tasks = Vec::with_capacity(senders.len());
     for &conn in &senders {
         let Some(client) = fleet.clients[conn].clone() else { continue };
-        let room = plan.room_of[conn];
-        let others = (0..plan.users.len())
-            .filter(|&j| j != conn && plan.room_of[j] == room && fleet.clients[j].is_some())
-            .map(|j| (j, plan.users[j].clone()))
-            .collect();
         let send = SendPlan {
             conn,
             room: plan.room_names[conn].clone(),
             rate: args.rate / senders.len() as f64,
             kinds: args.kind.clone(),
             command_to: args.command_to,
-            others,
+            members: members[plan.room_of[conn]].clone(),
             payload: args.payload,
             duration: args.duration,
         };

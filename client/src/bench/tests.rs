@@ -87,7 +87,7 @@ async fn commands_to_one_member_reach_that_member() {
 async fn options_out_of_bounds_are_refused() {
     for bad in [
         "--connections 0",
-        "--connections 10001",
+        "--connections 10002",
         "--connections 4 --rooms 5",
         "--connections 4 --senders 5",
         "--payload 15",

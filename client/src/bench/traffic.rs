@@ -409,12 +409,30 @@ pub struct SendPlan {
     pub kinds: Vec<Kind>,
     /// How commands are addressed.
     pub command_to: CommandTo,
-    /// The other members of the room (connection index, user ID), for `--command-to one`.
-    pub others: Vec<(usize, String)>,
+    /// The room's members (connection index, user ID) in connection order, this sender
+    /// included, for `--command-to one`; shared by the room's senders.
+    pub members: Arc<[(usize, String)]>,
     /// Payload size.
     pub payload: usize,
     /// How long to send.
     pub duration: Duration,
+}
+
+impl SendPlan {
+    /// The `k`th other member of the room, round-robin (an index into `members`); `None`
+    /// when the sender is alone.
+    fn other(&self, k: usize) -> Option<usize> {
+        let me = self.members.binary_search_by_key(&self.conn, |(conn, _)| *conn).ok();
+        let others = self.members.len() - usize::from(me.is_some());
+        if others == 0 {
+            return None;
+        }
+        let i = k % others;
+        Some(match me {
+            Some(me) if i >= me => i + 1,
+            _ => i,
+        })
+    }
 }
 
 /// Sends at `plan.rate` for `plan.duration`, without waiting for one result before the next
@@ -454,9 +472,7 @@ pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> Send
             }
             let kind = plan.kinds[count as usize % plan.kinds.len()];
             let target = match (kind, plan.command_to) {
-                (Kind::Command, CommandTo::One) if !plan.others.is_empty() => {
-                    Some((count as usize / plan.kinds.len()) % plan.others.len())
-                }
+                (Kind::Command, CommandTo::One) => plan.other(count as usize / plan.kinds.len()),
                 _ => None,
             };
             tally.kinds[kind.index()].sent += 1;
@@ -474,7 +490,7 @@ pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> Send
     tally
 }
 
-/// The outcome of one send: its kind, its target (index into `others`) and its result.
+/// The outcome of one send: its kind, its target (connection index) and its result.
 type SendOutcome = (Kind, Option<usize>, Result<u64, ClientError>);
 
 async fn send_one(
@@ -491,12 +507,12 @@ async fn send_one(
         Kind::Barrage => client.send_barrage_message(room, payload).await,
         Kind::Command => match target {
             Some(t) => {
-                client.send_custom_command(room, payload, &[plan.others[t].1.as_str()]).await
+                client.send_custom_command(room, payload, &[plan.members[t].1.as_str()]).await
             }
             None => client.send_custom_command(room, payload, &[]).await,
         },
     };
-    (kind, target.map(|t| plan.others[t].0), result)
+    (kind, target.map(|t| plan.members[t].0), result)
 }
 
 fn record(
@@ -551,6 +567,27 @@ mod tests {
         assert!(receiver.barrage_fresh(99));
         assert!(!receiver.barrage_fresh(100));
         assert!(receiver.barrage_fresh(5)); // too old to tell
+    }
+
+    #[test]
+    fn commands_to_one_go_round_the_other_members() {
+        let members: Arc<[(usize, String)]> =
+            [1, 4, 7].iter().map(|&conn| (conn, format!("u{conn}"))).collect();
+        let plan = |conn| SendPlan {
+            conn,
+            room: "r".into(),
+            rate: 1.0,
+            kinds: vec![Kind::Command],
+            command_to: CommandTo::One,
+            members: members.clone(),
+            payload: STAMP_LEN,
+            duration: Duration::from_secs(1),
+        };
+        let targets = |conn| (0..4).map(|k| plan(conn).other(k)).collect::<Vec<_>>();
+        assert_eq!(targets(4), vec![Some(0), Some(2), Some(0), Some(2)]);
+        assert_eq!(targets(1), vec![Some(1), Some(2), Some(1), Some(2)]);
+        let alone = SendPlan { members: Arc::from([(4, "u4".to_string())]), ..plan(4) };
+        assert_eq!(alone.other(0), None);
     }
 
     #[test]
