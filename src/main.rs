@@ -51,6 +51,10 @@ struct ServeArgs {
     /// Turn UDP segmentation offload (GSO) off.
     #[arg(long)]
     no_gso: bool,
+    /// UDP sockets on the one address (SO_REUSEPORT), each endpoint after the first on a
+    /// thread of its own [default: 1].
+    #[arg(long)]
+    endpoints: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,6 +129,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.insecure_dev_auth |= args.insecure_dev_auth;
     if args.no_gso {
         config.segmentation_offload = false;
+    }
+    if let Some(endpoints) = args.endpoints {
+        config.endpoints = endpoints;
     }
     let threads = args.threads.unwrap_or(1);
     let identity = load_identity(&config)?;

@@ -87,16 +87,28 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
 /// the system default, about 208 KiB on Linux) asks for larger receive and send buffers
 /// (Linux caps them at `net.core.rmem_max` and `net.core.wmem_max`): they absorb handshake
 /// storms, at the cost of queueing delay when the relay is overloaded. Returns the socket and
-/// the receive and send buffer sizes granted.
+/// the receive and send buffer sizes granted. With `reuse_port`, further sockets bound the same
+/// way share the address (`SO_REUSEPORT`; Unix only): Linux hashes each peer's address and port
+/// to one of them.
 pub fn bind_udp(
     addr: std::net::SocketAddr,
     buffer_bytes: usize,
+    reuse_port: bool,
 ) -> std::io::Result<(std::net::UdpSocket, usize, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Listen on exactly the address given, not on IPv4 too.
         socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "SO_REUSEPORT (several endpoints on one address) needs a Unix system",
+        ));
     }
     if buffer_bytes > 0 {
         // Best effort: a smaller grant is reported, not an error.

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Most UDP endpoints a relay may run: one per core is the point of more than one, so a
+/// larger number is a mistake, not a machine.
+pub const MAX_ENDPOINTS: usize = 256;
+
 /// Everything a relay can be told. `Default` is the documented default of each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +55,14 @@ pub struct ServerConfig {
     /// Default 0: larger buffers absorb handshake storms, but under overload they queue
     /// packets instead of dropping them, and latency grows with the buffer (BENCHMARKS.md).
     pub udp_buffer_bytes: usize,
+    /// UDP sockets bound to `listen` together (`SO_REUSEPORT`, Unix only above 1), each with
+    /// its own QUIC endpoint; every endpoint after the first runs on an OS thread of its own
+    /// with a single-threaded runtime, and all share the rooms and counters. Linux hashes each
+    /// client's address and port to one socket, so a connection stays on one endpoint; a client
+    /// whose address changes mid-connection (NAT rebinding) lands on another endpoint, which
+    /// resets the connection, and has to reconnect. Default 1: one socket, on the runtime that
+    /// runs the relay.
+    pub endpoints: usize,
     /// Broadcasts each room keeps for recovery after a re-login (0 turns recovery off).
     /// Default 500.
     pub history_size: usize,
@@ -91,6 +103,7 @@ impl Default for ServerConfig {
             lane_queue: 4096,
             segmentation_offload: true,
             udp_buffer_bytes: 0,
+            endpoints: 1,
             history_size: 500,
             history_ttl_secs: 300,
             lane_stall_ms: 60_000,
@@ -121,6 +134,9 @@ impl ServerConfig {
         }
         if self.max_connections_per_address == 0 {
             return Err("max_connections_per_address must be above 0".into());
+        }
+        if !(1..=MAX_ENDPOINTS).contains(&self.endpoints) {
+            return Err(format!("endpoints must be from 1 to {MAX_ENDPOINTS}"));
         }
         if self.lane_queue < crate::protocol::MAX_BATCH {
             return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
@@ -237,6 +253,8 @@ mod tests {
         let config = ServerConfig { idle_timeout_ms: 0, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         let config = ServerConfig { max_connections_per_address: 0, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
+        let config = ServerConfig { endpoints: 0, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         assert!(ServerConfig::default().validate().is_ok());
     }

@@ -1,6 +1,8 @@
 //! The relay: accepts QUIC connections, routes logins to rooms and fans messages out.
 //!
 //! - [`config`]: every setting and its default.
+//! - `endpoint`: the UDP sockets and QUIC endpoints; several share one address
+//!   (`SO_REUSEPORT`), each after the first on a thread of its own.
 //! - `admission`: Retry under handshake load, total and per-address connection limits.
 //! - `connection`: one client's control stream, datagrams and rooms.
 //! - `router` / `room`: room ID → room; members, sequences, frequency limits, fan-out.
@@ -11,6 +13,7 @@
 mod admission;
 pub mod config;
 mod connection;
+mod endpoint;
 mod lane;
 mod rate;
 mod room;
@@ -89,7 +92,10 @@ impl Shared {
 /// A bound relay, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    endpoint: quinn::Endpoint,
+    /// Every endpoint (never none); the first runs on the runtime that runs [`Server::run`].
+    endpoints: Vec<quinn::Endpoint>,
+    /// The threads of the endpoints after the first, waiting for [`Server::run`].
+    threads: Vec<endpoint::EndpointThread>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
@@ -97,13 +103,14 @@ pub struct Server {
 /// A cheap handle to a running relay: address, counters, shutdown.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Server {
-    /// Binds the UDP socket. Must be called inside a tokio runtime.
+    /// Binds the UDP sockets (`config.endpoints` of them) and starts the threads of all but
+    /// the first. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig, identity: Identity) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let mut quic =
@@ -116,12 +123,6 @@ impl Server {
             transport.enable_segmentation_offload(false);
             quic.transport_config(Arc::new(transport));
         }
-        let (socket, recv_buffer, send_buffer) =
-            crate::transport::bind_udp(config.listen, config.udp_buffer_bytes)?;
-        info!(recv_buffer, send_buffer, "UDP socket buffers");
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(quic), socket, runtime)?;
         if config.insecure_dev_auth {
             warn!(
                 "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
@@ -136,45 +137,36 @@ impl Server {
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
-        Ok(Server { endpoint, shared, shutdown })
+        let (endpoints, threads) = endpoint::bind(&shared, quic, &shutdown)?;
+        Ok(Server { endpoints, threads, shared, shutdown })
     }
 
     /// A handle that stays valid while the server runs.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
-            endpoint: self.endpoint.clone(),
+            endpoints: self.endpoints.clone(),
             shared: self.shared.clone(),
             shutdown: self.shutdown.clone(),
         }
     }
 
-    /// The address the relay listens on.
+    /// The address the relay listens on (every endpoint's).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.endpoints[0].local_addr()
     }
 
-    /// Accepts connections until [`ServerHandle::shutdown`] is called.
+    /// Accepts connections until [`ServerHandle::shutdown`] is called: on the first endpoint
+    /// here, on the others in their threads. With several endpoints, returns once their
+    /// threads have ended too.
     pub async fn run(self) {
-        let mut stop = self.shutdown.subscribe();
-        info!(addr = ?self.endpoint.local_addr().ok(), "relay listening");
+        info!(addr = ?self.local_addr().ok(), endpoints = self.endpoints.len(), "relay listening");
         tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
-        loop {
-            let incoming = tokio::select! {
-                incoming = self.endpoint.accept() => incoming,
-                _ = stop.changed() => None,
-            };
-            let Some(incoming) = incoming else { break };
-            let Some((incoming, admitted)) = admission::admit(&self.shared, incoming) else {
-                continue;
-            };
-            tokio::spawn(connection::serve(
-                self.shared.clone(),
-                incoming,
-                admitted,
-                self.shutdown.subscribe(),
-            ));
-        }
+        let threads: Vec<_> = self.threads.into_iter().map(|thread| thread.start()).collect();
+        endpoint::accept(&self.endpoints[0], &self.shared, self.shutdown.subscribe()).await;
         info!("relay stopped accepting");
+        for done in threads {
+            let _ = done.await;
+        }
     }
 }
 
@@ -191,9 +183,9 @@ async fn sweep_rooms(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 impl ServerHandle {
-    /// The address the relay listens on.
+    /// The address the relay listens on (every endpoint's).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.endpoints[0].local_addr()
     }
 
     /// A copy of the relay's counters.
@@ -218,7 +210,14 @@ impl ServerHandle {
             }
         })
         .await;
-        self.endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+        for endpoint in &self.endpoints {
+            endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for endpoint in &self.endpoints {
+                endpoint.wait_idle().await;
+            }
+        })
+        .await;
     }
 }

@@ -33,6 +33,8 @@ pub struct TestRelay {
     pub tokens: TokenKey,
     /// The certificates, to start the relay again with the same identity.
     pub pki: DevPki,
+    /// The relay's `Server::run` task: it ends after shutdown.
+    pub running: tokio::task::JoinHandle<()>,
 }
 
 fn identity(pki: &DevPki, tokens: &TokenKey) -> Identity {
@@ -80,8 +82,8 @@ impl TestRelay {
     fn run(server: Server, pki: DevPki, tokens: TokenKey) -> TestRelay {
         let handle = server.handle();
         let addr = server.local_addr().unwrap();
-        tokio::spawn(server.run());
-        TestRelay { handle, addr, ca: pki.ca().unwrap(), tokens, pki }
+        let running = tokio::spawn(server.run());
+        TestRelay { handle, addr, ca: pki.ca().unwrap(), tokens, pki, running }
     }
 
     /// A one-hour token for `user`, all rooms, may publish.
