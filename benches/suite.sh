@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The load-tool runs behind BENCHMARKS.md, against a relay in its own process on this machine.
 #
-#   benches/suite.sh [CASE ...]      # no CASE: every case, about 4 minutes
+#   benches/suite.sh [CASE ...]      # no CASE: every case, about 6 minutes
 #
-# Cases: 1to1 1to100 1to1000 1to1000-1m barrage100 rooms10 rooms100 rooms1000 idle10k.
+# Cases: 1to1 1to100 1to1000 1to1000-1m barrage100 rooms10 rooms100 rooms1000 rooms10000
+# idle10k.
 # Each case starts `qrelay serve --config benches/relay-bench.toml` (no frequency limits, room
 # for 10,000 connections from one address) on 127.0.0.1:$PORT, runs `qrelay-cli bench` with
 # --server-pid, prints the report, and stops the relay. Reports are also kept in $OUT.
@@ -32,9 +33,10 @@ declare -A CASES=(
     [rooms10]="--connections 11 --senders 1 --rate 5000 --duration 10s --per-endpoint 10"
     [rooms100]="--connections 101 --senders 1 --rate 500 --duration 10s --per-endpoint 10"
     [rooms1000]="--connections 1001 --senders 1 --rate 50 --duration 10s --per-endpoint 10 --connect-parallel 10"
+    [rooms10000]="--connections 10001 --senders 1 --rate 5 --duration 10s --per-endpoint 10 --connect-parallel 20 --timeout 60"
     [idle10k]="--connections 10000 --rooms 100 --senders 0 --duration 1s --connect-parallel 20 --timeout 60"
 )
-ORDER=(1to1 1to100 1to1000 1to1000-1m barrage100 rooms10 rooms100 rooms1000 idle10k)
+ORDER=(1to1 1to100 1to1000 1to1000-1m barrage100 rooms10 rooms100 rooms1000 rooms10000 idle10k)
 (($# > 0)) && ORDER=("$@")
 
 relay_pid=

@@ -110,7 +110,7 @@ impl ConnState {
                                 Err(e) => break Err(e),
                             }
                         };
-                        self.flush_rooms();
+                        let flushed = self.flush_rooms();
                         if let Err(e) = more {
                             // The requests before the bad frame were carried out: say so,
                             // and let the replies arrive before the close discards them.
@@ -124,6 +124,11 @@ impl ConnState {
                             let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
                             self.violation(&e);
                             return;
+                        }
+                        if flushed {
+                            // The lane writers run first, so the messages leave before the
+                            // sender's replies: a reply sent first delays every delivery.
+                            tokio::task::yield_now().await;
                         }
                         replies
                     }
@@ -202,10 +207,13 @@ impl ConnState {
     }
 
     /// Hands this connection's accepted broadcasts to the receivers' lanes.
-    fn flush_rooms(&mut self) {
+    /// Returns whether there was anything to flush.
+    fn flush_rooms(&mut self) -> bool {
+        let any = !self.unflushed.is_empty();
         for room in self.unflushed.drain(..) {
             room.flush(&self.shared);
         }
+        any
     }
 
     fn reply(&mut self, request: u32, outcome: Result<Outcome, Refusal>) -> ControlFrame {
