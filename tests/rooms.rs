@@ -277,23 +277,14 @@ async fn large_rooms_batch_user_updates_and_newcomers_get_only_later_ones() {
     // Up to two members, each change is told at once.
     let (_alice, mut alice_lane) = relay.raw_member("alice", "hall").await;
     let (_bob, _bob_lane) = relay.raw_member("bob", "hall").await;
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
-        other => panic!("expected bob's join, got {other:?}"),
-    }
+    expect_users(&mut alice_lane, true, &["bob"]).await;
     // Above two, changes wait for the interval and arrive together, in order.
     let (mut carol, _carol_lane) = relay.raw_member("carol", "hall").await;
     let (_dave, mut dave_lane) = relay.raw_member("dave", "hall").await;
     let (_erin, _erin_lane) = relay.raw_member("erin", "hall").await;
     assert_eq!(carol.request(Request::Logout { room: "hall".into() }).await, Outcome::Done);
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave", "erin"]),
-        other => panic!("expected one batched join, got {other:?}"),
-    }
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersLeft(members) => assert_eq!(ids(&members), ["carol"]),
-        other => panic!("expected carol's leave, got {other:?}"),
-    }
+    expect_users(&mut alice_lane, true, &["carol", "dave", "erin"]).await;
+    expect_users(&mut alice_lane, false, &["carol"]).await;
     // dave's list at login had alice, bob and carol; it hears only what came after (erin's
     // join, carol's leave), never its own join or a join it was already listed.
     match next_event(&mut dave_lane).await {
@@ -304,14 +295,8 @@ async fn large_rooms_batch_user_updates_and_newcomers_get_only_later_ones() {
         }
         other => panic!("expected the member list, got {other:?}"),
     }
-    match next_event(&mut dave_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["erin"]),
-        other => panic!("expected erin's join, got {other:?}"),
-    }
-    match next_event(&mut dave_lane).await {
-        LaneEvent::UsersLeft(members) => assert_eq!(ids(&members), ["carol"]),
-        other => panic!("expected carol's leave, got {other:?}"),
-    }
+    expect_users(&mut dave_lane, true, &["erin"]).await;
+    expect_users(&mut dave_lane, false, &["carol"]).await;
 }
 
 #[tokio::test]
@@ -323,14 +308,8 @@ async fn a_message_takes_pending_user_updates_with_it_in_order() {
     let (mut carol, _carol_lane) = relay.raw_member("carol", "hall").await;
     let (_dave, _dave_lane) = relay.raw_member("dave", "hall").await;
     sent_id(carol.broadcast("hall", b"hello").await);
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
-        other => panic!("expected bob's join, got {other:?}"),
-    }
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave"]),
-        other => panic!("expected the batched joins, got {other:?}"),
-    }
+    expect_users(&mut alice_lane, true, &["bob"]).await;
+    expect_users(&mut alice_lane, true, &["carol", "dave"]).await;
     match next_event(&mut alice_lane).await {
         LaneEvent::Broadcasts(messages) => assert_eq!(messages[0].payload, "hello"),
         other => panic!("expected carol's broadcast, got {other:?}"),
@@ -357,13 +336,16 @@ async fn a_newcomers_barrage_takes_its_pending_join_with_it() {
     })
     .unwrap();
     dave.conn.send_datagram(datagram).unwrap();
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["bob"]),
-        other => panic!("expected bob's join, got {other:?}"),
-    }
-    match next_event(&mut alice_lane).await {
-        LaneEvent::UsersJoined(members) => assert_eq!(ids(&members), ["carol", "dave"]),
-        other => panic!("expected the batched joins, got {other:?}"),
+    expect_users(&mut alice_lane, true, &["bob"]).await;
+    expect_users(&mut alice_lane, true, &["carol", "dave"]).await;
+}
+
+/// The next lane event must be a join (or leave) of exactly `expected`, in this order.
+async fn expect_users(lane: &mut FrameReader, joined: bool, expected: &[&str]) {
+    match next_event(lane).await {
+        LaneEvent::UsersJoined(members) if joined => assert_eq!(ids(&members), expected),
+        LaneEvent::UsersLeft(members) if !joined => assert_eq!(ids(&members), expected),
+        other => panic!("expected joined={joined} of {expected:?}, got {other:?}"),
     }
 }
 
