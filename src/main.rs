@@ -145,6 +145,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
+    let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
     let server = Server::bind(config, identity)
         .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
@@ -153,8 +154,9 @@ async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
     // the relay, so write errors are ignored rather than panicking as `println!` would.
     let banner = format!(
-        "qrelay listening on UDP {addr}\n  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
-        certs_dir.join("ca.pem").display()
+        "qrelay listening on UDP {addr}\n  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
+        certs_dir.join("ca.pem").display(),
+        secret.display()
     );
     {
         use std::io::Write;

@@ -544,6 +544,25 @@ async fn bench_against_an_external_relay_reports_json() {
     assert_eq!(relay.handle.stats().logins, 6);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fails_when_it_could_not_measure_what_was_asked() {
+    // The SDK's frequency limits: 2 broadcasts per second per user refuse most of 100/s.
+    let relay = Relay::start(|c| c.limits = RateLimits::default()).await;
+    let args = ["bench", "--connections", "2", "--rate", "100", "--duration", "500ms", "--json"];
+    let (ok, report) = relay.run("ignored", &args).await;
+    assert!(!ok, "a run with refused sends must fail: {report}");
+    let refused = &report["kinds"][0]["refused"];
+    assert!(refused["USER_RATE_LIMITED"].as_u64() > Some(0), "{refused}");
+    assert_eq!(report["lost"], 0);
+
+    // Connections the relay refuses (2 per address here) fail the run too.
+    let relay = Relay::start(|c| c.max_connections_per_address = 2).await;
+    let args = ["bench", "--connections", "4", "--senders", "0", "--duration", "100ms", "--json"];
+    let (ok, report) = relay.run("ignored", &args).await;
+    assert!(!ok, "a run with failed connections must fail: {report}");
+    assert_eq!(report["connect"]["logged_in"], 2, "{report}");
+}
+
 #[tokio::test]
 async fn clients_can_share_one_endpoint() {
     let relay = Relay::start(|_| {}).await;

@@ -32,7 +32,12 @@ pub(crate) fn bind(
     let reuse_port = config.endpoints > 1;
     let (socket, recv_buffer, send_buffer) =
         crate::transport::bind_udp(config.listen, config.udp_buffer_bytes, reuse_port)?;
-    info!(recv_buffer, send_buffer, endpoints = config.endpoints, "UDP socket buffers");
+    info!(
+        recv_buffer,
+        send_buffer,
+        endpoints = config.endpoints,
+        "UDP socket buffers (as the kernel reports them: Linux doubles the size it grants)"
+    );
     let addr = socket.local_addr()?;
     // One reset key for all: a client that lands on another endpoint (its address changed) gets
     // a stateless reset it accepts, and reconnects at once instead of timing out.

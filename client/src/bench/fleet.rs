@@ -192,7 +192,7 @@ async fn connect_progress(done: Arc<AtomicUsize>, n: usize, start: Instant) {
         let done = done.load(Ordering::Relaxed);
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "[connect {secs:5.1}s] {done}/{n} connected and logged in ({:.0}/s)",
+            "[connect {secs:5.1}s] {done}/{n} attempts finished ({:.0}/s)",
             done as f64 / secs
         );
     }

@@ -55,6 +55,9 @@ const BARRAGE_QUIET: Duration = Duration::from_millis(300);
 /// How long closing connections may take at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
+/// Connections below which memory per connection is not reported.
+const MIN_CONNECTIONS_FOR_MEMORY: usize = 100;
+
 /// Options of `qrelay-cli bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -364,7 +367,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         memory_loaded,
         memory_after,
         kib_per_connection: match (memory_before, memory_loaded) {
-            (Some(before), Some(loaded)) if logged_in > 0 => {
+            // With fewer connections the process's own noise swamps the figure.
+            (Some(before), Some(loaded)) if logged_in >= MIN_CONNECTIONS_FOR_MEMORY => {
                 Some(loaded.rss_kib.saturating_sub(before.rss_kib) as f64 / logged_in as f64)
             }
             _ => None,

@@ -286,9 +286,44 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether the run passed: nothing reliable lost or duplicated.
+    /// Whether the run passed: every connection logged in, no send refused, nothing reliable
+    /// lost or duplicated.
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.duplicates == 0
+        self.problems().is_empty()
+    }
+
+    /// Why the run did not measure what was asked, with what to do about it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let c = &self.connect;
+        if c.logged_in < c.connections {
+            problems.push(format!(
+                "{} of {} connections did not log in (failures above); a relay on default \
+                 settings takes 100 connections per address: start it with --config \
+                 benches/relay-bench.toml",
+                c.connections - c.logged_in,
+                c.connections
+            ));
+        }
+        let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
+        for kind in &self.kinds {
+            for (code, n) in &kind.refused {
+                *refused.entry(code).or_default() += n;
+            }
+        }
+        if !refused.is_empty() {
+            problems.push(format!(
+                "sends refused {refused:?}: the relay's frequency limits apply; start it with \
+                 --limits benchmark or --config benches/relay-bench.toml"
+            ));
+        }
+        if self.lost > 0 || self.duplicates > 0 {
+            problems.push(format!(
+                "{} reliable messages lost, {} duplicated",
+                self.lost, self.duplicates
+            ));
+        }
+        problems
     }
 
     /// The report for people.
@@ -344,16 +379,20 @@ impl Report {
                 k.deliveries_per_sec
             );
             let l = &k.latency;
-            let _ = writeln!(
-                out,
-                "  latency p50 {} p90 {} p99 {} p99.9 {} max {} ({} timed)",
-                ms(l.p50_us),
-                ms(l.p90_us),
-                ms(l.p99_us),
-                ms(l.p999_us),
-                ms(l.max_us),
-                l.count
-            );
+            if l.count == 0 {
+                let _ = writeln!(out, "  latency: nothing timed");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  latency p50 {} p90 {} p99 {} p99.9 {} max {} ({} timed)",
+                    ms(l.p50_us),
+                    ms(l.p90_us),
+                    ms(l.p99_us),
+                    ms(l.p999_us),
+                    ms(l.max_us),
+                    l.count
+                );
+            }
             if k.kind.reliable() {
                 let _ = writeln!(
                     out,
@@ -390,13 +429,16 @@ impl Report {
                 "server memory: {} KiB before, {} KiB loaded ({} per connection), peak {} KiB",
                 before.rss_kib,
                 loaded.rss_kib,
-                opt(s.kib_per_connection, |v| format!("{v:.1} KiB")),
+                s.kib_per_connection.map_or_else(
+                    || "n/a below 100 connections".to_string(),
+                    |v| format!("{v:.1} KiB")
+                ),
                 s.memory_after.map_or(loaded.peak_kib, |m| m.peak_kib)
             );
         }
         let _ = writeln!(
             out,
-            "client: cpu {}, rss {} KiB (peak {}); sends behind schedule >10 ms: {} (max lag {:.1} ms)",
+            "client: cpu {} while sending and draining, rss {} KiB (peak {}); sends behind schedule >10 ms: {} (max lag {:.1} ms)",
             opt(self.client_cpu_seconds, |v| format!("{v:.2} s")),
             self.client_memory.map_or(0, |m| m.rss_kib),
             self.client_memory.map_or(0, |m| m.peak_kib),
@@ -417,13 +459,14 @@ impl Report {
             opt(self.client_socket_drops, |n| n.to_string()),
             opt(self.udp_buffer_drops, |(r, s)| format!("{r}, {s}")),
         );
-        let _ = writeln!(
-            out,
-            "{}: {} reliable messages lost, {} duplicated",
-            if self.ok() { "PASS" } else { "FAIL" },
-            self.lost,
-            self.duplicates
-        );
+        let problems = self.problems();
+        if problems.is_empty() {
+            let _ =
+                writeln!(out, "PASS: every connection logged in, 0 refused, 0 lost, 0 duplicated");
+        }
+        for problem in problems {
+            let _ = writeln!(out, "FAIL: {problem}");
+        }
         out
     }
 }
