@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -102,12 +101,7 @@ async fn a_datagram_flood_for_a_room_not_joined_gets_refusals_and_no_delivery() 
 
 #[tokio::test]
 async fn a_peer_that_sends_half_a_frame_and_vanishes_is_removed_after_the_idle_timeout() {
-    let mut config = test_config();
-    config.idle_timeout_ms = 600;
-    let relay = Arc::new(TestRelay::start(config).await);
-    let watcher_conn = relay.connect_raw_with_idle(Duration::from_millis(600)).await;
-    let (_watcher, mut lane) =
-        relay.join(relay.raw_peer_on(watcher_conn).await, "watcher", "lobby").await;
+    let (relay, _watcher, mut lane) = relay_with_watcher(600).await;
 
     // The ghost runs on its own runtime; shutting it down stops its endpoint without a word.
     let ghost_relay = relay.clone();

@@ -355,12 +355,7 @@ fn ids(members: &[qrelay::protocol::Member]) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_vanished_client_is_removed_after_the_idle_timeout() {
-    let mut config = test_config();
-    config.idle_timeout_ms = 600;
-    let relay = std::sync::Arc::new(TestRelay::start(config).await);
-    let watcher_conn = relay.connect_raw_with_idle(Duration::from_millis(600)).await;
-    let (_watcher, mut lane) =
-        relay.join(relay.raw_peer_on(watcher_conn).await, "watcher", "lobby").await;
+    let (relay, _watcher, mut lane) = relay_with_watcher(600).await;
 
     // The ghost lives on its own runtime on another thread; shutting that runtime down stops
     // its endpoint without sending anything, exactly like a client whose network vanished.

@@ -192,6 +192,18 @@ impl RawPeer {
     }
 }
 
+/// A relay that drops peers silent for `idle_ms`, and a member of "lobby" that keeps its
+/// connection alive with that timeout: the watcher of a peer that vanishes.
+pub async fn relay_with_watcher(idle_ms: u64) -> (std::sync::Arc<TestRelay>, RawPeer, FrameReader) {
+    let mut config = test_config();
+    config.idle_timeout_ms = idle_ms;
+    let relay = std::sync::Arc::new(TestRelay::start(config).await);
+    let idle = Duration::from_millis(idle_ms);
+    let conn = relay.connect_raw_with_idle(idle).await;
+    let (watcher, lane) = relay.join(relay.raw_peer_on(conn).await, "watcher", "lobby").await;
+    (relay, watcher, lane)
+}
+
 /// Runs `make` on a runtime of its own on another thread, then stops that runtime without
 /// letting it send anything more: the peers `make` created vanish as if their network went
 /// away (no close, no FIN), and the relay has to notice by its idle timeout.
