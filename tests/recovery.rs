@@ -227,7 +227,7 @@ async fn a_recovering_sender_does_not_get_its_own_broadcasts_back() {
 }
 
 #[tokio::test]
-async fn after_an_epoch_change_missed_stays_unknown_even_with_a_trimmed_history() {
+async fn after_an_epoch_change_missed_names_the_ids_of_the_new_sequence_no_longer_held() {
     let mut config = test_config();
     config.history_size = 2;
     let relay = TestRelay::start(config).await;
@@ -236,8 +236,21 @@ async fn after_an_epoch_change_missed_stays_unknown_even_with_a_trimmed_history(
     let mut bob = relay.raw_peer().await;
     let stale = Recover { epoch: 1, last_id: 3 };
     let (_, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", Some(stale)).await;
-    assert_eq!(recovered(&mut lane).await, (false, None, 2));
+    // The old sequence is unknown (never complete); of the current one, 1-3 are gone.
+    assert_eq!(recovered(&mut lane).await, (false, Some((1, 3)), 2));
     assert_eq!(broadcast_ids(&mut lane, 2).await, vec![4, 5]);
+}
+
+#[tokio::test]
+async fn after_an_epoch_change_with_the_whole_sequence_held_nothing_of_it_is_missed() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _lane) = relay.raw_member("alice", "lobby").await;
+    send_n(&mut alice, "lobby", 3).await;
+    let mut bob = relay.raw_peer().await;
+    let stale = Recover { epoch: 1, last_id: 9 };
+    let (_, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", Some(stale)).await;
+    assert_eq!(recovered(&mut lane).await, (false, None, 3));
+    assert_eq!(broadcast_ids(&mut lane, 3).await, vec![1, 2, 3]);
 }
 
 #[tokio::test]

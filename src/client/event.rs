@@ -84,9 +84,11 @@ pub enum Event {
     /// or fetch it from its own source of truth:
     /// - `missed: Some((first, last))`: the room's history no longer reaches back; broadcasts
     ///   `first..=last` will never arrive (show a gap, or reload that range elsewhere);
-    /// - `missed: None`: the room was created anew (server restart, or the room stayed empty
-    ///   until its history expired): broadcast IDs start again at 1 and nothing is known
-    ///   about what the old sequence still carried; resynchronise the room's state.
+    /// - the room was created anew (server restart, or the room stayed empty until its
+    ///   history expired): broadcast IDs start again at 1 and nothing is known about what the
+    ///   old sequence still carried; resynchronise the room's state. The history of the new
+    ///   sequence is replayed, and `missed: Some((1, last))` names the IDs of the new sequence
+    ///   it no longer holds (`None` when it reaches back to 1).
     ///
     /// Members who left while the client was away are reported just before this event as
     /// [`Event::UsersLeft`]; members who joined, as [`Event::UsersJoined`] (without

@@ -169,7 +169,10 @@ fn resumable(error: &ConnectionError) -> bool {
     match error {
         ConnectionError::ApplicationClosed(closed) => !matches!(
             u32::try_from(closed.error_code.into_inner()),
-            Ok(close::PROTOCOL_VIOLATION | close::FRAME_TOO_LARGE | close::NO_CONTROL_STREAM)
+            Ok(close::PROTOCOL_VIOLATION
+                | close::FRAME_TOO_LARGE
+                | close::NO_CONTROL_STREAM
+                | close::LOGIN_TIMEOUT)
         ),
         ConnectionError::VersionMismatch => false,
         _ => true,

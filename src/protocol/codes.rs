@@ -76,6 +76,9 @@ codes! {
     SERVER_SHUTTING_DOWN = 3006;
     /// The server failed to handle the request (a bug; the server logs it).
     INTERNAL = 3007;
+    /// The login would create a room, and the server already holds its maximum of rooms
+    /// (`max_rooms`), none of them empty.
+    SERVER_ROOM_LIMIT = 3008;
     /// Too many logins to this room per second.
     LOGIN_RATE_LIMITED = 4001;
     /// This user sends this kind of message too often.
@@ -110,6 +113,11 @@ pub mod close {
     pub const SHUTDOWN: u32 = 3;
     /// The client did not open its control stream in time after the handshake.
     pub const NO_CONTROL_STREAM: u32 = 4;
+    /// The connection was in no room for `login_timeout_ms`: it never logged in after the
+    /// handshake, or did not log in again after leaving its last room.
+    pub const LOGIN_TIMEOUT: u32 = 5;
+    /// The client did not take its control-stream replies for `control_stall_ms`.
+    pub const CONTROL_STALLED: u32 = 6;
 
     /// A readable name for a close code.
     pub fn name(code: u64) -> &'static str {
@@ -119,6 +127,8 @@ pub mod close {
             2 => "FRAME_TOO_LARGE",
             3 => "SHUTDOWN",
             4 => "NO_CONTROL_STREAM",
+            5 => "LOGIN_TIMEOUT",
+            6 => "CONTROL_STALLED",
             _ => "UNKNOWN",
         }
     }

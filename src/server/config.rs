@@ -26,6 +26,15 @@ pub struct ServerConfig {
     /// Milliseconds a new connection may take to send its first control-stream frame.
     /// Default 10000.
     pub control_stream_timeout_ms: u64,
+    /// Milliseconds a connection may stay without any room: after the handshake until its
+    /// first successful login, and after it leaves its last room (logout, kick, too slow).
+    /// Past it the connection is closed with close code `LOGIN_TIMEOUT`, so connections that
+    /// never log in cannot hold connection slots. Default 10000.
+    pub login_timeout_ms: u64,
+    /// Milliseconds the relay waits for a client to take its control-stream replies (QUIC flow
+    /// control) before it closes the connection with `CONTROL_STALLED`. While it waits it reads
+    /// no further requests from that client. Default 10000.
+    pub control_stall_ms: u64,
     /// Seconds before a token's expiry at which the client is warned. Default 30.
     pub token_warning_secs: u64,
     /// Most connections at once, handshakes in progress included; more are refused at the
@@ -47,6 +56,26 @@ pub struct ServerConfig {
     /// Events queued for one receiver's room lane before the receiver counts as too slow
     /// (its lane is closed with `SLOW_RECEIVER`). Default 4096.
     pub lane_queue: usize,
+    /// Bytes queued for one receiver's room lane (encoded events not yet handed to QUIC)
+    /// before the receiver counts as too slow (`SLOW_RECEIVER`). The member list and replay
+    /// a login starts with are queued whatever their size and count against this. Default
+    /// 524288 (512 KiB).
+    pub lane_queue_bytes: usize,
+    /// Bytes queued for all the room lanes of one connection together; an event that would
+    /// exceed it closes that lane with `SLOW_RECEIVER`. Default 1048576 (1 MiB).
+    pub connection_queue_bytes: usize,
+    /// Milliseconds a new lane may wait for the client to accept its QUIC stream (the client
+    /// grants the relay unidirectional streams); past it the member is removed and its other
+    /// rooms' members told. Default 5000.
+    pub lane_open_timeout_ms: u64,
+    /// Most rooms at once, rooms kept only for their history included. A login that would
+    /// create one more first removes the empty room whose history is oldest; when no room is
+    /// empty it is refused with `SERVER_ROOM_LIMIT`. Default 100000.
+    pub max_rooms: usize,
+    /// Bytes of broadcast history all rooms hold together (encoded messages). Above it the
+    /// history of empty rooms goes first, the room that emptied longest ago first; then the
+    /// oldest broadcasts of rooms with members. Default 268435456 (256 MiB).
+    pub max_history_bytes: usize,
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
@@ -94,6 +123,8 @@ impl Default for ServerConfig {
             insecure_dev_auth: false,
             idle_timeout_ms: 30_000,
             control_stream_timeout_ms: 10_000,
+            login_timeout_ms: 10_000,
+            control_stall_ms: 10_000,
             token_warning_secs: 30,
             max_connections: 10_000,
             max_connections_per_address: 100,
@@ -101,6 +132,11 @@ impl Default for ServerConfig {
             max_rooms_per_connection: 5,
             max_members_per_room: 10_000,
             lane_queue: 4096,
+            lane_queue_bytes: 512 * 1024,
+            connection_queue_bytes: 1024 * 1024,
+            lane_open_timeout_ms: 5_000,
+            max_rooms: 100_000,
+            max_history_bytes: 256 * 1024 * 1024,
             segmentation_offload: true,
             udp_buffer_bytes: 0,
             endpoints: 1,
@@ -123,8 +159,26 @@ impl ServerConfig {
 
     /// Checks values that would make the relay unusable.
     pub fn validate(&self) -> Result<(), String> {
-        if self.idle_timeout_ms == 0 || self.lane_stall_ms == 0 {
-            return Err("idle_timeout_ms and lane_stall_ms must be above 0".into());
+        let timeouts = [
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("lane_stall_ms", self.lane_stall_ms),
+            ("login_timeout_ms", self.login_timeout_ms),
+            ("control_stall_ms", self.control_stall_ms),
+            ("lane_open_timeout_ms", self.lane_open_timeout_ms),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, ms)| *ms == 0) {
+            return Err(format!("{name} must be above 0"));
+        }
+        if self.max_rooms == 0 {
+            return Err("max_rooms must be above 0".into());
+        }
+        if self.lane_queue_bytes < crate::protocol::MAX_SERVER_FRAME
+            || self.connection_queue_bytes < self.lane_queue_bytes
+        {
+            return Err(format!(
+                "lane_queue_bytes must be at least {} (one frame) and connection_queue_bytes at least lane_queue_bytes",
+                crate::protocol::MAX_SERVER_FRAME
+            ));
         }
         if self.max_rooms_per_connection == 0 || self.max_members_per_room == 0 {
             return Err("max_rooms_per_connection and max_members_per_room must be above 0".into());
@@ -192,6 +246,13 @@ pub struct RateLimits {
     pub command_to_many_per_user: f64,
     /// Logins per second to one room. Default 200.
     pub login_per_room: f64,
+    /// Logins per second of one user to one room (bursts of up to 5), counted whichever
+    /// connection they come from: bounds the join/leave churn one user makes every member
+    /// hear. Default 1.
+    pub login_per_user: f64,
+    /// Rooms one user may create per second (bursts of up to 10): a login to a room that
+    /// does not exist yet creates it. Default 1.
+    pub room_create_per_user: f64,
 }
 
 impl Default for RateLimits {
@@ -203,6 +264,8 @@ impl Default for RateLimits {
             command_to_one_per_user: 200.0,
             command_to_many_per_user: 10.0,
             login_per_room: 200.0,
+            login_per_user: 1.0,
+            room_create_per_user: 1.0,
         }
     }
 }
@@ -217,6 +280,8 @@ impl RateLimits {
             command_to_one_per_user: 0.0,
             command_to_many_per_user: 0.0,
             login_per_room: 0.0,
+            login_per_user: 0.0,
+            room_create_per_user: 0.0,
         }
     }
 }

@@ -8,12 +8,13 @@ use bytes::{Bytes, BytesMut};
 use quinn::{SendStream, VarInt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::Shared;
 use super::admission::Admitted;
-use super::lane;
+use super::lane::{self, ConnLanes, LaneOwner};
 use super::room::{Room, Send};
+use super::router::Login;
 use super::stats::Counters;
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
@@ -53,6 +54,8 @@ pub async fn serve(
         user: None,
         claims: None,
         rooms: HashMap::new(),
+        lanes: Arc::new(ConnLanes::default()),
+        roomless_since: Some(Instant::now()),
         unflushed: Vec::new(),
         token_warning: None,
     };
@@ -69,6 +72,11 @@ struct ConnState {
     /// Claims of the newest verified token; `None` in insecure dev-auth mode.
     claims: Option<Claims>,
     rooms: HashMap<String, Arc<Room>>,
+    /// Bytes queued in this connection's lanes, and its lanes not yet opened.
+    lanes: Arc<ConnLanes>,
+    /// Since when the connection is known to be in no room (from the handshake until its
+    /// first login; from leaving its last room); `None` while it is in one.
+    roomless_since: Option<Instant>,
     /// Rooms with broadcasts of this connection's not yet flushed to their lanes.
     unflushed: Vec<Arc<Room>>,
     /// When to send `TokenWillExpire`, and the expiry it announces.
@@ -86,7 +94,7 @@ impl ConnState {
                     return;
                 }
                 Err(_) => {
-                    info!("no control stream in time: closing");
+                    debug!("no control stream in time: closing");
                     self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
                     return;
                 }
@@ -94,6 +102,9 @@ impl ConnState {
             _ = shutdown.changed() => return self.shut_down().await,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
+        let login_timeout = Duration::from_millis(self.shared.config.login_timeout_ms);
+        let control_stall = Duration::from_millis(self.shared.config.control_stall_ms);
+        let mut room_check = Instant::now() + login_timeout;
         loop {
             let warn_at = self.token_warning.map(|(at, _)| at);
             let replies = tokio::select! {
@@ -153,12 +164,56 @@ impl ConnState {
                     let expires_at_ms = self.token_warning.take().map_or(0, |(_, exp)| exp * 1000);
                     vec![ControlFrame::TokenWillExpire { expires_at_ms }]
                 },
+                _ = tokio::time::sleep_until(room_check) => {
+                    match self.roomless_deadline(login_timeout) {
+                        Some(deadline) if deadline <= Instant::now() => {
+                            Counters::bump(&self.shared.counters.login_timeouts);
+                            debug!("in no room for login_timeout_ms: closing");
+                            self.conn.close(VarInt::from_u32(close::LOGIN_TIMEOUT), b"not logged in to any room");
+                            return;
+                        }
+                        Some(deadline) => room_check = deadline,
+                        // Rooms it was removed from (kicked, too slow) are noticed here.
+                        None => room_check = Instant::now() + login_timeout,
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => return self.shut_down().await,
             };
-            if !replies.is_empty() && write_frames(&mut control, &replies).await.is_err() {
-                return;
+            if self.rooms.is_empty() && self.roomless_since.is_none() {
+                self.roomless_since = Some(Instant::now());
+                room_check = room_check.min(Instant::now() + login_timeout);
+            }
+            if replies.is_empty() {
+                continue;
+            }
+            // A client that does not take its replies is not read from meanwhile (its
+            // requests wait in QUIC flow control), and is closed past `control_stall_ms`.
+            tokio::select! {
+                written = tokio::time::timeout(control_stall, write_frames(&mut control, &replies)) => match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => return,
+                    Err(_) => {
+                        Counters::bump(&self.shared.counters.control_stalls);
+                        debug!("control stream replies not taken for control_stall_ms: closing");
+                        self.conn.close(VarInt::from_u32(close::CONTROL_STALLED), b"control stream replies not read");
+                        return;
+                    }
+                },
+                _ = shutdown.changed() => return self.shut_down().await,
             }
         }
+    }
+
+    /// When the connection must have a room by, if it has none now (rooms it was removed
+    /// from are forgotten first).
+    fn roomless_deadline(&mut self, timeout: Duration) -> Option<Instant> {
+        self.prune_rooms();
+        if !self.rooms.is_empty() {
+            self.roomless_since = None;
+            return None;
+        }
+        Some(*self.roomless_since.get_or_insert_with(Instant::now) + timeout)
     }
 
     /// Ends every lane with `SERVER_SHUTTING_DOWN` and keeps the connection, and the control
@@ -179,7 +234,9 @@ impl ConnState {
             }
         };
         Counters::bump(&self.shared.counters.protocol_violations);
-        warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
+        if super::WARNINGS.allow() {
+            warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
+        }
         let reason = error.to_string();
         self.conn.close(VarInt::from_u32(code), &reason.as_bytes()[..reason.len().min(256)]);
     }
@@ -264,27 +321,39 @@ impl ConnState {
                 format!("this connection is already in {max} rooms, the maximum per connection"),
             ));
         }
-        let (joined, queue) = self.shared.router.join(
-            &self.shared,
-            &room,
-            self.session,
-            user.clone(),
-            &self.conn,
+        // Lanes whose stream the client has not accepted (rooms it is in or has left) hold
+        // memory until `lane_open_timeout_ms`: no more of them than rooms allowed.
+        if self.lanes.unopened() >= max {
+            return Err((
+                ErrorCode::TOO_MANY_ROOMS,
+                format!(
+                    "{max} lanes of this connection wait for the client to accept their stream"
+                ),
+            ));
+        }
+        let login = Login {
+            session: self.session,
+            user: user.clone(),
+            conn: &self.conn,
+            lanes: &self.lanes,
             recover,
-        )?;
+        };
+        let (joined, queue, lane) = self.shared.router.join(&self.shared, &room, login)?;
         let header =
             LaneHeader { room: room.clone(), room_number: joined.number, epoch: joined.epoch };
         let span = info_span!("lane", room = %room, user = %user.id);
+        let owner = LaneOwner { room: joined.clone(), user_id: user.id.clone(), lane };
         tokio::spawn(
-            lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue)
+            lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue, owner)
                 .instrument(span),
         );
         let room_number = joined.number;
         self.rooms.insert(room.clone(), joined);
+        self.roomless_since = None;
         if let Some(claims) = claims {
             self.set_claims(claims);
         }
-        info!(room = %room, user = %user.id, "logged in");
+        debug!(room = %room, user = %user.id, "logged in");
         self.user = Some(user);
         Counters::bump(&self.shared.counters.logins);
         Ok(Outcome::LoggedIn { room_number, session: self.session })
@@ -301,9 +370,9 @@ impl ConnState {
             &user.id,
             Some((ErrorCode::LOGGED_OUT, "logged out")),
         ) {
-            self.shared.router.remove_if_empty(&joined);
+            self.shared.router.remove_if_empty(&self.shared, &joined);
         }
-        info!(room, "logged out");
+        debug!(room, "logged out");
         Ok(Outcome::Done)
     }
 
@@ -476,7 +545,7 @@ impl ConnState {
         let Some(user) = &self.user else { return };
         for (_, room) in self.rooms.drain() {
             if room.leave(&self.shared, self.session, &user.id, close) {
-                self.shared.router.remove_if_empty(&room);
+                self.shared.router.remove_if_empty(&self.shared, &room);
             }
         }
         debug!("connection cleaned up");

@@ -4,7 +4,7 @@
 //! A lone frame (the usual case: one flush of the room's outbox, shared by every receiver) is
 //! handed to quinn as is, without a copy.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
 use super::Shared;
+use super::room::Room;
+use super::stats::Counters;
 use crate::protocol::{
     ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, encode_broadcast_batch, encode_frame,
 };
@@ -33,37 +35,133 @@ pub enum LaneItem {
     Frame(Bytes),
 }
 
+impl LaneItem {
+    /// Bytes it holds (shared bytes count in full for every lane that queues them).
+    fn len(&self) -> usize {
+        match self {
+            LaneItem::Broadcast(bytes) | LaneItem::Frame(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// What the lanes of one connection hold: the bytes queued in all of them together (bounded
+/// by `connection_queue_bytes`) and how many lanes wait for the client to accept their stream.
+#[derive(Debug, Default)]
+pub struct ConnLanes {
+    /// Bytes queued in this connection's lanes.
+    bytes: AtomicUsize,
+    /// Lanes whose stream the client has not accepted yet.
+    unopened: AtomicUsize,
+}
+
+impl ConnLanes {
+    /// Lanes of this connection still waiting for their stream.
+    pub fn unopened(&self) -> usize {
+        self.unopened.load(Ordering::Relaxed)
+    }
+}
+
+/// The byte count one lane shares between its two ends.
+#[derive(Debug)]
+struct Queued {
+    bytes: AtomicUsize,
+    conn: Arc<ConnLanes>,
+}
+
+impl Queued {
+    fn add(&self, len: usize, counters: &Counters) {
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.conn.bytes.fetch_add(len, Ordering::Relaxed);
+        counters.lane_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    fn sub(&self, len: usize, counters: &Counters) {
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.conn.bytes.fetch_sub(len, Ordering::Relaxed);
+        counters.lane_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+    }
+}
+
 /// The room's end of a lane.
 #[derive(Debug)]
 pub struct Lane {
+    /// Tells this lane from an earlier or later one of the same member and connection.
+    pub id: u64,
     tx: mpsc::Sender<LaneItem>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
+    queued: Arc<Queued>,
+    max_bytes: usize,
+    max_conn_bytes: usize,
 }
 
 /// Why an event could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue was full: the receiver is too slow.
+    /// The queue was full (in events or bytes, the lane's or its connection's): the receiver
+    /// is too slow.
     Full,
     /// The writer has ended (the stream failed or the peer stopped it): nothing reaches the
     /// receiver through this lane any more.
     Gone,
 }
 
+/// Numbers lanes across the relay.
+static LAST_LANE: AtomicU64 = AtomicU64::new(0);
+
 impl Lane {
-    /// A lane with room for `depth` queued events, and the receiving half for its writer.
-    pub fn new(depth: usize) -> (Lane, LaneQueue) {
-        let (tx, rx) = mpsc::channel(depth);
+    /// A lane of `conn`, bounded by the relay's `lane_queue`, `lane_queue_bytes` and
+    /// `connection_queue_bytes`, and the receiving half for its writer. It counts as
+    /// unopened until its writer has its stream (or gives up).
+    pub fn new(shared: &Arc<Shared>, conn: &Arc<ConnLanes>) -> (Lane, LaneQueue) {
+        let config = &shared.config;
+        let (tx, rx) = mpsc::channel(config.lane_queue);
         let close = Arc::new(OnceLock::new());
-        (Lane { tx, close: close.clone() }, LaneQueue { rx, close })
+        let queued = Arc::new(Queued { bytes: AtomicUsize::new(0), conn: conn.clone() });
+        conn.unopened.fetch_add(1, Ordering::Relaxed);
+        let lane = Lane {
+            id: LAST_LANE.fetch_add(1, Ordering::Relaxed) + 1,
+            tx,
+            close: close.clone(),
+            queued: queued.clone(),
+            max_bytes: config.lane_queue_bytes,
+            max_conn_bytes: config.connection_queue_bytes,
+        };
+        let queue = LaneQueue { rx, close, queued, shared: shared.clone(), opened: false };
+        (lane, queue)
     }
 
-    /// Queues an event without waiting.
-    pub fn push(&self, item: LaneItem) -> Result<(), PushError> {
+    /// Queues an event without waiting, within the lane's bounds in events and bytes and its
+    /// connection's bound in bytes.
+    pub fn push(&self, item: LaneItem, counters: &Counters) -> Result<(), PushError> {
+        let len = item.len();
+        let lane = self.queued.bytes.load(Ordering::Relaxed);
+        let conn = self.queued.conn.bytes.load(Ordering::Relaxed);
+        if lane + len > self.max_bytes || conn + len > self.max_conn_bytes {
+            return if self.tx.is_closed() { Err(PushError::Gone) } else { Err(PushError::Full) };
+        }
+        self.send(item, len, counters)
+    }
+
+    /// Queues one of the events a new lane starts with (member list, recovery replay): bounded
+    /// in events only, since the room's size and history bound them, but counted in bytes, so
+    /// a receiver that takes none of it reaches its byte bound at the next event.
+    pub fn push_initial(&self, item: LaneItem, counters: &Counters) -> Result<(), PushError> {
+        let len = item.len();
+        self.send(item, len, counters)
+    }
+
+    fn send(&self, item: LaneItem, len: usize, counters: &Counters) -> Result<(), PushError> {
+        // Counted before it is queued, so the writer never takes off more than was added.
+        self.queued.add(len, counters);
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Gone),
+            Err(e) => {
+                self.queued.sub(len, counters);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Err(PushError::Full),
+                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Gone),
+                }
+            }
         }
     }
 
@@ -73,41 +171,115 @@ impl Lane {
     }
 }
 
-/// The writer's end of a lane.
+/// The writer's end of a lane. Dropping it gives back the bytes still queued.
 #[derive(Debug)]
 pub struct LaneQueue {
     rx: mpsc::Receiver<LaneItem>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
+    queued: Arc<Queued>,
+    shared: Arc<Shared>,
+    /// Whether the lane no longer counts as unopened.
+    opened: bool,
 }
 
-/// Opens the lane's stream and writes its events until the room drops the lane.
+impl LaneQueue {
+    async fn recv(&mut self) -> Option<LaneItem> {
+        let item = self.rx.recv().await?;
+        self.queued.sub(item.len(), &self.shared.counters);
+        Some(item)
+    }
+
+    fn try_recv(&mut self) -> Option<LaneItem> {
+        let item = self.rx.try_recv().ok()?;
+        self.queued.sub(item.len(), &self.shared.counters);
+        Some(item)
+    }
+
+    /// The lane has its stream, or will never get one.
+    fn opened(&mut self) {
+        if !std::mem::replace(&mut self.opened, true) {
+            self.queued.conn.unopened.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for LaneQueue {
+    fn drop(&mut self) {
+        self.opened();
+        self.rx.close();
+        while self.try_recv().is_some() {}
+    }
+}
+
+/// Which membership a lane serves: the writer removes it from the room when the lane fails.
+#[derive(Debug)]
+pub struct LaneOwner {
+    /// The room.
+    pub room: Arc<Room>,
+    /// The member's user ID.
+    pub user_id: String,
+    /// The lane's [`Lane::id`].
+    pub lane: u64,
+}
+
+/// Opens the lane's stream and writes its events until the room drops the lane. A lane that
+/// fails (its stream cannot be opened within `lane_open_timeout_ms`, the peer stops it, a write
+/// fails or stalls) removes its member from the room at once, and the others are told.
 pub async fn run_writer(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     header: LaneHeader,
-    mut queue: LaneQueue,
+    queue: LaneQueue,
+    owner: LaneOwner,
 ) {
     shared.counters.lanes_open.fetch_add(1, Ordering::Relaxed);
     let _open = LaneGuard(&shared);
+    if let Err(why) = write_lane(&shared, &conn, &header, queue).await {
+        debug!(room = %header.room, why, "lane failed: member removed");
+        owner.room.remove_lane(&shared, &owner.user_id, owner.lane);
+    }
+}
+
+/// Writes the lane to its end; `Err` says why it failed.
+async fn write_lane(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    header: &LaneHeader,
+    mut queue: LaneQueue,
+) -> Result<(), &'static str> {
     // A peer that takes nothing from this lane for `lane_stall_ms` is not coming back for it:
-    // the writer gives up (its queue is dropped, and the room removes the member at its next
-    // event) rather than hold the queue until the connection ends.
+    // the writer gives up rather than hold the queue until the connection ends.
     let stall = Duration::from_millis(shared.config.lane_stall_ms);
-    let Ok(Ok(mut send)) = tokio::time::timeout(stall, conn.open_uni()).await else {
-        return;
+    let open_timeout = Duration::from_millis(shared.config.lane_open_timeout_ms);
+    let opened = tokio::time::timeout(open_timeout, conn.open_uni()).await;
+    queue.opened();
+    let mut send = match opened {
+        Ok(Ok(send)) => send,
+        Ok(Err(_)) => return Err("connection lost before the lane opened"),
+        Err(_) => {
+            Counters::bump(&shared.counters.lanes_open_timed_out);
+            return Err("the client did not accept the lane's stream in time");
+        }
     };
+    // Completes when the client stops the stream (or the connection ends): the member is
+    // removed at once, not at its next event.
+    let mut stopped = std::pin::pin!(send.stopped());
     // Buffers grow on first use: an idle lane holds no write buffer.
     let mut buf = BytesMut::new();
     // The header goes out at once: a stream is invisible to the peer until data is written.
-    if encode_frame(&header, &mut buf).is_err()
-        || !write_or_give_up(&mut send, buf.split().freeze(), stall).await
-    {
-        return;
+    if encode_frame(header, &mut buf).is_err() {
+        return Err("lane header encoding");
     }
+    write_or_give_up(&mut send, buf.split().freeze(), stall).await?;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let Some(first) = queue.rx.recv().await else {
-            break;
+        let first = tokio::select! {
+            biased;
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            _ = &mut stopped => return Err("the client stopped the lane"),
         };
         // A frame that is all there is to write goes to quinn without a copy; anything queued
         // behind it is copied into `buf` after it.
@@ -134,35 +306,37 @@ pub async fn run_writer(
                 }
             }
             let queued = buf.len() + lone.as_ref().map_or(0, Bytes::len);
-            next = if queued < WRITE_BUDGET { queue.rx.try_recv().ok() } else { None };
+            next = if queued < WRITE_BUDGET { queue.try_recv() } else { None };
         }
         flush_batch(&mut pending, &mut buf);
         // The filled part of `buf` goes to quinn as is (no copy); `buf` keeps spare capacity.
         let bytes = lone.unwrap_or_else(|| buf.split().freeze());
         trace!(room = %header.room, bytes = bytes.len(), "lane write");
-        if !write_or_give_up(&mut send, bytes, stall).await {
-            return;
-        }
+        write_or_give_up(&mut send, bytes, stall).await?;
     }
     if let Some((code, detail)) = queue.close.get() {
         let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
-        if encode_frame(&event, &mut buf).is_ok()
-            && !write_or_give_up(&mut send, buf.split().freeze(), stall).await
-        {
-            return;
+        if encode_frame(&event, &mut buf).is_ok() {
+            write_or_give_up(&mut send, buf.split().freeze(), stall).await?;
         }
     }
+    drop(queue);
     debug!(room = %header.room, "lane finished");
     if send.finish().is_ok() {
         // Hold the connection until the peer has the final events: dropping the last handle
         // of a connection closes it, which could cut off the `Closed` event in flight.
-        let _ = tokio::time::timeout(FINISH_LINGER, send.stopped()).await;
+        let _ = tokio::time::timeout(FINISH_LINGER, stopped).await;
     }
+    Ok(())
 }
 
-/// Writes `bytes`; `false` when the stream failed, or when the peer took none of it for
+/// Writes `bytes`; `Err` when the stream failed, or when the peer took none of it for
 /// `stall` (its flow control withheld): the stream is then reset with `SLOW_RECEIVER`.
-async fn write_or_give_up(send: &mut quinn::SendStream, bytes: Bytes, stall: Duration) -> bool {
+async fn write_or_give_up(
+    send: &mut quinn::SendStream,
+    bytes: Bytes,
+    stall: Duration,
+) -> Result<(), &'static str> {
     let stalled = {
         let mut write = std::pin::pin!(send.write_chunk(bytes));
         // Most writes complete at once: arm the stall timer only for one that has to wait.
@@ -170,10 +344,10 @@ async fn write_or_give_up(send: &mut quinn::SendStream, bytes: Bytes, stall: Dur
         if let std::task::Poll::Ready(written) =
             write.as_mut().poll(&mut std::task::Context::from_waker(waker))
         {
-            return written.is_ok();
+            return written.map_err(|_| "lane write failed");
         }
         match tokio::time::timeout(stall, write).await {
-            Ok(written) => return written.is_ok(),
+            Ok(written) => return written.map_err(|_| "lane write failed"),
             Err(_) => true,
         }
     };
@@ -181,7 +355,7 @@ async fn write_or_give_up(send: &mut quinn::SendStream, bytes: Bytes, stall: Dur
         debug!("lane write stalled: stream reset");
         let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::SLOW_RECEIVER.0));
     }
-    false
+    Err("the client took nothing from the lane for lane_stall_ms")
 }
 
 /// Takes a lane off `lanes_open` when its writer ends.

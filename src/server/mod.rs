@@ -40,6 +40,12 @@ use crate::auth::TokenKey;
 use crate::protocol::close;
 use stats::Counters;
 
+/// Warnings a client can cause (protocol violations), throttled.
+pub(crate) static WARNINGS: stats::Throttle = stats::Throttle::new();
+
+/// How often the relay logs a summary of what it did (at `info`; single events are `debug`).
+const SUMMARY_PERIOD: Duration = Duration::from_secs(60);
+
 /// Bounds of the period at which empty rooms with expired history are removed.
 const SWEEP_MIN: Duration = Duration::from_secs(1);
 const SWEEP_MAX: Duration = Duration::from_secs(30);
@@ -161,6 +167,7 @@ impl Server {
     pub async fn run(self) {
         info!(addr = ?self.local_addr().ok(), endpoints = self.endpoints.len(), "relay listening");
         tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
+        tokio::spawn(log_summaries(self.shared.clone(), self.shutdown.subscribe()));
         let threads: Vec<_> = self.threads.into_iter().map(|thread| thread.start()).collect();
         endpoint::accept(&self.endpoints[0], &self.shared, self.shutdown.subscribe()).await;
         info!("relay stopped accepting");
@@ -176,9 +183,45 @@ async fn sweep_rooms(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.router.sweep(),
+            _ = tick.tick() => shared.router.sweep(&shared),
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Logs, every [`SUMMARY_PERIOD`] in which something happened, what the relay did since the
+/// last summary and what it holds now, until shutdown.
+async fn log_summaries(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SUMMARY_PERIOD);
+    tick.tick().await;
+    let mut last = shared.counters.snapshot();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = shared.counters.snapshot();
+        let suppressed = WARNINGS.take_suppressed();
+        if now == last && suppressed == 0 {
+            continue;
+        }
+        info!(
+            connections = now.connections_open,
+            rooms = now.rooms_open,
+            lanes = now.lanes_open,
+            history_bytes = now.history_bytes,
+            accepted = now.connections_accepted - last.connections_accepted,
+            logins = now.logins - last.logins,
+            broadcasts = now.broadcasts - last.broadcasts,
+            commands = now.commands - last.commands,
+            barrages = now.barrages - last.barrages,
+            refused = now.requests_refused - last.requests_refused,
+            slow_receivers = now.slow_receivers - last.slow_receivers,
+            violations = now.protocol_violations - last.protocol_violations,
+            warnings_suppressed = suppressed,
+            "relay summary (the last minute; connections, rooms, lanes and history bytes now)"
+        );
+        last = now;
     }
 }
 

@@ -14,8 +14,20 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket refilling at `rate` per second.
     pub fn new(rate: f64) -> Self {
-        let capacity = rate.max(1.0);
+        Self::with_burst(rate, 1.0)
+    }
+
+    /// A full bucket refilling at `rate` per second that holds at least `burst` tokens.
+    pub fn with_burst(rate: f64, burst: f64) -> Self {
+        let capacity = rate.max(burst).max(1.0);
         Self { rate, capacity, tokens: capacity, last: Instant::now() }
+    }
+
+    /// Whether the bucket is full again (or unlimited): it then behaves as a new one, so a
+    /// holder may forget it.
+    pub fn is_full(&mut self) -> bool {
+        self.ready();
+        self.rate <= 0.0 || self.tokens >= self.capacity
     }
 
     /// Takes one token if there is one.
@@ -71,6 +83,19 @@ mod tests {
         assert!(bucket.ready());
         bucket.take();
         assert!(!bucket.ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_bucket_holds_its_burst_and_refills_at_its_rate() {
+        let mut bucket = TokenBucket::with_burst(1.0, 5.0);
+        assert!((0..5).all(|_| bucket.try_take()));
+        assert!(!bucket.try_take());
+        assert!(!bucket.is_full());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(bucket.try_take());
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(bucket.is_full());
     }
 
     #[tokio::test(start_paused = true)]

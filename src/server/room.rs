@@ -15,15 +15,16 @@
 //! login already reflected the earlier).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::Shared;
-use super::lane::{Lane, LaneItem, LaneQueue, PushError};
+use super::lane::{ConnLanes, Lane, LaneItem, LaneQueue, PushError};
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
@@ -64,6 +65,44 @@ struct RoomState {
     broadcast_bucket: TokenBucket,
     barrage_bucket: TokenBucket,
     login_bucket: TokenBucket,
+    /// Each user's frequency limits in this room, kept across logouts, re-logins and
+    /// reconnects (a fresh allowance per login would multiply them); an entry whose buckets
+    /// are full again is forgotten by [`Room::prune`].
+    budgets: HashMap<Arc<str>, UserBudget>,
+}
+
+/// One user's frequency limits in one room.
+#[derive(Debug)]
+struct UserBudget {
+    login: TokenBucket,
+    broadcast: TokenBucket,
+    command_one: TokenBucket,
+    command_many: TokenBucket,
+}
+
+/// Logins of one user to one room allowed at once before `login_per_user` applies.
+const LOGIN_PER_USER_BURST: f64 = 5.0;
+
+/// What the relay counts for one history entry besides the encoded message (the entry, the
+/// shared author ID's reference count).
+const HISTORY_ENTRY_OVERHEAD: usize = 64;
+
+impl UserBudget {
+    fn new(limits: &super::RateLimits) -> Self {
+        Self {
+            login: TokenBucket::with_burst(limits.login_per_user, LOGIN_PER_USER_BURST),
+            broadcast: TokenBucket::new(limits.broadcast_per_user),
+            command_one: TokenBucket::new(limits.command_to_one_per_user),
+            command_many: TokenBucket::new(limits.command_to_many_per_user),
+        }
+    }
+
+    fn is_full(&mut self) -> bool {
+        self.login.is_full()
+            && self.broadcast.is_full()
+            && self.command_one.is_full()
+            && self.command_many.is_full()
+    }
 }
 
 #[derive(Debug)]
@@ -79,9 +118,6 @@ struct MemberEntry {
     joined_at: (u64, usize),
     /// Whether its `Joined` has left the outbox (the others have been told it is here).
     announced: bool,
-    broadcast_bucket: TokenBucket,
-    command_one_bucket: TokenBucket,
-    command_many_bucket: TokenBucket,
 }
 
 impl MemberEntry {
@@ -154,6 +190,7 @@ impl Room {
                 broadcast_bucket: TokenBucket::new(limits.broadcast_per_room),
                 barrage_bucket: TokenBucket::new(limits.barrage_per_room),
                 login_bucket: TokenBucket::new(limits.login_per_room),
+                budgets: HashMap::new(),
             }),
         }
     }
@@ -171,14 +208,28 @@ impl Room {
         session: u32,
         user: User,
         conn: quinn::Connection,
+        conn_lanes: &Arc<ConnLanes>,
         recover: Option<Recover>,
-    ) -> Result<LaneQueue, JoinError> {
+    ) -> Result<(LaneQueue, u64), JoinError> {
         let config = &shared.config;
-        let mut state = self.lock();
+        let counters = &shared.counters;
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if state.closed {
             return Err(JoinError::RoomClosed);
         }
-        if !state.login_bucket.try_take() {
+        // Check both limits before taking from either, so a refusal costs no allowance.
+        let budget = state.budget(&user.id, config);
+        if !budget.login.ready() {
+            return Err(JoinError::Refused(
+                ErrorCode::LOGIN_RATE_LIMITED,
+                format!(
+                    "more than {} logins per second of this user to this room",
+                    config.limits.login_per_user
+                ),
+            ));
+        }
+        if !state.login_bucket.ready() {
             return Err(JoinError::Refused(
                 ErrorCode::LOGIN_RATE_LIMITED,
                 format!(
@@ -187,6 +238,8 @@ impl Room {
                 ),
             ));
         }
+        state.login_bucket.take();
+        state.budget(&user.id, config).login.take();
         let replacing = state.members.contains_key(&user.id);
         if !replacing && state.members.len() >= config.max_members_per_room {
             return Err(JoinError::Refused(
@@ -194,7 +247,8 @@ impl Room {
                 format!("the room has the maximum of {} members", config.max_members_per_room),
             ));
         }
-        let (lane, queue) = Lane::new(config.lane_queue);
+        let (lane, queue) = Lane::new(shared, conn_lanes);
+        let lane_id = lane.id;
         if state.members.contains_key(&user.id)
             && state.outbox.iter().any(|event| matches!(event, Outgoing::Broadcast(..)))
         {
@@ -202,7 +256,7 @@ impl Room {
             state.flush(shared, &self.name);
         }
         if let Some(old) = state.members.remove(&user.id) {
-            info!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
+            debug!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
             let left = old.member();
             old.lane.close(
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
@@ -210,7 +264,7 @@ impl Room {
             );
             state.outbox.push(Outgoing::Left(left));
             // On its way now, whatever becomes of this login.
-            self.user_update(&mut state, shared);
+            self.user_update(state, shared);
         }
         // The newcomer's first events list who is already there, in chunks.
         let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
@@ -218,7 +272,7 @@ impl Room {
             if let Some(frame) = frame_of(&LaneEvent::UsersJoined(chunk.to_vec())) {
                 // The queue is new and at least MAX_BATCH deep; a huge room may still fill it,
                 // which then counts as a slow start and closes the lane explicitly.
-                if lane.push(LaneItem::Frame(frame)).is_err() {
+                if lane.push_initial(LaneItem::Frame(frame), counters).is_err() {
                     Counters::bump(&shared.counters.slow_receivers);
                     lane.close(
                         ErrorCode::SLOW_RECEIVER,
@@ -232,11 +286,11 @@ impl Room {
             }
         }
         if let Some(recover) = recover {
-            let (event, replay) = state.recovery(self.epoch, recover, &user.id);
+            let (event, replay) = state.recovery(self.epoch, recover, &user.id, counters);
             let frame = frame_of(&event).into_iter().map(LaneItem::Frame);
             let items = frame.chain(replay.into_iter().map(LaneItem::Broadcast));
             // `validate()` keeps history_size well below lane_queue, so this fits a new lane.
-            if items.map(|item| lane.push(item)).any(|pushed| pushed.is_err()) {
+            if items.map(|item| lane.push_initial(item, counters)).any(|pushed| pushed.is_err()) {
                 lane.close(ErrorCode::SLOW_RECEIVER, "the replay did not fit the lane queue");
                 return Err(JoinError::Refused(
                     ErrorCode::INTERNAL,
@@ -245,7 +299,6 @@ impl Room {
             }
             debug!(room = %self.name, user = %user.id, ?event, "recovery");
         }
-        let limits = &config.limits;
         let entry = MemberEntry {
             session,
             author: Arc::from(user.id.as_str()),
@@ -255,18 +308,31 @@ impl Room {
             // Its own join is the last event of the outbox it does not get.
             joined_at: (state.flushes, state.outbox.len() + 1),
             announced: false,
-            broadcast_bucket: TokenBucket::new(limits.broadcast_per_user),
-            command_one_bucket: TokenBucket::new(limits.command_to_one_per_user),
-            command_many_bucket: TokenBucket::new(limits.command_to_many_per_user),
         };
         let joined = entry.member();
         // Insert first: should announcing the join remove a slow member, the newcomer (who
         // was just listed that member) hears that it left, too.
         state.members.insert(user.id.clone(), entry);
         state.outbox.push(Outgoing::Joined(joined));
-        self.user_update(&mut state, shared);
+        self.user_update(state, shared);
         debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
-        Ok(queue)
+        Ok((queue, lane_id))
+    }
+
+    /// Removes the member `user_id` if lane `lane` still serves it (its lane failed: the
+    /// stream could not be opened, was stopped by the client, or stalled), tells the others,
+    /// and removes the room if that emptied it.
+    pub fn remove_lane(self: &Arc<Self>, shared: &Arc<Shared>, user_id: &str, lane: u64) {
+        let session = {
+            let state = self.lock();
+            match state.members.get(user_id) {
+                Some(member) if member.lane.id == lane => member.session,
+                _ => return,
+            }
+        };
+        if self.leave(shared, session, user_id, None) {
+            shared.router.remove_if_empty(shared, self);
+        }
     }
 
     /// Removes the member if `session` still holds it; `close` ends its lane with that code.
@@ -328,13 +394,55 @@ impl Room {
 
     /// Marks the room closed if it has no members and no unexpired history (called by the
     /// router under its own lock). Returns whether it is closed.
-    pub fn close_if_empty(&self) -> bool {
+    pub fn close_if_empty(&self, shared: &Shared) -> bool {
         let mut state = self.lock();
-        state.history.expire(Instant::now());
+        state.history.expire(Instant::now(), &shared.counters);
         if state.members.is_empty() && state.history.is_empty() {
             state.closed = true;
         }
         state.closed
+    }
+
+    /// Marks the room closed if it has no members, dropping its history (called by the router
+    /// under its own lock, to keep within `max_history_bytes` or `max_rooms`). Returns whether
+    /// it is closed.
+    pub fn evict_if_empty(&self, shared: &Shared) -> bool {
+        let mut state = self.lock();
+        if state.members.is_empty() && !state.closed {
+            state.history.clear(&shared.counters);
+            state.closed = true;
+            Counters::bump(&shared.counters.rooms_evicted);
+            debug!(room = %self.name, "empty room evicted with its history");
+        }
+        state.closed
+    }
+
+    /// Whether the room has no members.
+    pub fn is_empty(&self) -> bool {
+        self.lock().members.is_empty()
+    }
+
+    /// When its oldest kept broadcast was stored, if it keeps any.
+    pub fn oldest_history(&self) -> Option<Instant> {
+        self.lock().history.entries.front().map(|entry| entry.1)
+    }
+
+    /// Drops its oldest kept broadcast (for `max_history_bytes`); `false` if it kept none.
+    pub fn drop_oldest_history(&self, shared: &Shared) -> bool {
+        let dropped = self.lock().history.pop_front(&shared.counters);
+        if dropped {
+            Counters::bump(&shared.counters.history_evicted);
+        }
+        dropped
+    }
+
+    /// Forgets the frequency limits of users who are not members and whose allowance is full
+    /// again (a new entry would be the same).
+    pub fn prune(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let members = &state.members;
+        state.budgets.retain(|user, budget| members.contains_key(&**user) || !budget.is_full());
     }
 
     /// Accepts a broadcast for every other member and returns its sequence number. It reaches
@@ -343,35 +451,42 @@ impl Room {
         let mut guard = self.lock();
         let state = &mut *guard;
         let limits = &shared.config.limits;
-        let sender = match state.members.get_mut(send.user_id) {
+        let sender = match state.members.get(send.user_id) {
             Some(member) if member.session == send.session => member,
             _ => return Err(not_member()),
         };
+        let (user, author) = (sender.user.clone(), sender.author.clone());
         // Check both limits before taking from either, so a refusal costs no allowance.
-        if !sender.broadcast_bucket.ready() {
+        let budget = state.budgets.entry(author.clone()).or_insert_with(|| UserBudget::new(limits));
+        if !budget.broadcast.ready() {
             return Err(user_limited("broadcasts", limits.broadcast_per_user));
         }
         if !state.broadcast_bucket.ready() {
             return Err(room_limited("broadcasts", limits.broadcast_per_room));
         }
-        sender.broadcast_bucket.take();
+        budget.broadcast.take();
         state.broadcast_bucket.take();
         state.broadcast_seq += 1;
         let id = state.broadcast_seq;
         // Encoded once, from borrowed parts; every receiver and the history share the bytes.
         let message =
-            BroadcastRef { id, sent_at_ms: now_ms(), from: &sender.user, payload: &send.payload };
+            BroadcastRef { id, sent_at_ms: now_ms(), from: &user, payload: &send.payload };
         let encoded = encode_body(&message).map_err(internal)?;
-        let author = sender.author.clone();
-        state.history.push(id, encoded.clone(), author.clone());
+        state.history.push(id, encoded.clone(), author.clone(), &shared.counters);
         state.outbox.push(Outgoing::Broadcast(encoded, author));
         Counters::bump(&shared.counters.broadcasts);
         Ok(id)
     }
 
-    /// Hands the broadcasts accepted since the last flush to the lanes.
+    /// Hands the broadcasts accepted since the last flush to the lanes, then keeps the
+    /// relay's history within `max_history_bytes`.
     pub fn flush(&self, shared: &Shared) {
         self.lock().flush(shared, &self.name);
+        if shared.counters.history_bytes.load(Ordering::Relaxed)
+            > shared.config.max_history_bytes as u64
+        {
+            shared.router.trim_history(shared);
+        }
     }
 
     /// Sends a custom command to `to` (deduplicated; empty means everyone else). Every listed
@@ -396,12 +511,12 @@ impl Room {
             ));
         }
         let limits = &shared.config.limits;
-        let sender = state.members.get_mut(send.user_id).ok_or_else(not_member)?;
+        let budget = state.budget(send.user_id, &shared.config);
         let single = to.len() == 1;
         let (bucket, rate) = if single {
-            (&mut sender.command_one_bucket, limits.command_to_one_per_user)
+            (&mut budget.command_one, limits.command_to_one_per_user)
         } else {
-            (&mut sender.command_many_bucket, limits.command_to_many_per_user)
+            (&mut budget.command_many, limits.command_to_many_per_user)
         };
         if !bucket.try_take() {
             let what = if single { "commands to one user" } else { "commands to several users" };
@@ -529,7 +644,7 @@ impl RoomState {
             if frame.is_empty() {
                 continue;
             }
-            match member.lane.push(LaneItem::Frame(frame)) {
+            match member.lane.push(LaneItem::Frame(frame), &shared.counters) {
                 Ok(()) => delivered += broadcasts,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -544,14 +659,21 @@ impl RoomState {
     /// What a re-login that saw up to `recover` gets: the `Recovered` event and the encoded
     /// broadcasts to replay.
     /// The rejoining user's own broadcasts are not replayed: the sender never receives its own.
-    fn recovery(&mut self, epoch: u64, recover: Recover, user_id: &str) -> (LaneEvent, Vec<Bytes>) {
-        self.history.expire(Instant::now());
+    fn recovery(
+        &mut self,
+        epoch: u64,
+        recover: Recover,
+        user_id: &str,
+        counters: &Counters,
+    ) -> (LaneEvent, Vec<Bytes>) {
+        self.history.expire(Instant::now(), counters);
         let same_epoch = recover.epoch == epoch && recover.last_id <= self.broadcast_seq;
-        // After an epoch change the receiver has seen nothing of this sequence, and what it
-        // missed of the old one is unknown: `missed` stays `None`.
+        // After an epoch change the receiver has seen nothing of this sequence: it gets what
+        // the history holds of it, and `missed` names the IDs of this sequence it no longer
+        // can (what it missed of the old sequence is unknown, so it is never `complete`).
         let after = if same_epoch { recover.last_id } else { 0 };
         let oldest = self.history.oldest_id().unwrap_or(self.broadcast_seq + 1);
-        let missed = (same_epoch && oldest > after + 1).then(|| (after + 1, oldest - 1));
+        let missed = (oldest > after + 1).then(|| (after + 1, oldest - 1));
         let replay = self.history.after(after, user_id);
         let event = LaneEvent::Recovered {
             complete: same_epoch && missed.is_none(),
@@ -559,6 +681,15 @@ impl RoomState {
             replayed: replay.len() as u64,
         };
         (event, replay)
+    }
+
+    /// The frequency limits of `user_id` in this room.
+    fn budget(&mut self, user_id: &str, config: &super::ServerConfig) -> &mut UserBudget {
+        if !self.budgets.contains_key(user_id) {
+            self.budgets.insert(Arc::from(user_id), UserBudget::new(&config.limits));
+        }
+        // Just made sure it is there.
+        self.budgets.get_mut(user_id).unwrap_or_else(|| unreachable!())
     }
 
     /// The sender as receivers see it, if `session` is the current member for `user_id`.
@@ -586,7 +717,7 @@ impl RoomState {
             if id == except || !wanted(id) {
                 continue;
             }
-            match member.lane.push(item.clone()) {
+            match member.lane.push(item.clone(), &shared.counters) {
                 Ok(()) => delivered += 1,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -610,9 +741,9 @@ impl RoomState {
                 let Some(entry) = self.members.remove(&id) else { continue };
                 if why == PushError::Full {
                     Counters::bump(&shared.counters.slow_receivers);
-                    info!(room, user = %id, "receiver too slow: lane closed");
+                    debug!(room, user = %id, "receiver too slow: lane closed");
                 } else {
-                    info!(room, user = %id, "lane writer ended: member removed");
+                    debug!(room, user = %id, "lane writer ended: member removed");
                 }
                 left.push(entry.member());
                 entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
@@ -620,7 +751,9 @@ impl RoomState {
             for chunk in left.chunks(MAX_USERS_PER_UPDATE) {
                 let Some(frame) = frame_of(&LaneEvent::UsersLeft(chunk.to_vec())) else { continue };
                 for (id, member) in &self.members {
-                    if let Err(why) = member.lane.push(LaneItem::Frame(frame.clone())) {
+                    if let Err(why) =
+                        member.lane.push(LaneItem::Frame(frame.clone()), &shared.counters)
+                    {
                         failed.push((id.clone(), why));
                     }
                 }
@@ -631,6 +764,7 @@ impl RoomState {
 }
 
 /// The last broadcasts of a room, bounded in count and age, for recovery after a re-login.
+/// Its bytes are counted in the relay's `history_bytes` (bounded by `max_history_bytes`).
 #[derive(Debug)]
 struct History {
     /// ID, time stored, encoded `BroadcastMessage`, sender's user ID.
@@ -639,28 +773,47 @@ struct History {
     ttl: Duration,
 }
 
+/// The bytes one history entry counts for.
+fn entry_bytes(encoded: &Bytes) -> u64 {
+    (encoded.len() + HISTORY_ENTRY_OVERHEAD) as u64
+}
+
 impl History {
     fn new(size: usize, ttl: Duration) -> Self {
         Self { entries: VecDeque::with_capacity(size.min(64)), size, ttl }
     }
 
     /// Records an encoded `BroadcastMessage`; the oldest entry goes when the history is full.
-    fn push(&mut self, id: u64, encoded: Bytes, author: Arc<str>) {
+    fn push(&mut self, id: u64, encoded: Bytes, author: Arc<str>, counters: &Counters) {
         if self.size == 0 {
             return;
         }
         let now = Instant::now();
-        self.expire(now);
+        self.expire(now, counters);
         if self.entries.len() == self.size {
-            self.entries.pop_front();
+            self.pop_front(counters);
         }
+        counters.history_bytes.fetch_add(entry_bytes(&encoded), Ordering::Relaxed);
         self.entries.push_back((id, now, encoded, author));
     }
 
+    /// Drops the oldest entry; `false` if there was none.
+    fn pop_front(&mut self, counters: &Counters) -> bool {
+        let Some((_, _, encoded, _)) = self.entries.pop_front() else { return false };
+        counters.history_bytes.fetch_sub(entry_bytes(&encoded), Ordering::Relaxed);
+        true
+    }
+
+    /// Drops every entry.
+    fn clear(&mut self, counters: &Counters) {
+        while self.pop_front(counters) {}
+        self.entries.shrink_to_fit();
+    }
+
     /// Drops entries older than the time to live.
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant, counters: &Counters) {
         while self.entries.front().is_some_and(|(_, at, _, _)| now.duration_since(*at) > self.ttl) {
-            self.entries.pop_front();
+            self.pop_front(counters);
         }
     }
 

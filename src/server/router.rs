@@ -1,13 +1,23 @@
 //! The router: room ID → room. Rooms are created by their first login and removed when their
-//! last member leaves. Lock order: router, then room.
+//! last member leaves and their history has expired; it keeps the relay within `max_rooms`
+//! and `max_history_bytes`. Lock order: router, then room.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use tokio::time::Instant;
+use tracing::debug;
+
 use super::Shared;
-use super::lane::LaneQueue;
+use super::lane::{ConnLanes, LaneQueue};
+use super::rate::TokenBucket;
 use super::room::{JoinError, Room};
+use super::stats::Counters;
 use crate::protocol::{ErrorCode, Recover, User};
+
+/// Rooms one user may create at once before `room_create_per_user` applies.
+const ROOM_CREATE_BURST: f64 = 10.0;
 
 /// Every live room.
 #[derive(Debug, Default)]
@@ -19,6 +29,31 @@ pub struct Router {
 struct RouterState {
     rooms: HashMap<String, Arc<Room>>,
     last_number: u32,
+    /// Rooms that were left empty with history to keep, in the order they emptied: the first
+    /// to go when the relay needs room or history bytes. May hold rooms that have members
+    /// again or are gone; those are skipped (and pruned by [`Router::sweep`]).
+    emptied: VecDeque<Arc<Room>>,
+    /// Each user's allowance of room creations (`room_create_per_user`); entries that are full
+    /// again are forgotten by [`Router::sweep`].
+    creations: HashMap<String, TokenBucket>,
+}
+
+/// A login that got in: its room, its lane's queue and the lane's ID.
+pub type Joined = (Arc<Room>, LaneQueue, u64);
+
+/// What a login needs besides the room's name.
+#[derive(Debug)]
+pub struct Login<'a> {
+    /// The connection's session number.
+    pub session: u32,
+    /// Who logs in.
+    pub user: User,
+    /// The connection, for barrage datagrams.
+    pub conn: &'a quinn::Connection,
+    /// The connection's lane accounting.
+    pub lanes: &'a Arc<ConnLanes>,
+    /// What the client last saw of the room, to recover what it missed.
+    pub recover: Option<Recover>,
 }
 
 impl Router {
@@ -26,41 +61,100 @@ impl Router {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Logs `user` in to the room `name`, creating the room if needed.
+    /// Logs a user in to the room `name`, creating the room if needed.
     pub fn join(
         &self,
         shared: &Arc<Shared>,
         name: &str,
-        session: u32,
-        user: User,
-        conn: &quinn::Connection,
-        recover: Option<Recover>,
-    ) -> Result<(Arc<Room>, LaneQueue), (ErrorCode, String)> {
+        login: Login<'_>,
+    ) -> Result<Joined, (ErrorCode, String)> {
         loop {
-            let room = self.room_or_create(shared, name);
-            match room.join(shared, session, user.clone(), conn.clone(), recover) {
-                Ok(queue) => return Ok((room, queue)),
+            let room = self.room_or_create(shared, name, &login.user.id)?;
+            let joined = room.join(
+                shared,
+                login.session,
+                login.user.clone(),
+                login.conn.clone(),
+                login.lanes,
+                login.recover,
+            );
+            match joined {
+                Ok((queue, lane)) => return Ok((room, queue, lane)),
                 Err(JoinError::RoomClosed) => continue,
                 Err(JoinError::Refused(code, detail)) => {
-                    self.remove_if_empty(&room);
+                    self.remove_if_empty(shared, &room);
                     return Err((code, detail));
                 }
             }
         }
     }
 
-    /// Removes `room` if it has no members left.
-    pub fn remove_if_empty(&self, room: &Arc<Room>) {
+    /// Removes `room` if it has no members left; one that keeps history for recovery stays
+    /// until the history expires, or until the relay needs its place.
+    pub fn remove_if_empty(&self, shared: &Shared, room: &Arc<Room>) {
         let mut state = self.lock();
         let current = state.rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room));
-        if current && room.close_if_empty() {
+        if !current {
+            return;
+        }
+        if room.close_if_empty(shared) {
             state.rooms.remove(&room.name);
+            shared.counters.rooms_open.fetch_sub(1, Ordering::Relaxed);
+        } else if room.is_empty() {
+            state.emptied.push_back(room.clone());
         }
     }
 
-    /// Removes every room with no members whose history has expired.
-    pub fn sweep(&self) {
-        self.lock().rooms.retain(|_, room| !room.close_if_empty());
+    /// Removes every room with no members whose history has expired, and forgets allowances
+    /// that are full again.
+    pub fn sweep(&self, shared: &Shared) {
+        let mut state = self.lock();
+        let before = state.rooms.len();
+        state.rooms.retain(|_, room| {
+            room.prune();
+            !room.close_if_empty(shared)
+        });
+        let removed = before - state.rooms.len();
+        shared.counters.rooms_open.fetch_sub(removed as u64, Ordering::Relaxed);
+        let RouterState { rooms, emptied, creations, .. } = &mut *state;
+        emptied.retain(|room| {
+            rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) && room.is_empty()
+        });
+        creations.retain(|_, bucket| !bucket.is_full());
+    }
+
+    /// Drops history until the relay holds at most 7/8 of `max_history_bytes` (so that it
+    /// does not trim at every broadcast): first the empty rooms, the one that emptied longest
+    /// ago first; then, while that is not enough, the oldest broadcast of each room with
+    /// members, rooms with the oldest history first.
+    pub fn trim_history(&self, shared: &Shared) {
+        let max = shared.config.max_history_bytes as u64;
+        let target = max - max / 8;
+        let held = || shared.counters.history_bytes.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        while held() > target && state.evict_emptied(shared) {}
+        if held() <= target {
+            return;
+        }
+        let mut rooms: Vec<(Instant, Arc<Room>)> = state
+            .rooms
+            .values()
+            .filter_map(|room| room.oldest_history().map(|at| (at, room.clone())))
+            .collect();
+        rooms.sort_by_key(|(at, _)| *at);
+        debug!(rooms = rooms.len(), held = held(), max, "history over its bound: trimming");
+        while held() > target {
+            let mut dropped = false;
+            for (_, room) in &rooms {
+                dropped |= room.drop_oldest_history(shared);
+                if held() <= target {
+                    return;
+                }
+            }
+            if !dropped {
+                return;
+            }
+        }
     }
 
     /// How many rooms exist.
@@ -68,14 +162,61 @@ impl Router {
         self.lock().rooms.len()
     }
 
-    fn room_or_create(&self, shared: &Shared, name: &str) -> Arc<Room> {
+    fn room_or_create(
+        &self,
+        shared: &Shared,
+        name: &str,
+        user_id: &str,
+    ) -> Result<Arc<Room>, (ErrorCode, String)> {
         let mut state = self.lock();
         if let Some(room) = state.rooms.get(name) {
-            return room.clone();
+            return Ok(room.clone());
+        }
+        let limits = &shared.config.limits;
+        let allowance = state.creations.entry(user_id.to_owned()).or_insert_with(|| {
+            TokenBucket::with_burst(limits.room_create_per_user, ROOM_CREATE_BURST)
+        });
+        if !allowance.ready() {
+            return Err((
+                ErrorCode::LOGIN_RATE_LIMITED,
+                format!(
+                    "this user creates more than {} rooms per second",
+                    limits.room_create_per_user
+                ),
+            ));
+        }
+        let max = shared.config.max_rooms;
+        while state.rooms.len() >= max {
+            if !state.evict_emptied(shared) {
+                return Err((
+                    ErrorCode::SERVER_ROOM_LIMIT,
+                    format!("the relay holds its maximum of {max} rooms"),
+                ));
+            }
+        }
+        if let Some(allowance) = state.creations.get_mut(user_id) {
+            allowance.take();
         }
         state.last_number = state.last_number.wrapping_add(1).max(1);
         let room = Arc::new(Room::new(name.to_owned(), state.last_number, shared));
         state.rooms.insert(name.to_owned(), room.clone());
-        room
+        Counters::bump(&shared.counters.rooms_open);
+        Ok(room)
+    }
+}
+
+impl RouterState {
+    /// Removes the empty room that emptied longest ago, with its history. `false` when no
+    /// room is empty.
+    fn evict_emptied(&mut self, shared: &Shared) -> bool {
+        while let Some(room) = self.emptied.pop_front() {
+            let current = self.rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, &room));
+            if current && room.evict_if_empty(shared) {
+                self.rooms.remove(&room.name);
+                shared.counters.rooms_open.fetch_sub(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
     }
 }
