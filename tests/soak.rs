@@ -45,6 +45,11 @@ use tokio::time::MissedTickBehavior;
 const PACE: f64 = 0.95;
 /// Commands per second to the slow receiver under pressure (limit: 200/s to one user).
 const PRESSURE_PER_SEC: f64 = 150.0;
+/// Pressure commands in flight at once. The receiver's buffers (client event queue, QUIC
+/// windows, relay lane queue) take about 640 of them; sent one round trip at a time, a machine
+/// whose other core is busy manages about 10 a second and never fills them. In batches, each
+/// costs one round trip per batch, so a receiver that does not read is dropped on any machine.
+const PRESSURE_BATCH: usize = 10;
 /// Commands per second to one user outside pressure.
 const DIRECT_PER_SEC: f64 = 20.0;
 /// The relay's idle timeout (and the clients'): how soon a vanished client is gone.
@@ -746,7 +751,7 @@ async fn commands_to_one(
     let (from, _, client) = commander;
     let mut rng = Rng::new(ctx.plan.seed ^ ((room as u64) << 8) ^ 3);
     let mut normal = pace(DIRECT_PER_SEC / PACE);
-    let mut pressure = pace(PRESSURE_PER_SEC / PACE);
+    let mut pressure = pace(PRESSURE_PER_SEC / PACE / PRESSURE_BATCH as f64);
     let start = Instant::now() + Duration::from_millis(1000 + 500 * room as u64);
     let mut phase = Phase::Normal { until: start };
     let mut next_slow = 0;
@@ -770,25 +775,40 @@ async fn commands_to_one(
             Phase::Pressure { which, since } => {
                 pressure.tick().await;
                 let target = &slow[which];
-                let body = payload("pressure", n, 1024);
-                match client.send_custom_command(&name, body, &[target.user.as_str()]).await {
-                    Err(e) if e.code() == ErrorCode::UNKNOWN_TARGET_USER => {
-                        // Dropped as too slow: let it read again. Its recoveries are counted
-                        // first: once it reads, it can recover within milliseconds.
-                        Tally::add(&ctx.tally.cuts);
-                        let before = lock(&target.seen).recovered.len();
-                        let _ = target.pause.send(false);
-                        phase = Phase::Recovering { which, since: Instant::now(), before };
+                let mut batch = JoinSet::new();
+                for _ in 0..PRESSURE_BATCH {
+                    n += 1;
+                    let (client, name, user) = (client.clone(), name.clone(), target.user.clone());
+                    let body = payload("pressure", n, 1024);
+                    batch.spawn(async move {
+                        client.send_custom_command(&name, body, &[user.as_str()]).await
+                    });
+                }
+                let mut dropped = false;
+                while let Some(sent) = batch.join_next().await {
+                    match sent {
+                        Ok(Err(e)) if e.code() == ErrorCode::UNKNOWN_TARGET_USER => dropped = true,
+                        Ok(result) => command_result(
+                            &ctx,
+                            room,
+                            from,
+                            Targets::Only(vec![target.index]),
+                            result,
+                        ),
+                        Err(e) => ctx.tally.error(format!("pressure command task: {e}")),
                     }
-                    result => {
-                        command_result(&ctx, room, from, Targets::Only(vec![target.index]), result);
-                        if since.elapsed() > MAX_PRESSURE {
-                            ctx.tally
-                                .error(format!("{} was never dropped as too slow", target.user));
-                            let _ = target.pause.send(false);
-                            phase = Phase::Normal { until: Instant::now() + SLOW_GAP };
-                        }
-                    }
+                }
+                if dropped {
+                    // Dropped as too slow: let it read again. Its recoveries are counted
+                    // first: once it reads, it can recover within milliseconds.
+                    Tally::add(&ctx.tally.cuts);
+                    let before = lock(&target.seen).recovered.len();
+                    let _ = target.pause.send(false);
+                    phase = Phase::Recovering { which, since: Instant::now(), before };
+                } else if since.elapsed() > MAX_PRESSURE {
+                    ctx.tally.error(format!("{} was never dropped as too slow", target.user));
+                    let _ = target.pause.send(false);
+                    phase = Phase::Normal { until: Instant::now() + SLOW_GAP };
                 }
             }
             Phase::Recovering { which, since, before } => {
@@ -850,8 +870,9 @@ async fn churn(
     let name = Plan::room(room);
     let mut rng = Rng::new(ctx.plan.seed ^ ((room as u64) << 16) ^ ((slot as u64) << 4) ^ 5);
     let mut n = 0;
-    // Spread the first logins.
-    tokio::time::sleep(Duration::from_millis(rng.below(1000) as u64)).await;
+    // Spread the first logins over 3 s: 60 handshakes at once, next to the stayers' traffic,
+    // overflow the relay's socket buffer on a machine whose other core is busy.
+    tokio::time::sleep(Duration::from_millis(rng.below(3000) as u64)).await;
     while !ctx.stopped() {
         n += 1;
         let user = format!("r{room}c{slot}n{n}");
@@ -917,12 +938,16 @@ async fn churn(
 }
 
 /// A churner that could not join. A handshake that gets no answer within the client's idle
-/// timeout (2 s here) fails: it happens when the relay's UDP socket drops packets (the kernel's
-/// receive buffer overflows while the relay is busy); counted and reported, not an error. Any
-/// other failure is one.
+/// timeout (2 s here) fails (`NoAnswer`, or `Connect` when it timed out midway): it happens when
+/// the relay's UDP socket drops packets (the kernel's receive buffer overflows while the relay,
+/// in a debug build, shares a busy machine with 240 clients); counted, reported and bounded (at
+/// most 5 % of attempts), not an error. Any other failure is one.
 fn join_failed(ctx: &Ctx, user: &str, error: &ClientError) {
     match error {
-        ClientError::Connect(_) | ClientError::Disconnected(_) | ClientError::Timeout => {
+        ClientError::Connect(_)
+        | ClientError::NoAnswer { .. }
+        | ClientError::Disconnected(_)
+        | ClientError::Timeout => {
             Tally::add(&ctx.tally.churn_join_failures);
             let mut first = lock(&ctx.tally.first_join_failures);
             if first.len() < 5 {
@@ -1077,7 +1102,7 @@ async fn soak() {
     let plan = Plan::from_env();
 
     // The relay: default frequency limits, everyone from 127.0.0.1, vanished clients gone
-    // after 2 s, small lane queues, short history.
+    // after 2 s, small lane queues, short history, a larger socket buffer.
     let mut config = test_config();
     config.limits = RateLimits::default();
     config.max_connections_per_address = 10_000;
@@ -1086,6 +1111,10 @@ async fn soak() {
     config.lane_queue = LANE_QUEUE;
     config.history_size = HISTORY_SIZE;
     config.history_ttl_secs = HISTORY_TTL_SECS;
+    // 240 clients share this process with the relay: on a machine whose other core is busy the
+    // relay's socket overflows at the kernel's default 208 KiB and handshakes are lost. Ask for
+    // more (Linux grants up to net.core.rmem_max; the drops are reported either way).
+    config.udp_buffer_bytes = 2 * 1024 * 1024;
     let relay = TestRelay::start(config).await;
     let ctx = Arc::new(Ctx {
         plan: plan.clone(),

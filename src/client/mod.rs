@@ -157,8 +157,10 @@ impl Client {
     /// supervisor. A failure to connect here is returned, not retried.
     ///
     /// The server closes a connection that sends nothing on its control stream within 10 s
-    /// of the handshake (close code `NO_CONTROL_STREAM`, not reconnected): log in (or send
-    /// some request) soon after connecting.
+    /// of the handshake (close code `NO_CONTROL_STREAM`), and one that is in no room for 10 s
+    /// (`login_timeout_ms`: after the handshake, or after leaving its last room; close code
+    /// `LOGIN_TIMEOUT`); neither is reconnected. Log in soon after connecting, and close the
+    /// client when it leaves its last room for good.
     ///
     /// Each call binds its own UDP socket (one endpoint per connection); to open many
     /// connections from one process, share endpoints with [`Client::connect_with`].

@@ -42,7 +42,8 @@ const MAX_DOUBLINGS: u32 = 20;
 /// Every connection loss other than a close by the client itself is reconnected: an idle
 /// timeout, a transport error, a server close (including `SHUTDOWN`: a restarted server gets
 /// its clients back). Not reconnected: a server close for something this client did that it
-/// would do again (`PROTOCOL_VIOLATION`, `FRAME_TOO_LARGE`, `NO_CONTROL_STREAM`), and a close
+/// would do again (`PROTOCOL_VIOLATION`, `FRAME_TOO_LARGE`, `NO_CONTROL_STREAM`,
+/// `LOGIN_TIMEOUT`), and a close
 /// by the client (also one because the server broke the protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconnectPolicy {

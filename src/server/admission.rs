@@ -41,7 +41,9 @@ pub(crate) fn admit(
     }
     if counters.connections_open.load(Ordering::Relaxed) as usize >= config.max_connections {
         Counters::bump(&counters.connections_refused);
-        warn!(%remote, "connection limit reached: refusing");
+        if super::WARNINGS.allow() {
+            warn!(%remote, "connection limit reached: refusing");
+        }
         incoming.refuse();
         return None;
     }

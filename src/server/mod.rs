@@ -40,7 +40,8 @@ use crate::auth::TokenKey;
 use crate::protocol::close;
 use stats::Counters;
 
-/// Warnings a client can cause (protocol violations), throttled.
+/// Warnings clients can cause (protocol violations, connections refused at the limit),
+/// throttled together.
 pub(crate) static WARNINGS: stats::Throttle = stats::Throttle::new();
 
 /// How often the relay logs a summary of what it did (at `info`; single events are `debug`).
