@@ -102,6 +102,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written is dropped. By default tracing-subscriber reports
+        // the failure with `eprintln!`, which panics when stderr is a closed pipe: Ctrl-C on
+        // `qrelay serve 2>&1 | tee log` kills tee too, and the relay died on its "shutting
+        // down" line without closing its clients.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
