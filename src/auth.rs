@@ -74,23 +74,9 @@ impl TokenKey {
         }
     }
 
-    /// Reads a secret file (hex text, as written by [`TokenKey::generate_file`]).
+    /// The key of a secret file (see [`read_secret`]).
     pub fn from_file(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        let secret = hex::decode(text.trim()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: not a hex secret: {e}", path.display()),
-            )
-        })?;
-        Ok(Self::new(&secret))
-    }
-
-    /// Writes a new random secret to `path` (readable by the owner only) and returns its key.
-    pub fn generate_file(path: &Path) -> std::io::Result<Self> {
-        let secret: [u8; SECRET_LEN] = rand::random();
-        crate::certs::write_private(path, hex::encode(secret).as_bytes())?;
-        Ok(Self::new(&secret))
+        Ok(Self::new(&read_secret(path)?))
     }
 
     /// Signs a token for `user`, valid for `ttl`, granting `rooms` (all if `None`).
@@ -122,6 +108,25 @@ impl TokenKey {
                 _ => ErrorCode::TOKEN_INVALID,
             })
     }
+}
+
+/// Reads a secret file: hex text, as [`generate_secret`] writes it.
+pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)?;
+    hex::decode(text.trim()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not a hex secret: {e}", path.display()),
+        )
+    })
+}
+
+/// Writes a new random secret of [`SECRET_LEN`] bytes to `path` as hex (readable by the owner
+/// only) and returns it.
+pub fn generate_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    let secret: [u8; SECRET_LEN] = rand::random();
+    crate::certs::write_private(path, hex::encode(secret).as_bytes())?;
+    Ok(secret.to_vec())
 }
 
 /// Seconds since the Unix epoch.

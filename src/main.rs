@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use qrelay::auth::TokenKey;
+use qrelay::auth::{TokenKey, generate_secret, read_secret};
 use qrelay::certs::{CertPaths, DevPki, load_certs, load_key};
 use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
 use tracing::{info, warn};
@@ -221,19 +221,21 @@ fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
         _ => bail!("set both tls.cert and tls.key, or neither"),
     };
     let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
-    let tokens = load_or_create_secret(&secret)?;
-    Ok(Identity { chain, key, tokens })
+    let secret = load_or_create_secret(&secret)?;
+    // The endpoint keys come from the persistent secret too, so a restarted relay resets the
+    // connections of the process before it.
+    Ok(Identity::new(chain, key, &secret))
 }
 
-fn load_or_create_secret(path: &Path) -> anyhow::Result<TokenKey> {
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     if path.exists() {
-        return TokenKey::from_file(path)
+        return read_secret(path)
             .with_context(|| format!("cannot read the token secret {}", path.display()));
     }
-    let key = TokenKey::generate_file(path)
+    let secret = generate_secret(path)
         .with_context(|| format!("cannot write the token secret {}", path.display()))?;
     warn!(path = %path.display(), "created a new token-signing secret");
-    Ok(key)
+    Ok(secret)
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

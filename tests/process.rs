@@ -1,6 +1,6 @@
 //! The relay as an operating-system process, with a member logged in over real QUIC: stopped by
 //! SIGINT after its stdout and stderr pipes were closed, and killed (SIGKILL) then started again
-//! on the same port.
+//! on the same port with the same certificate directory.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -48,6 +48,27 @@ async fn sigint_closes_every_client_although_stdout_and_stderr_are_closed_pipes(
     assert!(exit.success(), "the relay did not exit cleanly: {exit:?}");
 }
 
+#[tokio::test]
+async fn a_member_of_a_killed_relay_is_reset_when_the_relay_restarts_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let relay = start(&certs, "127.0.0.1:0", "warn").await;
+    let addr = relay.addr;
+    let member = Member::log_in(&certs, addr).await;
+    // As `kill -9` or a crash: the old process closes nothing.
+    relay.kill();
+    let restarted = Instant::now();
+    let _relay = start(&certs, &addr.to_string(), "warn").await;
+    // The new process answers the member's next packet (a keep-alive at the latest, 38 bytes:
+    // quinn answers datagrams over 21) with a stateless reset; with per-process keys it would
+    // drop it, and the member would wait for its idle timeout.
+    let lost = tokio::time::timeout(NOTICED_WITHIN, member.conn.closed())
+        .await
+        .expect("the member was not reset: it would wait for its 30 s idle timeout");
+    assert!(matches!(lost, quinn::ConnectionError::Reset), "expected a stateless reset: {lost:?}");
+    eprintln!("reset {:?} after the restart", restarted.elapsed());
+}
+
 /// A `qrelay serve` process; killed when dropped, so a failing test leaves none behind.
 struct RelayProcess {
     child: Child,
@@ -81,6 +102,11 @@ impl RelayProcess {
 
     fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Ends the process with SIGKILL, as `kill -9`, and reaps it. Blocking, briefly.
+    fn kill(self) {
+        drop(self);
     }
 
     /// Closes the reading ends of the relay's stdout and stderr: its next write gets EPIPE.

@@ -45,7 +45,7 @@ fn server_config() -> ServerConfig {
 
 fn bind(config: ServerConfig, pki: &DevPki) -> Result<Server, qrelay::server::ServerError> {
     let (chain, key) = pki.server_identity().expect("identity");
-    Server::bind(config, Identity { chain, key, tokens: TokenKey::new(SECRET) })
+    Server::bind(config, Identity::new(chain, key, SECRET))
 }
 
 impl Relay {
@@ -65,7 +65,7 @@ impl Relay {
     fn start_on_thread() -> Relay {
         let pki = DevPki::generate().expect("pki");
         let (chain, key) = pki.server_identity().expect("identity");
-        let identity = Identity { chain, key, tokens: TokenKey::new(SECRET) };
+        let identity = Identity::new(chain, key, SECRET);
         let thread = RelayThread::start(server_config(), identity).expect("relay thread");
         Relay::new(thread.handle().clone(), thread.local_addr(), pki, Some(thread))
     }
