@@ -43,8 +43,13 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     limits: Option<LimitProfile>,
     /// Accept any token (or none). Local experiments only: anyone can log in as anyone.
+    /// Refused on a listen address that is not loopback, unless the next flag is given too.
     #[arg(long)]
     insecure_dev_auth: bool,
+    /// Allow --insecure-dev-auth (or its config setting) on a listen address that is not
+    /// loopback.
+    #[arg(long)]
+    insecure_dev_auth_on_public_address: bool,
     /// Runtime worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long)]
     threads: Option<usize>,
@@ -132,6 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => {}
     }
     config.insecure_dev_auth |= args.insecure_dev_auth;
+    config.insecure_dev_auth_on_public_address |= args.insecure_dev_auth_on_public_address;
     if args.no_gso {
         config.segmentation_offload = false;
     }
@@ -139,6 +145,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.endpoints = endpoints;
     }
     let threads = args.threads.unwrap_or(1);
+    // Before any file is created for a relay that will not start.
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let identity = load_identity(&config)?;
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
@@ -152,17 +160,25 @@ async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
     let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
+    let insecure_dev_auth = config.insecure_dev_auth;
     let server = Server::bind(config, identity)
         .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
     // the relay, so write errors are ignored rather than panicking as `println!` would.
-    let banner = format!(
-        "qrelay listening on UDP {addr}\n  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
+    let mut banner = format!("qrelay listening on UDP {addr}\n");
+    // Said whatever RUST_LOG lets through: a config file can switch this on silently.
+    if insecure_dev_auth {
+        banner.push_str(
+            "  WARNING: INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone\n",
+        );
+    }
+    banner.push_str(&format!(
+        "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
         certs_dir.join("ca.pem").display(),
         secret.display()
-    );
+    ));
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
