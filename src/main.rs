@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use qrelay::auth::{TokenKey, generate_secret, read_secret};
-use qrelay::certs::{CertPaths, DevPki, load_certs, load_key};
+use qrelay::certs::{CertPaths, DevPki, OLD_CA_KEY, exposed_mode, load_certs, load_key};
 use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
 use tracing::{info, warn};
 
@@ -148,15 +148,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before any file is created for a relay that will not start.
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let identity = load_identity(&config)?;
+    let warnings = private_file_warnings(&config);
+    for warning in &warnings {
+        warn!("{warning}");
+    }
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
-    runtime.block_on(run(config, identity))
+    runtime.block_on(run(config, identity, warnings))
 }
 
-async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
+/// Runs the relay until SIGINT or SIGTERM; the banner repeats `warnings`, and says when tokens
+/// are not checked.
+async fn run(
+    config: ServerConfig,
+    identity: Identity,
+    warnings: Vec<String>,
+) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
     let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
@@ -173,6 +183,9 @@ async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
         banner.push_str(
             "  WARNING: INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone\n",
         );
+    }
+    for warning in &warnings {
+        banner.push_str(&format!("  WARNING: {warning}\n"));
     }
     banner.push_str(&format!(
         "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
@@ -241,6 +254,33 @@ fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
     // The endpoint keys come from the persistent secret too, so a restarted relay resets the
     // connections of the process before it.
     Ok(Identity::new(chain, key, &secret))
+}
+
+/// A warning for each private file (server key, token secret) that group or others can read or
+/// write, and for a CA key an earlier version left in the certificate directory.
+fn private_file_warnings(config: &ServerConfig) -> Vec<String> {
+    let dev = CertPaths::in_dir(&config.tls.certs_dir);
+    let key = config.tls.key.clone().unwrap_or(dev.server_key);
+    let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
+    let mut warnings = Vec::new();
+    for path in [key, secret] {
+        // A file that cannot be read was refused when loading it.
+        if let Ok(Some(mode)) = exposed_mode(&path) {
+            let path = path.display();
+            warnings.push(format!(
+                "{path} can be read or written by group or others (mode {mode:o}): chmod 600 {path}"
+            ));
+        }
+    }
+    let old_ca_key = config.tls.certs_dir.join(OLD_CA_KEY);
+    if old_ca_key.exists() {
+        warnings.push(format!(
+            "{} is not used any more (the CA key is no longer kept; with it anyone can issue \
+             certificates that clients trusting ca.pem accept): delete it",
+            old_ca_key.display()
+        ));
+    }
+    warnings
 }
 
 fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -24,8 +24,13 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     let mut first = String::new();
     BufReader::new(relay.stdout.take().unwrap()).read_line(&mut first).unwrap();
     assert!(first.starts_with("qrelay listening on UDP 127.0.0.1:"), "{first:?}");
-    for file in ["ca.pem", "ca.key", "server.pem", "server.key", "token.secret"] {
-        assert!(dir.path().join("certs").join(file).is_file(), "certs/{file} missing");
+    let certs = dir.path().join("certs");
+    for file in ["ca.pem", "server.pem", "server.key", "token.secret"] {
+        assert!(certs.join(file).is_file(), "certs/{file} missing");
+    }
+    assert!(!certs.join("ca.key").exists(), "the CA key signs once and is not kept");
+    for private in ["server.key", "token.secret"] {
+        assert_eq!(mode(&certs.join(private)), 0o600, "certs/{private}");
     }
     // The token command uses the secret the relay created.
     let token = Command::new(BIN)
@@ -93,6 +98,51 @@ fn insecure_dev_auth_is_refused_off_loopback_without_its_second_setting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--insecure-dev-auth-on-public-address"), "names the flag: {stderr}");
     assert!(!dir.path().join("certs").exists(), "refused before creating any file");
+}
+
+#[test]
+fn private_files_are_made_owner_only_when_regenerated_and_loose_ones_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let loose = |file: &str, contents: &str| {
+        std::fs::write(certs.join(file), contents).unwrap();
+        std::fs::set_permissions(certs.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    // server.pem is missing, so the PKI is regenerated over the old 0644 server.key; the
+    // token secret is kept as it is, and so is a CA key an earlier version left.
+    loose("server.key", "old key");
+    loose("token.secret", &"ab".repeat(32));
+    loose("ca.key", "old CA key");
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("qrelay listening on UDP"), "{first:?}");
+    stop(&mut relay);
+    let mut banner = String::new();
+    stdout.read_to_string(&mut banner).unwrap();
+    assert_eq!(mode(&certs.join("server.key")), 0o600, "regenerated: owner only");
+    assert!(!banner.contains("server.key"), "{banner}");
+    let warning = |file: &str| banner.lines().find(|l| l.contains("WARNING") && l.contains(file));
+    let secret = warning("token.secret").unwrap_or_else(|| panic!("{banner}"));
+    assert!(secret.contains("mode 644") && secret.contains("chmod 600"), "{secret}");
+    assert!(warning("ca.key").is_some_and(|l| l.contains("delete it")), "{banner}");
+    assert_eq!(mode(&certs.join("token.secret")), 0o644, "a warning, not a change");
+}
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]
