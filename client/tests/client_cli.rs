@@ -310,7 +310,14 @@ async fn kicked_warned_renewed_and_shut_down() {
     let now = unix_seconds(SystemTime::now());
     let short = relay
         .tokens
-        .sign(&Claims { sub: "carol".into(), exp: now + 600, iat: now, rooms: None, publish: true })
+        .sign(&Claims {
+            sub: "carol".into(),
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+            rooms: None,
+            publish: true,
+        })
         .expect("sign");
     within(carol.login_room("lobby", &short)).await.expect("login");
     match next_message(&mut carol_events).await {
