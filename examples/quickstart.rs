@@ -19,9 +19,10 @@ async fn main() -> anyhow::Result<()> {
     // A relay on an ephemeral loopback port.
     let pki = DevPki::generate()?;
     let (chain, key) = pki.server_identity()?;
-    let tokens = TokenKey::new(b"example secret");
+    let secret = b"example secret";
+    let tokens = TokenKey::new(secret);
     let config = ServerConfig { listen: "127.0.0.1:0".parse()?, ..ServerConfig::default() };
-    let server = Server::bind(config, Identity { chain, key, tokens: tokens.clone() })?;
+    let server = Server::bind(config, Identity::new(chain, key, secret))?;
     let addr = server.local_addr()?;
     let relay = server.handle();
     tokio::spawn(server.run());

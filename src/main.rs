@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use qrelay::auth::TokenKey;
-use qrelay::certs::{CertPaths, DevPki, load_certs, load_key};
+use qrelay::auth::{TokenKey, generate_secret, read_secret};
+use qrelay::certs::{CertPaths, DevPki, OLD_CA_KEY, exposed_mode, load_certs, load_key};
 use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
 use tracing::{info, warn};
 
@@ -43,8 +43,13 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     limits: Option<LimitProfile>,
     /// Accept any token (or none). Local experiments only: anyone can log in as anyone.
+    /// Refused on a listen address that is not loopback, unless the next flag is given too.
     #[arg(long)]
     insecure_dev_auth: bool,
+    /// Allow --insecure-dev-auth (or its config setting) on a listen address that is not
+    /// loopback.
+    #[arg(long)]
+    insecure_dev_auth_on_public_address: bool,
     /// Runtime worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long)]
     threads: Option<usize>,
@@ -102,6 +107,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written is dropped. By default tracing-subscriber reports
+        // the failure with `eprintln!`, which panics when stderr is a closed pipe: Ctrl-C on
+        // `qrelay serve 2>&1 | tee log` kills tee too, and the relay died on its "shutting
+        // down" line without closing its clients.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -127,6 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => {}
     }
     config.insecure_dev_auth |= args.insecure_dev_auth;
+    config.insecure_dev_auth_on_public_address |= args.insecure_dev_auth_on_public_address;
     if args.no_gso {
         config.segmentation_offload = false;
     }
@@ -134,30 +145,53 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.endpoints = endpoints;
     }
     let threads = args.threads.unwrap_or(1);
+    // Before any file is created for a relay that will not start.
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let identity = load_identity(&config)?;
+    let warnings = private_file_warnings(&config);
+    for warning in &warnings {
+        warn!("{warning}");
+    }
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
-    runtime.block_on(run(config, identity))
+    runtime.block_on(run(config, identity, warnings))
 }
 
-async fn run(config: ServerConfig, identity: Identity) -> anyhow::Result<()> {
+/// Runs the relay until SIGINT or SIGTERM; the banner repeats `warnings`, and says when tokens
+/// are not checked.
+async fn run(
+    config: ServerConfig,
+    identity: Identity,
+    warnings: Vec<String>,
+) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
     let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
+    let insecure_dev_auth = config.insecure_dev_auth;
     let server = Server::bind(config, identity)
         .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
     // the relay, so write errors are ignored rather than panicking as `println!` would.
-    let banner = format!(
-        "qrelay listening on UDP {addr}\n  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
+    let mut banner = format!("qrelay listening on UDP {addr}\n");
+    // Said whatever RUST_LOG lets through: a config file can switch this on silently.
+    if insecure_dev_auth {
+        banner.push_str(
+            "  WARNING: INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone\n",
+        );
+    }
+    for warning in &warnings {
+        banner.push_str(&format!("  WARNING: {warning}\n"));
+    }
+    banner.push_str(&format!(
+        "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
         certs_dir.join("ca.pem").display(),
         secret.display()
-    );
+    ));
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -216,19 +250,48 @@ fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
         _ => bail!("set both tls.cert and tls.key, or neither"),
     };
     let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
-    let tokens = load_or_create_secret(&secret)?;
-    Ok(Identity { chain, key, tokens })
+    let secret = load_or_create_secret(&secret)?;
+    // The endpoint keys come from the persistent secret too, so a restarted relay resets the
+    // connections of the process before it.
+    Ok(Identity::new(chain, key, &secret))
 }
 
-fn load_or_create_secret(path: &Path) -> anyhow::Result<TokenKey> {
+/// A warning for each private file (server key, token secret) that group or others can read or
+/// write, and for a CA key an earlier version left in the certificate directory.
+fn private_file_warnings(config: &ServerConfig) -> Vec<String> {
+    let dev = CertPaths::in_dir(&config.tls.certs_dir);
+    let key = config.tls.key.clone().unwrap_or(dev.server_key);
+    let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
+    let mut warnings = Vec::new();
+    for path in [key, secret] {
+        // A file that cannot be read was refused when loading it.
+        if let Ok(Some(mode)) = exposed_mode(&path) {
+            let path = path.display();
+            warnings.push(format!(
+                "{path} can be read or written by group or others (mode {mode:o}): chmod 600 {path}"
+            ));
+        }
+    }
+    let old_ca_key = config.tls.certs_dir.join(OLD_CA_KEY);
+    if old_ca_key.exists() {
+        warnings.push(format!(
+            "{} is not used any more (the CA key is no longer kept; with it anyone can issue \
+             certificates that clients trusting ca.pem accept): delete it",
+            old_ca_key.display()
+        ));
+    }
+    warnings
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     if path.exists() {
-        return TokenKey::from_file(path)
+        return read_secret(path)
             .with_context(|| format!("cannot read the token secret {}", path.display()));
     }
-    let key = TokenKey::generate_file(path)
+    let secret = generate_secret(path)
         .with_context(|| format!("cannot write the token secret {}", path.display()))?;
     warn!(path = %path.display(), "created a new token-signing secret");
-    Ok(key)
+    Ok(secret)
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -23,6 +23,12 @@ const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// HKDF salt of the [`EndpointKeys`]; the labels below make one key each out of the secret.
+const ENDPOINT_KEYS_SALT: &[u8] = b"qrelay endpoint keys v1";
+const RESET_LABEL: &[u8] = b"stateless reset";
+const ADDRESS_VALIDATION_LABEL: &[u8] = b"address validation";
+const CONNECTION_ID_LABEL: &[u8] = b"connection id";
+
 /// Which side a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -120,10 +126,69 @@ pub fn bind_udp(
     Ok((socket.into(), granted.0, granted.1))
 }
 
-/// Builds the server's QUIC config from a certificate chain and key.
+/// The keys a relay's QUIC endpoint needs to keep across restarts, derived from a persistent
+/// secret (the relay uses its token secret). quinn makes them random per process by default:
+/// a restarted relay then drops the packets of its old connections (unknown connection IDs), and
+/// their clients learn that the connection is gone only at their idle timeout (30 s). With the
+/// same keys the new process recognises the old connection IDs and answers with a stateless
+/// reset the client accepts, so it reconnects at its next packet (a keep-alive at the latest,
+/// every 5 s with default clients).
+#[derive(Clone)]
+pub struct EndpointKeys {
+    /// Signs stateless-reset tokens (HMAC-SHA256 of the connection ID).
+    reset: ring::hmac::Key,
+    /// Seals the address-validation tokens of QUIC Retry and NEW_TOKEN (HKDF, AES-256-GCM), so
+    /// a token issued before a restart is still valid after it.
+    address_validation: ring::hkdf::Prk,
+    /// Keys the check value in the relay's connection IDs: packets whose ID does not carry it
+    /// are dropped unanswered, so the old process's IDs must carry the new process's value.
+    connection_ids: u64,
+}
+
+impl std::fmt::Debug for EndpointKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointKeys(..)")
+    }
+}
+
+impl EndpointKeys {
+    /// Derives the keys from `secret` with HKDF-SHA256, one label each: the secret itself is
+    /// never used as a key, and none of the keys reveals another or the secret. Relays that
+    /// derive from the same secret recognise each other's connections.
+    pub fn derive(secret: &[u8]) -> Self {
+        use ring::{hkdf, hmac};
+        let root = hkdf::Salt::new(hkdf::HKDF_SHA256, ENDPOINT_KEYS_SALT).extract(secret);
+        // Expanding fails only for outputs over 255 hashes long; these are 8 and 32 bytes.
+        const SHORT: &str = "HKDF-SHA256 expands to 32 bytes";
+        let reset = hmac::Key::from(root.expand(&[RESET_LABEL], hmac::HMAC_SHA256).expect(SHORT));
+        let address_validation = hkdf::Prk::from(
+            root.expand(&[ADDRESS_VALIDATION_LABEL], hkdf::HKDF_SHA256).expect(SHORT),
+        );
+        let mut connection_ids = [0; 8];
+        root.expand(&[CONNECTION_ID_LABEL], OutputLen(connection_ids.len()))
+            .and_then(|okm| okm.fill(&mut connection_ids))
+            .expect(SHORT);
+        Self { reset, address_validation, connection_ids: u64::from_le_bytes(connection_ids) }
+    }
+
+    /// The endpoint configuration of every relay socket: reset key and connection IDs.
+    pub(crate) fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::new(Arc::new(self.reset.clone()));
+        let key = self.connection_ids;
+        // quinn's default generator with a persistent key instead of a random one.
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key))
+        });
+        config
+    }
+}
+
+/// Builds the server's QUIC config from a certificate chain and key, with the address-
+/// validation key of `keys`.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    keys: &EndpointKeys,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -136,7 +201,8 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config =
+        quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.address_validation.clone()));
     config.transport_config(Arc::new(transport_config(Side::Server, idle_timeout)));
     Ok(config)
 }
@@ -213,5 +279,37 @@ impl FrameReader {
     /// The underlying stream (to stop or reset it).
     pub fn stream_mut(&mut self) -> &mut RecvStream {
         &mut self.stream
+    }
+}
+
+/// An HKDF output length, for keys ring has no type for.
+struct OutputLen(usize);
+
+impl ring::hkdf::KeyType for OutputLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keys_come_from_the_secret_and_are_not_the_secret() {
+        use quinn::crypto::HmacKey;
+        let reset_tag = |keys: &EndpointKeys| {
+            let mut tag = [0; 32];
+            keys.reset.sign(b"a connection ID", &mut tag);
+            tag
+        };
+        let one = EndpointKeys::derive(b"one secret");
+        assert_eq!(reset_tag(&one), reset_tag(&EndpointKeys::derive(b"one secret")));
+        assert_eq!(one.connection_ids, EndpointKeys::derive(b"one secret").connection_ids);
+        let other = EndpointKeys::derive(b"another secret");
+        assert_ne!(reset_tag(&one), reset_tag(&other));
+        assert_ne!(one.connection_ids, other.connection_ids);
+        let raw = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"one secret");
+        assert_ne!(&reset_tag(&one)[..], ring::hmac::sign(&raw, b"a connection ID").as_ref());
     }
 }

@@ -1,8 +1,9 @@
 //! The `qrelay` binary as a user runs it: `serve` on built-in defaults (certificates created
-//! on first start), `token`, `default-config`, and a bounded exit on SIGTERM.
+//! on first start), `token`, `default-config`, a bounded exit on SIGTERM, and what it says and
+//! refuses about `insecure_dev_auth`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qrelay");
@@ -23,8 +24,13 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     let mut first = String::new();
     BufReader::new(relay.stdout.take().unwrap()).read_line(&mut first).unwrap();
     assert!(first.starts_with("qrelay listening on UDP 127.0.0.1:"), "{first:?}");
-    for file in ["ca.pem", "ca.key", "server.pem", "server.key", "token.secret"] {
-        assert!(dir.path().join("certs").join(file).is_file(), "certs/{file} missing");
+    let certs = dir.path().join("certs");
+    for file in ["ca.pem", "server.pem", "server.key", "token.secret"] {
+        assert!(certs.join(file).is_file(), "certs/{file} missing");
+    }
+    assert!(!certs.join("ca.key").exists(), "the CA key signs once and is not kept");
+    for private in ["server.key", "token.secret"] {
+        assert_eq!(mode(&certs.join(private)), 0o600, "certs/{private}");
     }
     // The token command uses the secret the relay created.
     let token = Command::new(BIN)
@@ -35,6 +41,11 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     assert!(token.status.success());
     assert_eq!(String::from_utf8(token.stdout).unwrap().trim().split('.').count(), 3, "a JWT");
 
+    stop(&mut relay);
+}
+
+/// Sends SIGTERM and expects a clean exit within [`LIMIT`].
+fn stop(relay: &mut Child) {
     let status = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + LIMIT;
@@ -49,6 +60,89 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn insecure_dev_auth_is_said_in_the_banner_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("qrelay listening on UDP 127.0.0.1:"), "{first:?}");
+    // The rest of the banner is written at once; stopping the relay ends the output.
+    stop(&mut relay);
+    let mut banner = String::new();
+    stdout.read_to_string(&mut banner).unwrap();
+    assert!(banner.contains("INSECURE DEV AUTH"), "{banner:?}");
+}
+
+#[test]
+fn insecure_dev_auth_is_refused_off_loopback_without_its_second_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    // A documentation address (RFC 5737): refused before any socket is bound.
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "192.0.2.1:4433", "--insecure-dev-auth"])
+        .current_dir(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--insecure-dev-auth-on-public-address"), "names the flag: {stderr}");
+    assert!(!dir.path().join("certs").exists(), "refused before creating any file");
+}
+
+#[test]
+fn private_files_are_made_owner_only_when_regenerated_and_loose_ones_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let loose = |file: &str, contents: &str| {
+        std::fs::write(certs.join(file), contents).unwrap();
+        std::fs::set_permissions(certs.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    // server.pem is missing, so the PKI is regenerated over the old 0644 server.key; the
+    // token secret is kept as it is, and so is a CA key an earlier version left.
+    loose("server.key", "old key");
+    loose("token.secret", &"ab".repeat(32));
+    loose("ca.key", "old CA key");
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("qrelay listening on UDP"), "{first:?}");
+    stop(&mut relay);
+    let mut banner = String::new();
+    stdout.read_to_string(&mut banner).unwrap();
+    assert_eq!(mode(&certs.join("server.key")), 0o600, "regenerated: owner only");
+    assert!(!banner.contains("server.key"), "{banner}");
+    let warning = |file: &str| banner.lines().find(|l| l.contains("WARNING") && l.contains(file));
+    let secret = warning("token.secret").unwrap_or_else(|| panic!("{banner}"));
+    assert!(secret.contains("mode 644") && secret.contains("chmod 600"), "{secret}");
+    assert!(warning("ca.key").is_some_and(|l| l.contains("delete it")), "{banner}");
+    assert_eq!(mode(&certs.join("token.secret")), 0o644, "a warning, not a change");
+}
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]

@@ -59,6 +59,9 @@ async fn invalid_ids_and_names_are_refused() {
         ("lobby", "", "A", ErrorCode::INVALID_USER_ID),
         ("lobby", "al/ice", "A", ErrorCode::INVALID_USER_ID),
         ("lobby", "alice", "", ErrorCode::INVALID_USER_NAME),
+        ("lobby", "alice", "Alice (\u{202E}nimda", ErrorCode::INVALID_USER_NAME),
+        ("lobby", "alice", "Al\u{200B}ice", ErrorCode::INVALID_USER_NAME),
+        ("lobby", "alice", "Alice\u{2066}", ErrorCode::INVALID_USER_NAME),
     ] {
         assert_eq!(
             code(peer.request(login(room, id, name, token.clone())).await),
@@ -81,6 +84,7 @@ async fn tokens_are_checked_for_signature_expiry_user_room_and_publish() {
         sub: sub.into(),
         exp,
         iat: now,
+        nbf: None,
         rooms,
         publish,
     };
@@ -93,6 +97,11 @@ async fn tokens_are_checked_for_signature_expiry_user_room_and_publish() {
         ("garbage".to_string(), ErrorCode::TOKEN_INVALID),
         (foreign, ErrorCode::TOKEN_INVALID),
         (sign(claims("alice", now - 1, None, true)), ErrorCode::TOKEN_EXPIRED),
+        (
+            // Not valid yet: nbf (not before) a minute from now.
+            sign(Claims { nbf: Some(now + 60), ..claims("alice", now + 600, None, true) }),
+            ErrorCode::TOKEN_INVALID,
+        ),
         (sign(claims("bob", now + 60, None, true)), ErrorCode::TOKEN_USER_MISMATCH),
         (
             sign(claims("alice", now + 60, Some(vec!["a".into()]), true)),
@@ -136,7 +145,14 @@ async fn an_expiring_token_is_warned_about_and_then_refused_for_sends() {
     let now = unix_seconds(SystemTime::now());
     let token = relay
         .tokens
-        .sign(&Claims { sub: "alice".into(), exp: now + 2, iat: now, rooms: None, publish: true })
+        .sign(&Claims {
+            sub: "alice".into(),
+            exp: now + 2,
+            iat: now,
+            nbf: None,
+            rooms: None,
+            publish: true,
+        })
         .unwrap();
     assert!(matches!(
         peer.request(login("lobby", "alice", "A", token)).await,
@@ -261,7 +277,14 @@ async fn a_token_that_never_expires_is_accepted_without_a_warning() {
     let mut peer = relay.raw_peer().await;
     let forever = relay
         .tokens
-        .sign(&Claims { sub: "alice".into(), exp: u64::MAX, iat: 0, rooms: None, publish: true })
+        .sign(&Claims {
+            sub: "alice".into(),
+            exp: u64::MAX,
+            iat: 0,
+            nbf: None,
+            rooms: None,
+            publish: true,
+        })
         .unwrap();
     assert!(matches!(
         peer.request(login("lobby", "alice", "A", forever)).await,

@@ -44,7 +44,8 @@ impl BenchRelay {
     pub fn start() -> anyhow::Result<BenchRelay> {
         let pki = DevPki::generate()?;
         let (chain, key) = pki.server_identity()?;
-        let tokens = TokenKey::new(b"bench secret, not for production use");
+        let secret = b"bench secret, not for production use";
+        let tokens = TokenKey::new(secret);
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse()?,
             limits: RateLimits::unlimited(),
@@ -53,7 +54,7 @@ impl BenchRelay {
             retry_above_handshakes: 10_000,
             ..ServerConfig::default()
         };
-        let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })?;
+        let relay = RelayThread::start(config, Identity::new(chain, key, secret))?;
         Ok(BenchRelay { relay, ca: pki.ca()?, tokens })
     }
 

@@ -45,7 +45,7 @@ fn server_config() -> ServerConfig {
 
 fn bind(config: ServerConfig, pki: &DevPki) -> Result<Server, qrelay::server::ServerError> {
     let (chain, key) = pki.server_identity().expect("identity");
-    Server::bind(config, Identity { chain, key, tokens: TokenKey::new(SECRET) })
+    Server::bind(config, Identity::new(chain, key, SECRET))
 }
 
 impl Relay {
@@ -65,7 +65,7 @@ impl Relay {
     fn start_on_thread() -> Relay {
         let pki = DevPki::generate().expect("pki");
         let (chain, key) = pki.server_identity().expect("identity");
-        let identity = Identity { chain, key, tokens: TokenKey::new(SECRET) };
+        let identity = Identity::new(chain, key, SECRET);
         let thread = RelayThread::start(server_config(), identity).expect("relay thread");
         Relay::new(thread.handle().clone(), thread.local_addr(), pki, Some(thread))
     }
@@ -310,7 +310,14 @@ async fn kicked_warned_renewed_and_shut_down() {
     let now = unix_seconds(SystemTime::now());
     let short = relay
         .tokens
-        .sign(&Claims { sub: "carol".into(), exp: now + 600, iat: now, rooms: None, publish: true })
+        .sign(&Claims {
+            sub: "carol".into(),
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+            rooms: None,
+            publish: true,
+        })
         .expect("sign");
     within(carol.login_room("lobby", &short)).await.expect("login");
     match next_message(&mut carol_events).await {

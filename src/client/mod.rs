@@ -412,7 +412,11 @@ pub fn validate_user(user: &User) -> Result<(), ClientError> {
         )
     })?;
     check_user_name(&user.name).map_err(|code| {
-        ClientError::invalid(code, "user name: 1 to 256 bytes, no control characters")
+        ClientError::invalid(
+            code,
+            "user name: 1 to 256 bytes, no control, format (bidi, zero-width) or line-separator \
+             characters",
+        )
     })
 }
 

@@ -16,7 +16,7 @@ use crate::protocol::{
     MAX_REQUEST_FRAME, Member, Recover, Reply, RequestFrame, ServerDatagram, decode_datagram,
     encode_body, encode_frame,
 };
-use crate::transport::{FrameReader, server_config};
+use crate::transport::{EndpointKeys, FrameReader, server_config};
 
 /// Every await in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -90,7 +90,8 @@ async fn pair_with(
 ) -> (Client, Events, quinn::Connection, quinn::Endpoint) {
     let pki = DevPki::generate().expect("pki");
     let (chain, key) = pki.server_identity().expect("identity");
-    let config = server_config(chain, key, DEFAULT_IDLE_TIMEOUT).expect("server config");
+    let config = server_config(chain, key, &EndpointKeys::derive(b"test"), DEFAULT_IDLE_TIMEOUT)
+        .expect("server config");
     let server =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind server");
     let mut config = ClientConfig::new(
@@ -415,7 +416,8 @@ async fn a_certificate_from_another_ca_is_reported_as_untrusted() {
     // Two development CAs: the same name, different keys (as after certs/ is made anew).
     let relay = DevPki::generate().expect("pki");
     let (chain, key) = relay.server_identity().expect("identity");
-    let config = server_config(chain, key, DEFAULT_IDLE_TIMEOUT).expect("server config");
+    let config = server_config(chain, key, &EndpointKeys::derive(b"test"), DEFAULT_IDLE_TIMEOUT)
+        .expect("server config");
     let server =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind server");
     let handshake = {

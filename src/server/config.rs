@@ -17,9 +17,13 @@ pub const MAX_ENDPOINTS: usize = 256;
 pub struct ServerConfig {
     /// UDP address to listen on. Default `127.0.0.1:4433`.
     pub listen: SocketAddr,
-    /// Accept any token (or none) and take the user ID from the login. For local tries only;
-    /// the server logs a warning at start. Default `false`.
+    /// Accept any token (or none) and take the user ID from the login. For local tries only:
+    /// `qrelay serve` says so in its banner, and it is refused on a `listen` address that is
+    /// not loopback unless `insecure_dev_auth_on_public_address` is set too. Default `false`.
     pub insecure_dev_auth: bool,
+    /// Allow `insecure_dev_auth` on a `listen` address that is not loopback (where anyone who
+    /// can reach the relay can log in as anyone). Default `false`.
+    pub insecure_dev_auth_on_public_address: bool,
     /// Milliseconds without a packet after which a peer is dropped and its rooms told.
     /// Default 30000.
     pub idle_timeout_ms: u64,
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             insecure_dev_auth: false,
+            insecure_dev_auth_on_public_address: false,
             idle_timeout_ms: 30_000,
             control_stream_timeout_ms: 10_000,
             login_timeout_ms: 10_000,
@@ -159,6 +164,17 @@ impl ServerConfig {
 
     /// Checks values that would make the relay unusable.
     pub fn validate(&self) -> Result<(), String> {
+        if self.insecure_dev_auth
+            && !self.insecure_dev_auth_on_public_address
+            && !self.listen.ip().to_canonical().is_loopback()
+        {
+            return Err(format!(
+                "insecure_dev_auth (anyone can log in as anyone) is refused on {}, which is not a \
+                 loopback address; to allow it there, set insecure_dev_auth_on_public_address too \
+                 (--insecure-dev-auth-on-public-address)",
+                self.listen
+            ));
+        }
         let timeouts = [
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("lane_stall_ms", self.lane_stall_ms),
@@ -309,6 +325,26 @@ mod tests {
             toml::from_str(include_str!("../../benches/relay-bench.toml")).unwrap();
         assert!(config.validate().is_ok());
         assert_eq!(config.limits, RateLimits::unlimited());
+    }
+
+    #[test]
+    fn insecure_dev_auth_off_loopback_needs_its_second_setting() {
+        let dev = |listen: &str, public: bool| ServerConfig {
+            listen: listen.parse().unwrap(),
+            insecure_dev_auth: true,
+            insecure_dev_auth_on_public_address: public,
+            ..ServerConfig::default()
+        };
+        for loopback in ["127.0.0.1:4433", "127.0.0.2:0", "[::1]:4433", "[::ffff:127.0.0.1]:0"] {
+            assert!(dev(loopback, false).validate().is_ok(), "{loopback}");
+        }
+        for public in ["0.0.0.0:4433", "[::]:4433", "192.0.2.1:4433", "[2001:db8::1]:4433"] {
+            let refused = dev(public, false).validate().unwrap_err();
+            assert!(refused.contains("insecure_dev_auth_on_public_address"), "{refused}");
+            assert!(dev(public, true).validate().is_ok(), "{public}");
+        }
+        let secure = ServerConfig { insecure_dev_auth: false, ..dev("0.0.0.0:4433", false) };
+        assert!(secure.validate().is_ok(), "tokens checked: any address");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use super::{Shared, admission, connection};
+use crate::transport::EndpointKeys;
 
 /// An endpoint after the first, on its own thread, which accepts once started.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub(crate) struct EndpointThread {
 pub(crate) fn bind(
     shared: &Arc<Shared>,
     quic: quinn::ServerConfig,
+    keys: &EndpointKeys,
     shutdown: &watch::Sender<bool>,
 ) -> std::io::Result<(Vec<quinn::Endpoint>, Vec<EndpointThread>)> {
     let config = &shared.config;
@@ -39,9 +41,10 @@ pub(crate) fn bind(
         "UDP socket buffers (as the kernel reports them: Linux doubles the size it grants)"
     );
     let addr = socket.local_addr()?;
-    // One reset key for all: a client that lands on another endpoint (its address changed) gets
-    // a stateless reset it accepts, and reconnects at once instead of timing out.
-    let endpoint_config = quinn::EndpointConfig::default();
+    // One reset key and one connection-ID key for all, and for the processes after this one: a
+    // client that lands on another endpoint (its address changed), or reaches a restarted
+    // relay, gets a stateless reset it accepts, and reconnects at once instead of timing out.
+    let endpoint_config = keys.endpoint_config();
     let mut endpoints = vec![open(socket, &endpoint_config, &quic)?];
     let mut threads = Vec::new();
     for index in 1..config.endpoints {

@@ -38,6 +38,7 @@ pub use thread::RelayThread;
 
 use crate::auth::TokenKey;
 use crate::protocol::close;
+use crate::transport::EndpointKeys;
 use stats::Counters;
 
 /// Warnings clients can cause (protocol violations, connections refused at the limit),
@@ -68,7 +69,7 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// The relay's TLS identity and token key.
+/// The relay's TLS identity, token key and QUIC endpoint keys.
 #[derive(Debug)]
 pub struct Identity {
     /// Certificate chain, leaf first.
@@ -77,6 +78,26 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     /// Verifies login tokens.
     pub tokens: TokenKey,
+    /// Stateless-reset and address-validation keys: derive them from a persistent secret so a
+    /// restarted relay resets its old connections at once.
+    pub endpoint_keys: EndpointKeys,
+}
+
+impl Identity {
+    /// An identity whose token key and endpoint keys both come from `secret`, as
+    /// `qrelay serve` makes it from its token secret.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        secret: &[u8],
+    ) -> Identity {
+        Identity {
+            chain,
+            key,
+            tokens: TokenKey::new(secret),
+            endpoint_keys: EndpointKeys::derive(secret),
+        }
+    }
 }
 
 /// State every connection task shares.
@@ -120,8 +141,12 @@ impl Server {
     /// the first. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig, identity: Identity) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        let mut quic =
-            crate::transport::server_config(identity.chain, identity.key, config.idle_timeout())?;
+        let mut quic = crate::transport::server_config(
+            identity.chain,
+            identity.key,
+            &identity.endpoint_keys,
+            config.idle_timeout(),
+        )?;
         if !config.segmentation_offload {
             let mut transport = crate::transport::transport_config(
                 crate::transport::Side::Server,
@@ -144,7 +169,8 @@ impl Server {
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
-        let (endpoints, threads) = endpoint::bind(&shared, quic, &shutdown)?;
+        let (endpoints, threads) =
+            endpoint::bind(&shared, quic, &identity.endpoint_keys, &shutdown)?;
         Ok(Server { endpoints, threads, shared, shutdown })
     }
 

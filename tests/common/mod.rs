@@ -37,9 +37,12 @@ pub struct TestRelay {
     pub running: tokio::task::JoinHandle<()>,
 }
 
-fn identity(pki: &DevPki, tokens: &TokenKey) -> Identity {
+/// The token secret of every test relay.
+const SECRET: &[u8] = b"test secret, not for production use";
+
+fn identity(pki: &DevPki) -> Identity {
     let (chain, key) = pki.server_identity().unwrap();
-    Identity { chain, key, tokens: tokens.clone() }
+    Identity::new(chain, key, SECRET)
 }
 
 /// A config for tests: loopback, ephemeral port, no frequency limits unless a test sets them.
@@ -54,8 +57,8 @@ pub fn test_config() -> ServerConfig {
 impl TestRelay {
     pub async fn start(config: ServerConfig) -> TestRelay {
         let pki = DevPki::generate().unwrap();
-        let tokens = TokenKey::new(b"test secret, not for production use");
-        let server = Server::bind(config, identity(&pki, &tokens)).expect("bind");
+        let tokens = TokenKey::new(SECRET);
+        let server = Server::bind(config, identity(&pki)).expect("bind");
         Self::run(server, pki, tokens)
     }
 
@@ -69,7 +72,7 @@ impl TestRelay {
         // The old socket is released once the old connections' tasks have ended.
         let server = within(async {
             loop {
-                match Server::bind(config.clone(), identity(&pki, &tokens)) {
+                match Server::bind(config.clone(), identity(&pki)) {
                     Ok(server) => return server,
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }

@@ -406,7 +406,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
 fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig, Minter)> {
     let pki = DevPki::generate().context("cannot generate certificates")?;
     let (chain, key) = pki.server_identity().context("certificate")?;
-    let tokens = TokenKey::new(&rand::random::<[u8; 32]>());
+    let secret: [u8; 32] = rand::random();
+    let tokens = TokenKey::new(&secret);
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         limits: RateLimits::unlimited(),
@@ -417,7 +418,7 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
         max_members_per_room: connections + 1,
         ..ServerConfig::default()
     };
-    let relay = RelayThread::start(config, Identity { chain, key, tokens: tokens.clone() })
+    let relay = RelayThread::start(config, Identity::new(chain, key, &secret))
         .context("cannot start the in-process relay")?;
     let mut client = ClientConfig::new(
         relay.local_addr(),
