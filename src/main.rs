@@ -175,6 +175,7 @@ async fn run(
         .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
+    let signal = shutdown_signal();
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
     // the relay, so write errors are ignored rather than panicking as `println!` would.
     let mut banner = format!("qrelay listening on UDP {addr}\n");
@@ -198,32 +199,41 @@ async fn run(
         let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     }
     let running = tokio::spawn(server.run());
-    shutdown_signal().await;
+    signal.await;
     info!("shutting down");
     handle.shutdown().await;
     let _ = running.await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the banner tells anyone the relay is
+/// up: a signal that came before them would kill the relay without closing its clients) and
+/// returns what completes at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -40,7 +40,8 @@ codes! {
     INVALID_ROOM_ID = 1003;
     /// The user ID is empty, too long or has a character outside the allowed set.
     INVALID_USER_ID = 1004;
-    /// The user name is empty, too long or has a control character.
+    /// The user name is empty, too long, or has a control, format (bidi, zero-width) or
+    /// line-separator character.
     INVALID_USER_NAME = 1005;
     /// The connection is not logged in to that room.
     NOT_LOGGED_IN = 1006;

@@ -291,8 +291,11 @@ impl ConnState {
     ) -> Result<Outcome, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
         check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
-        check_user_name(&user.name)
-            .map_err(|c| (c, "user name is empty, too long or has control characters".into()))?;
+        check_user_name(&user.name).map_err(|c| {
+            let detail = "user name is empty, too long, or has control, format (bidi, \
+                              zero-width) or line-separator characters";
+            (c, detail.into())
+        })?;
         let claims = self.verify_token(token, &user.id)?;
         if let Some(claims) = &claims
             && !claims.grants_room(&room)
@@ -505,13 +508,7 @@ impl ConnState {
                 format!("the token is longer than {MAX_TOKEN} bytes"),
             ));
         }
-        let claims = self.shared.tokens.verify(token).map_err(|code| {
-            let detail = match code {
-                ErrorCode::TOKEN_EXPIRED => "the token has expired",
-                _ => "the token is missing, malformed or not signed by this server's secret",
-            };
-            (code, detail.to_string())
-        })?;
+        let claims = self.shared.tokens.check(token).map_err(|e| (e.code(), e.to_string()))?;
         if claims.sub != user_id {
             return Err((
                 ErrorCode::TOKEN_USER_MISMATCH,
