@@ -230,26 +230,42 @@ async fn a_lane_that_is_never_read_holds_at_most_its_byte_bound() {
     assert!(removed[0] && removed[1], "bob was never removed after {sent} commands");
     assert!(peak <= bound, "bob's lanes held {peak} bytes, bound {bound}");
     // Once his lanes' writers give up (lane_stall_ms), nothing stays queued.
-    within(async {
-        while relay.handle.stats().lane_bytes > 0 || relay.handle.stats().lanes_open > 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until(&relay, |stats| stats.lane_bytes == 0 && stats.lanes_open <= 2).await;
     drop(bob_lanes);
 }
 
 /// A connection whose client grants the relay no unidirectional streams: its lanes can never
 /// open.
 async fn peer_without_lanes(relay: &TestRelay) -> RawPeer {
+    let conn = connect_with(relay, |transport| {
+        transport.max_concurrent_uni_streams(0u32.into());
+    })
+    .await;
+    relay.raw_peer_on(conn).await
+}
+
+/// A QUIC connection to the relay with the client transport settings changed by `change`.
+async fn connect_with(
+    relay: &TestRelay,
+    change: impl FnOnce(&mut quinn::TransportConfig),
+) -> quinn::Connection {
     let mut transport = transport_config(Side::Client, Duration::from_secs(10));
-    transport.max_concurrent_uni_streams(0u32.into());
+    change(&mut transport);
     let mut client = client_config(std::slice::from_ref(&relay.ca), STEP).unwrap();
     client.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(client);
-    let conn = within(endpoint.connect(relay.addr, "localhost").unwrap()).await.unwrap();
-    relay.raw_peer_on(conn).await
+    within(endpoint.connect(relay.addr, "localhost").unwrap()).await.unwrap()
+}
+
+/// Waits (within a test step) until the relay's counters satisfy `done`.
+async fn until(relay: &TestRelay, done: impl Fn(&qrelay::server::Stats) -> bool) {
+    within(async {
+        while !done(&relay.handle.stats()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -279,12 +295,7 @@ async fn lanes_that_never_get_a_stream_are_bounded_and_end_at_their_deadline() {
     assert_eq!(refused, 50 - max);
     // At the deadline the waiting lanes end; the member is removed and the others told.
     assert!(matches!(peer.login(&relay, "ghost", "other").await, Outcome::Refused { .. }));
-    within(async {
-        while relay.handle.stats().lanes_open_timed_out < max as u64 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until(&relay, |stats| stats.lanes_open_timed_out >= max as u64).await;
     assert!(matches!(peer.login(&relay, "ghost", "other").await, Outcome::LoggedIn { .. }));
     let left = loop {
         if let LaneEvent::UsersLeft(members) = next_event(&mut watcher_lane).await {
@@ -292,19 +303,9 @@ async fn lanes_that_never_get_a_stream_are_bounded_and_end_at_their_deadline() {
         }
     };
     assert_eq!(left[0].user.id, "ghost");
-    within(async {
-        while relay.handle.stats().lanes_open_timed_out < max as u64 + 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until(&relay, |stats| stats.lanes_open_timed_out > max as u64).await;
     // Every lane has ended: only the watcher's is open.
-    within(async {
-        while relay.handle.stats().lanes_open > 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until(&relay, |stats| stats.lanes_open <= 1).await;
 }
 
 #[tokio::test]
@@ -326,12 +327,7 @@ async fn a_connection_that_never_logs_in_is_closed_at_the_login_deadline() {
     assert_eq!(honest.request(Request::Logout { room: "lobby".into() }).await, Outcome::Done);
     assert_eq!(close_code(&honest.conn).await, u64::from(close::LOGIN_TIMEOUT));
     assert_eq!(relay.handle.stats().login_timeouts, 2);
-    within(async {
-        while relay.handle.stats().connections_open > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until(&relay, |stats| stats.connections_open == 0).await;
 }
 
 #[tokio::test]
@@ -340,13 +336,10 @@ async fn a_client_that_does_not_read_its_replies_is_closed_and_others_are_served
     config.control_stall_ms = 500;
     let relay = TestRelay::start(config).await;
     // The client's control stream window takes a few replies only.
-    let mut transport = transport_config(Side::Client, Duration::from_secs(10));
-    transport.stream_receive_window(2048u32.into());
-    let mut client = client_config(std::slice::from_ref(&relay.ca), STEP).unwrap();
-    client.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client);
-    let conn = within(endpoint.connect(relay.addr, "localhost").unwrap()).await.unwrap();
+    let conn = connect_with(&relay, |transport| {
+        transport.stream_receive_window(2048u32.into());
+    })
+    .await;
     let (mut send, _recv_never_read) = conn.open_bi().await.unwrap();
     let writer = tokio::spawn(async move {
         let mut buf = BytesMut::new();
