@@ -222,10 +222,12 @@ async fn log_summaries(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
     let mut last = shared.counters.snapshot();
-    loop {
+    let mut stopping = false;
+    while !stopping {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            // The part-minute before shutdown gets its summary too.
+            _ = stop.changed() => stopping = true,
         }
         let now = shared.counters.snapshot();
         let suppressed = WARNINGS.take_suppressed();
@@ -246,7 +248,7 @@ async fn log_summaries(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             slow_receivers = now.slow_receivers - last.slow_receivers,
             violations = now.protocol_violations - last.protocol_violations,
             warnings_suppressed = suppressed,
-            "relay summary (the last minute; connections, rooms, lanes and history bytes now)"
+            "relay summary (since the last; connections, rooms, lanes and history bytes now)"
         );
         last = now;
     }
