@@ -60,6 +60,20 @@ struct ServeArgs {
     /// thread of its own [default: 1].
     #[arg(long)]
     endpoints: Option<usize>,
+    /// TCP address of the HTTP listener (server API, /metrics, /healthz, /readyz)
+    /// [default: 127.0.0.1:4480].
+    #[arg(long, conflicts_with = "no_http")]
+    http: Option<SocketAddr>,
+    /// No HTTP listener.
+    #[arg(long)]
+    no_http: bool,
+    /// A webhook URL for room events (repeat for several); adds to the config file's.
+    #[arg(long = "webhook")]
+    webhooks: Vec<String>,
+    /// Once every listener is bound, write {"quic": ADDR, "http": ADDR or null} to this file
+    /// (for scripts; the same as the banner's last line, `qrelay ready ...`).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,6 +158,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(endpoints) = args.endpoints {
         config.endpoints = endpoints;
     }
+    if let Some(http) = args.http {
+        config.http = Some(http);
+    }
+    if args.no_http {
+        config.http = None;
+    }
+    config.webhooks.extend(args.webhooks);
     let threads = args.threads.unwrap_or(1);
     // Before any file is created for a relay that will not start.
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -157,7 +178,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
-    runtime.block_on(run(config, identity, warnings))
+    runtime.block_on(run(config, identity, warnings, args.ready_file))
 }
 
 /// Runs the relay until SIGINT or SIGTERM; the banner repeats `warnings`, and says when tokens
@@ -166,14 +187,20 @@ async fn run(
     config: ServerConfig,
     identity: Identity,
     warnings: Vec<String>,
+    ready_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
     let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
     let insecure_dev_auth = config.insecure_dev_auth;
-    let server = Server::bind(config, identity)
-        .with_context(|| format!("cannot start the relay on UDP {listen}"))?;
+    let api_key_path = api_key_path(&config);
+    let http = config.http;
+    let server = Server::bind(config, identity).with_context(|| match http {
+        Some(http) => format!("cannot start the relay on UDP {listen} and TCP {http}"),
+        None => format!("cannot start the relay on UDP {listen}"),
+    })?;
     let addr = server.local_addr()?;
+    let http = server.http_addr();
     let handle = server.handle();
     let signal = shutdown_signal();
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
@@ -193,6 +220,21 @@ async fn run(
         certs_dir.join("ca.pem").display(),
         secret.display()
     ));
+    if let Some(http) = http {
+        banner.push_str(&format!(
+            "  HTTP on http://{http} (on by default, loopback only; --no-http turns it off): server API /v1 (Authorization: Bearer $(cat {})), /metrics, /healthz, /readyz\n",
+            api_key_path.display()
+        ));
+    }
+    let http_text = http.map_or("off".to_string(), |http| http.to_string());
+    // The documented machine-readable line: always the banner's last.
+    banner.push_str(&format!("qrelay ready quic={addr} http={http_text}\n"));
+    if let Some(path) = &ready_file {
+        let ready =
+            serde_json::json!({ "quic": addr.to_string(), "http": http.map(|h| h.to_string()) });
+        std::fs::write(path, format!("{ready}\n"))
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -263,7 +305,31 @@ fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
     let secret = load_or_create_secret(&secret)?;
     // The endpoint keys come from the persistent secret too, so a restarted relay resets the
     // connections of the process before it.
-    Ok(Identity::new(chain, key, &secret))
+    let identity = Identity::new(chain, key, &secret);
+    if config.http.is_none() && config.webhooks.is_empty() {
+        return Ok(identity);
+    }
+    let path = api_key_path(config);
+    let api_key = if path.exists() {
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the API key {}", path.display()))?
+            .trim()
+            .to_owned()
+    } else {
+        let key = hex::encode(
+            generate_secret(&path)
+                .with_context(|| format!("cannot write the API key {}", path.display()))?,
+        );
+        warn!(path = %path.display(), "created a new server API key");
+        key
+    };
+    anyhow::ensure!(!api_key.is_empty(), "the API key file {} is empty", path.display());
+    Ok(identity.with_api_key(api_key))
+}
+
+/// Where the server API key lives.
+fn api_key_path(config: &ServerConfig) -> PathBuf {
+    config.tls.api_key.clone().unwrap_or_else(|| config.tls.certs_dir.join("api.key"))
 }
 
 /// A warning for each private file (server key, token secret) that group or others can read or
@@ -273,7 +339,7 @@ fn private_file_warnings(config: &ServerConfig) -> Vec<String> {
     let key = config.tls.key.clone().unwrap_or(dev.server_key);
     let secret = config.tls.token_secret.clone().unwrap_or(dev.token_secret);
     let mut warnings = Vec::new();
-    for path in [key, secret] {
+    for path in [key, secret, api_key_path(config)] {
         // A file that cannot be read was refused when loading it.
         if let Ok(Some(mode)) = exposed_mode(&path) {
             let path = path.display();

@@ -14,22 +14,39 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(relay.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    stdout.read_line(&mut first).unwrap();
     assert!(first.starts_with("qrelay listening on UDP 127.0.0.1:"), "{first:?}");
+    // The banner ends with the documented machine-readable line.
+    let ready = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the banner has no ready line");
+        if let Some(rest) = line.strip_prefix("qrelay ready ") {
+            break rest.trim().to_owned();
+        }
+    };
+    let http: std::net::SocketAddr = ready
+        .split(' ')
+        .find_map(|field| field.strip_prefix("http="))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("{ready:?}"));
+    assert!(ready.starts_with(&format!("quic={}", first.trim().rsplit(' ').next().unwrap())));
+    let health = http_get(http, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let certs = dir.path().join("certs");
-    for file in ["ca.pem", "server.pem", "server.key", "token.secret"] {
+    for file in ["ca.pem", "server.pem", "server.key", "token.secret", "api.key"] {
         assert!(certs.join(file).is_file(), "certs/{file} missing");
     }
     assert!(!certs.join("ca.key").exists(), "the CA key signs once and is not kept");
-    for private in ["server.key", "token.secret"] {
+    for private in ["server.key", "token.secret", "api.key"] {
         assert_eq!(mode(&certs.join(private)), 0o600, "certs/{private}");
     }
     // The token command uses the secret the relay created.
@@ -42,6 +59,17 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     assert_eq!(String::from_utf8(token.stdout).unwrap().trim().split('.').count(), 3, "a JWT");
 
     stop(&mut relay);
+}
+
+/// A plain HTTP/1.1 GET; the whole answer.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, LIMIT).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 /// Sends SIGTERM and expects a clean exit within [`LIMIT`].
@@ -66,7 +94,7 @@ fn stop(relay: &mut Child) {
 fn insecure_dev_auth_is_said_in_the_banner_whatever_the_log_level() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http", "--insecure-dev-auth"])
         .current_dir(dir.path())
         .env("RUST_LOG", "off")
         .stdout(Stdio::piped())
@@ -89,7 +117,7 @@ fn insecure_dev_auth_is_refused_off_loopback_without_its_second_setting() {
     let dir = tempfile::tempdir().unwrap();
     // A documentation address (RFC 5737): refused before any socket is bound.
     let output = Command::new(BIN)
-        .args(["serve", "--listen", "192.0.2.1:4433", "--insecure-dev-auth"])
+        .args(["serve", "--listen", "192.0.2.1:4433", "--no-http", "--insecure-dev-auth"])
         .current_dir(dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -116,7 +144,7 @@ fn private_files_are_made_owner_only_when_regenerated_and_loose_ones_are_warned_
     loose("token.secret", &"ab".repeat(32));
     loose("ca.key", "old CA key");
     let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("RUST_LOG", "off")
         .stdout(Stdio::piped())

@@ -52,6 +52,7 @@ impl BenchRelay {
             // Every bench client comes from 127.0.0.1.
             max_connections_per_address: 10_000,
             retry_above_handshakes: 10_000,
+            http: None,
             ..ServerConfig::default()
         };
         let relay = RelayThread::start(config, Identity::new(chain, key, secret))?;

@@ -39,6 +39,7 @@ fn server_config() -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         limits: RateLimits::unlimited(),
+        http: None,
         ..ServerConfig::default()
     }
 }

@@ -80,6 +80,12 @@ codes! {
     /// The login would create a room, and the server already holds its maximum of rooms
     /// (`max_rooms`), none of them empty.
     SERVER_ROOM_LIMIT = 3008;
+    /// Lane closed: the application's backend kicked this user (server API); not re-joined
+    /// automatically.
+    KICKED_BY_SERVER = 3009;
+    /// Lane closed: the application's backend closed the room (server API); its history is
+    /// gone.
+    ROOM_CLOSED = 3010;
     /// Too many logins to this room per second.
     LOGIN_RATE_LIMITED = 4001;
     /// This user sends this kind of message too often.
@@ -94,6 +100,17 @@ codes! {
     DATAGRAM_UNAVAILABLE = 5003;
     /// (client) The server answered with something the client could not use.
     PROTOCOL = 5004;
+    /// (server API) The `Authorization: Bearer` API key is missing or wrong (HTTP 401).
+    UNAUTHORIZED = 6001;
+    /// (server API) The request body or path is malformed: bad JSON, a missing field, bad
+    /// base64 (HTTP 400).
+    BAD_REQUEST = 6002;
+    /// (server API) No such room on this relay (HTTP 404).
+    ROOM_NOT_FOUND = 6003;
+    /// (server API) The user is not in the room (HTTP 404).
+    USER_NOT_FOUND = 6004;
+    /// (server API) No such route (HTTP 404).
+    NOT_FOUND = 6005;
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -29,6 +29,10 @@ pub const MAX_REQUEST_FRAME: usize = 16 * 1024;
 /// members both fit.
 pub const MAX_SERVER_FRAME: usize = 128 * 1024;
 
+/// The user ID of the server API's default sender: no client may log in as it, so a message
+/// from the system always reaches every member.
+pub const SYSTEM_USER_ID: &str = "system";
+
 /// Punctuation allowed in room and user IDs besides ASCII letters and digits.
 pub const ID_PUNCTUATION: &str = "~!@#$%^&*()_+=-;',.<>|";
 

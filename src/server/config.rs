@@ -17,6 +17,18 @@ pub const MAX_ENDPOINTS: usize = 256;
 pub struct ServerConfig {
     /// UDP address to listen on. Default `127.0.0.1:4433`.
     pub listen: SocketAddr,
+    /// TCP address of the HTTP listener: the server API (`/v1/...`, needs the API key),
+    /// `/metrics`, `/healthz` and `/readyz`. `None` turns it off (`http = "off"` in TOML,
+    /// `--no-http`). Default `127.0.0.1:4480`; bind it to a private interface in production
+    /// (docs/API.md).
+    #[serde(with = "optional_address")]
+    pub http: Option<SocketAddr>,
+    /// Webhook URLs (`http://` or `https://`) that get the room events (`room_created`,
+    /// `room_closed`, `user_joined`, `user_left`) as signed JSON, in order. Default none.
+    pub webhooks: Vec<String>,
+    /// Room events queued for the webhooks before new ones are dropped (and counted).
+    /// Default 10000.
+    pub webhook_queue: usize,
     /// Accept any token (or none) and take the user ID from the login. For local tries only:
     /// `qrelay serve` says so in its banner, and it is refused on a `listen` address that is
     /// not loopback unless `insecure_dev_auth_on_public_address` is set too. Default `false`.
@@ -124,6 +136,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 4480))),
+            webhooks: Vec::new(),
+            webhook_queue: 10_000,
             insecure_dev_auth: false,
             insecure_dev_auth_on_public_address: false,
             idle_timeout_ms: 30_000,
@@ -224,6 +239,28 @@ impl ServerConfig {
     }
 }
 
+/// An optional socket address in TOML: an address, or `"off"` for none.
+mod optional_address {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|e| D::Error::custom(format!("{text:?}: {e} (or \"off\")")))
+    }
+}
+
 /// Where the relay's TLS identity and token secret live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -237,11 +274,20 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
     /// The token-signing secret (hex). Default: `certs_dir/token.secret`, created if missing.
     pub token_secret: Option<PathBuf>,
+    /// The server API key (and webhook signing key). Default: `certs_dir/api.key`, created if
+    /// missing.
+    pub api_key: Option<PathBuf>,
 }
 
 impl Default for TlsFiles {
     fn default() -> Self {
-        Self { certs_dir: PathBuf::from("certs"), cert: None, key: None, token_secret: None }
+        Self {
+            certs_dir: PathBuf::from("certs"),
+            cert: None,
+            key: None,
+            token_secret: None,
+            api_key: None,
+        }
     }
 }
 

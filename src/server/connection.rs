@@ -12,14 +12,15 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::Shared;
 use super::admission::Admitted;
+use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
-use super::room::{Room, Send};
+use super::room::{Room, Send, check_message};
 use super::router::Login;
 use super::stats::Counters;
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
     ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_REQUEST_FRAME, MAX_TOKEN,
-    Outcome, Recover, Reply, Request, RequestFrame, User, check_payload, check_room_id,
+    Outcome, Recover, Reply, Request, RequestFrame, SYSTEM_USER_ID, User, check_room_id,
     check_user_id, check_user_name, close, decode_datagram, encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
@@ -35,7 +36,9 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
+    let began = Instant::now();
     let handshake = incoming.await;
+    shared.counters.handshake_time.record(began.elapsed());
     admitted.handshake_done();
     let conn = match handshake {
         Ok(conn) => conn,
@@ -60,7 +63,7 @@ pub async fn serve(
         token_warning: None,
     };
     state.run(shutdown).instrument(span.clone()).await;
-    span.in_scope(|| state.leave_all(None));
+    span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
 }
 
 struct ConnState {
@@ -220,7 +223,7 @@ impl ConnState {
     /// stream of the caller's frame, open until the server closes every connection with
     /// `SHUTDOWN` (dropping them would send FIN, or close with code 0, first).
     async fn shut_down(&mut self) {
-        self.leave_all(Some((ErrorCode::SERVER_SHUTTING_DOWN, "the server is shutting down")));
+        self.leave_all(LeaveReason::Shutdown, "the server is shutting down");
         let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, self.conn.closed()).await;
     }
 
@@ -291,6 +294,12 @@ impl ConnState {
     ) -> Result<Outcome, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
         check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
+        if user.id == SYSTEM_USER_ID {
+            return Err((
+                ErrorCode::INVALID_USER_ID,
+                format!("user ID {SYSTEM_USER_ID:?} is reserved for the server API's messages"),
+            ));
+        }
         check_user_name(&user.name).map_err(|c| {
             let detail = "user name is empty, too long, or has control, format (bidi, \
                               zero-width) or line-separator characters";
@@ -367,45 +376,16 @@ impl ConnState {
         let (Some(joined), Some(user)) = (self.rooms.remove(room), &self.user) else {
             return Err(not_logged_in(room));
         };
-        if joined.leave(
-            &self.shared,
-            self.session,
-            &user.id,
-            Some((ErrorCode::LOGGED_OUT, "logged out")),
-        ) {
+        if joined.leave(&self.shared, self.session, &user.id, LeaveReason::Logout, "logged out") {
             self.shared.router.remove_if_empty(&self.shared, &joined);
         }
         debug!(room, "logged out");
         Ok(Outcome::Done)
     }
 
-    fn command(
-        &mut self,
-        room: &str,
-        mut to: Vec<String>,
-        payload: Bytes,
-    ) -> Result<Outcome, Refusal> {
-        // More than MAX_COMMAND_TARGETS targets do not decode (a protocol violation).
-        if let Some(bad) = to.iter().find(|t| check_user_id(t).is_err()) {
-            return Err((
-                ErrorCode::INVALID_TARGETS,
-                format!("target {bad:?} is not a valid user ID"),
-            ));
-        }
-        to.sort_unstable();
-        to.dedup();
+    fn command(&mut self, room: &str, to: Vec<String>, payload: Bytes) -> Result<Outcome, Refusal> {
         let (joined, send) = self.sender_room(room, &payload)?;
-        // The sender listed among the targets is skipped, as a broadcast skips its sender; a
-        // list naming only the sender would otherwise turn into "everyone".
-        let listed = !to.is_empty();
-        to.retain(|t| t != send.user_id);
-        if listed && to.is_empty() {
-            return Err((
-                ErrorCode::INVALID_TARGETS,
-                "a command cannot be addressed only to its sender".into(),
-            ));
-        }
-        joined.command(&self.shared, send, &to).map(|message_id| Outcome::Sent { message_id })
+        joined.command(&self.shared, send, to).map(|message_id| Outcome::Sent { message_id })
     }
 
     fn renew_token(&mut self, token: &str) -> Result<Outcome, Refusal> {
@@ -459,17 +439,7 @@ impl ConnState {
         room: &str,
         payload: &Bytes,
     ) -> Result<(Arc<Room>, Send<'a>), Refusal> {
-        check_payload(payload).map_err(|code| {
-            let detail = match code {
-                ErrorCode::PAYLOAD_EMPTY => "the payload is empty".to_string(),
-                _ => format!(
-                    "the payload is {} bytes; the limit is {}",
-                    payload.len(),
-                    crate::protocol::MAX_PAYLOAD
-                ),
-            };
-            (code, detail)
-        })?;
+        check_message(payload)?;
         let Some(joined) = self.rooms.get(room).cloned() else {
             return Err(not_logged_in(room));
         };
@@ -494,7 +464,13 @@ impl ConnState {
                 ));
             }
         }
-        Ok((joined, Send { session: self.session, user_id: &user.id, payload: payload.clone() }))
+        let send = Send {
+            session: self.session,
+            user_id: &user.id,
+            payload: payload.clone(),
+            outside: None,
+        };
+        Ok((joined, send))
     }
 
     /// Verifies a token for `user_id`; `None` in insecure dev-auth mode.
@@ -536,12 +512,12 @@ impl ConnState {
         self.rooms.retain(|_, room| room.is_member(session, user));
     }
 
-    fn leave_all(&mut self, close: Option<(ErrorCode, &str)>) {
+    fn leave_all(&mut self, reason: LeaveReason, detail: &str) {
         // Broadcasts accepted from this connection go out even when it ends mid-burst.
         self.flush_rooms();
         let Some(user) = &self.user else { return };
         for (_, room) in self.rooms.drain() {
-            if room.leave(&self.shared, self.session, &user.id, close) {
+            if room.leave(&self.shared, self.session, &user.id, reason, detail) {
                 self.shared.router.remove_if_empty(&self.shared, &room);
             }
         }

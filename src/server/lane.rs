@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::Shared;
@@ -87,7 +88,7 @@ impl Queued {
 pub struct Lane {
     /// Tells this lane from an earlier or later one of the same member and connection.
     pub id: u64,
-    tx: mpsc::Sender<LaneItem>,
+    tx: mpsc::Sender<(LaneItem, Instant)>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
     queued: Arc<Queued>,
     max_bytes: usize,
@@ -132,28 +133,41 @@ impl Lane {
 
     /// Queues an event without waiting, within the lane's bounds in events and bytes and its
     /// connection's bound in bytes.
-    pub fn push(&self, item: LaneItem, counters: &Counters) -> Result<(), PushError> {
+    /// `at` is when the event was handed over (one clock read per flush, not per lane), for
+    /// the queue-delay histogram.
+    pub fn push(&self, item: LaneItem, at: Instant, counters: &Counters) -> Result<(), PushError> {
         let len = item.len();
         let lane = self.queued.bytes.load(Ordering::Relaxed);
         let conn = self.queued.conn.bytes.load(Ordering::Relaxed);
         if lane + len > self.max_bytes || conn + len > self.max_conn_bytes {
             return if self.tx.is_closed() { Err(PushError::Gone) } else { Err(PushError::Full) };
         }
-        self.send(item, len, counters)
+        self.send(item, at, len, counters)
     }
 
     /// Queues one of the events a new lane starts with (member list, recovery replay): bounded
     /// in events only, since the room's size and history bound them, but counted in bytes, so
     /// a receiver that takes none of it reaches its byte bound at the next event.
-    pub fn push_initial(&self, item: LaneItem, counters: &Counters) -> Result<(), PushError> {
+    pub fn push_initial(
+        &self,
+        item: LaneItem,
+        at: Instant,
+        counters: &Counters,
+    ) -> Result<(), PushError> {
         let len = item.len();
-        self.send(item, len, counters)
+        self.send(item, at, len, counters)
     }
 
-    fn send(&self, item: LaneItem, len: usize, counters: &Counters) -> Result<(), PushError> {
+    fn send(
+        &self,
+        item: LaneItem,
+        at: Instant,
+        len: usize,
+        counters: &Counters,
+    ) -> Result<(), PushError> {
         // Counted before it is queued, so the writer never takes off more than was added.
         self.queued.add(len, counters);
-        match self.tx.try_send(item) {
+        match self.tx.try_send((item, at)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.queued.sub(len, counters);
@@ -174,7 +188,7 @@ impl Lane {
 /// The writer's end of a lane. Dropping it gives back the bytes still queued.
 #[derive(Debug)]
 pub struct LaneQueue {
-    rx: mpsc::Receiver<LaneItem>,
+    rx: mpsc::Receiver<(LaneItem, Instant)>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
     queued: Arc<Queued>,
     shared: Arc<Shared>,
@@ -183,14 +197,14 @@ pub struct LaneQueue {
 }
 
 impl LaneQueue {
-    async fn recv(&mut self) -> Option<LaneItem> {
-        let item = self.rx.recv().await?;
+    async fn recv(&mut self) -> Option<(LaneItem, Instant)> {
+        let (item, at) = self.rx.recv().await?;
         self.queued.sub(item.len(), &self.shared.counters);
-        Some(item)
+        Some((item, at))
     }
 
     fn try_recv(&mut self) -> Option<LaneItem> {
-        let item = self.rx.try_recv().ok()?;
+        let (item, _) = self.rx.try_recv().ok()?;
         self.queued.sub(item.len(), &self.shared.counters);
         Some(item)
     }
@@ -273,7 +287,7 @@ async fn write_lane(
     write_or_give_up(&mut send, buf.split().freeze(), stall).await?;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let first = tokio::select! {
+        let (first, queued_at) = tokio::select! {
             biased;
             item = queue.recv() => match item {
                 Some(item) => item,
@@ -281,6 +295,7 @@ async fn write_lane(
             },
             _ = &mut stopped => return Err("the client stopped the lane"),
         };
+        shared.counters.lane_delay.record(queued_at.elapsed());
         // A frame that is all there is to write goes to quinn without a copy; anything queued
         // behind it is copied into `buf` after it.
         let mut lone: Option<Bytes> = None;

@@ -14,10 +14,11 @@ mod admission;
 pub mod config;
 mod connection;
 mod endpoint;
+pub mod hooks;
 mod lane;
 mod rate;
-mod room;
-mod router;
+pub(crate) mod room;
+pub(crate) mod router;
 pub mod stats;
 mod thread;
 
@@ -81,6 +82,9 @@ pub struct Identity {
     /// Stateless-reset and address-validation keys: derive them from a persistent secret so a
     /// restarted relay resets its old connections at once.
     pub endpoint_keys: EndpointKeys,
+    /// The server API key (`Authorization: Bearer KEY`), which also signs webhooks. `None`:
+    /// the `/v1` routes answer 401 (metrics and health stay open) and webhooks go unsigned.
+    pub api_key: Option<String>,
 }
 
 impl Identity {
@@ -96,7 +100,14 @@ impl Identity {
             key,
             tokens: TokenKey::new(secret),
             endpoint_keys: EndpointKeys::derive(secret),
+            api_key: None,
         }
+    }
+
+    /// The same identity with a server API key.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Identity {
+        self.api_key = Some(key.into());
+        self
     }
 }
 
@@ -105,8 +116,12 @@ impl Identity {
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) tokens: TokenKey,
+    /// The server API key.
+    pub(crate) api_key: Option<String>,
     pub(crate) router: router::Router,
     pub(crate) counters: Counters,
+    /// Room events for the webhooks.
+    pub(crate) hooks: hooks::Hooks,
     per_address: admission::PerAddress,
     last_session: AtomicU32,
 }
@@ -124,6 +139,10 @@ pub struct Server {
     endpoints: Vec<quinn::Endpoint>,
     /// The threads of the endpoints after the first, waiting for [`Server::run`].
     threads: Vec<endpoint::EndpointThread>,
+    /// The HTTP listener, if configured.
+    http: Option<tokio::net::TcpListener>,
+    /// The room events for the webhook sender, if webhooks are configured.
+    hook_events: Option<tokio::sync::mpsc::Receiver<hooks::RoomEvent>>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
@@ -132,6 +151,7 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     endpoints: Vec<quinn::Endpoint>,
+    http: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
@@ -160,24 +180,41 @@ impl Server {
                 "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
             );
         }
+        let (hooks, hook_events) = if config.webhooks.is_empty() {
+            (hooks::Hooks::default(), None)
+        } else {
+            let (hooks, events) = hooks::Hooks::new(config.webhook_queue);
+            (hooks, Some(events))
+        };
+        let http = match config.http {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(listener)?)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             tokens: identity.tokens,
+            api_key: identity.api_key,
             router: router::Router::default(),
             counters: Counters::default(),
+            hooks,
             per_address: admission::PerAddress::default(),
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
         let (endpoints, threads) =
             endpoint::bind(&shared, quic, &identity.endpoint_keys, &shutdown)?;
-        Ok(Server { endpoints, threads, shared, shutdown })
+        Ok(Server { endpoints, threads, http, hook_events, shared, shutdown })
     }
 
     /// A handle that stays valid while the server runs.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             endpoints: self.endpoints.clone(),
+            http: self.http_addr(),
             shared: self.shared.clone(),
             shutdown: self.shutdown.clone(),
         }
@@ -188,6 +225,11 @@ impl Server {
         self.endpoints[0].local_addr()
     }
 
+    /// The HTTP listener's address, if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Accepts connections until [`ServerHandle::shutdown`] is called: on the first endpoint
     /// here, on the others in their threads. With several endpoints, returns once their
     /// threads have ended too.
@@ -195,6 +237,16 @@ impl Server {
         info!(addr = ?self.local_addr().ok(), endpoints = self.endpoints.len(), "relay listening");
         tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
         tokio::spawn(log_summaries(self.shared.clone(), self.shutdown.subscribe()));
+        if let Some(listener) = self.http {
+            tokio::spawn(crate::http::serve(
+                listener,
+                self.shared.clone(),
+                self.shutdown.subscribe(),
+            ));
+        }
+        if let Some(events) = self.hook_events {
+            tokio::spawn(crate::http::webhooks::run(self.shared.clone(), events));
+        }
         let threads: Vec<_> = self.threads.into_iter().map(|thread| thread.start()).collect();
         endpoint::accept(&self.endpoints[0], &self.shared, self.shutdown.subscribe()).await;
         info!("relay stopped accepting");
@@ -258,6 +310,11 @@ impl ServerHandle {
     /// The address the relay listens on (every endpoint's).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoints[0].local_addr()
+    }
+
+    /// The HTTP listener's address, if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// A copy of the relay's counters.

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Shared;
+use super::hooks::{LeaveReason, RoomEvent};
 use super::lane::{ConnLanes, Lane, LaneItem, LaneQueue, PushError};
 use super::rate::TokenBucket;
 use super::stats::Counters;
@@ -157,13 +158,28 @@ pub enum JoinError {
 /// A message being sent into a room.
 #[derive(Debug)]
 pub struct Send<'a> {
-    /// The sender's connection session.
+    /// The sender's connection session ([`SERVER_SESSION`] for a sender from outside).
     pub session: u32,
     /// The sender's user ID.
     pub user_id: &'a str,
     /// The payload (already checked for size).
     pub payload: Bytes,
+    /// A sender that is not a member (the server API); `None` for a member.
+    pub outside: Option<Outside<'a>>,
 }
+
+/// A sender from outside the room (the application's backend through the server API).
+#[derive(Debug, Clone, Copy)]
+pub struct Outside<'a> {
+    /// Who receivers see as the sender.
+    pub user: &'a User,
+    /// Whether the user's own frequency limits apply (a named user: yes; the default system
+    /// sender: no). The room's limits always apply.
+    pub user_limits: bool,
+}
+
+/// The session number of senders from outside (no connection has it: sessions start at 1).
+pub const SERVER_SESSION: u32 = 0;
 
 impl Room {
     /// An empty room.
@@ -262,6 +278,7 @@ impl Room {
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                 "the same user logged in to this room from another connection",
             );
+            self.left(shared, &left.user, LeaveReason::Replaced);
             state.outbox.push(Outgoing::Left(left));
             // On its way now, whatever becomes of this login.
             self.user_update(state, shared);
@@ -272,7 +289,7 @@ impl Room {
             if let Some(frame) = frame_of(&LaneEvent::UsersJoined(chunk.to_vec())) {
                 // The queue is new and at least MAX_BATCH deep; a huge room may still fill it,
                 // which then counts as a slow start and closes the lane explicitly.
-                if lane.push_initial(LaneItem::Frame(frame), counters).is_err() {
+                if lane.push_initial(LaneItem::Frame(frame), Instant::now(), counters).is_err() {
                     Counters::bump(&shared.counters.slow_receivers);
                     lane.close(
                         ErrorCode::SLOW_RECEIVER,
@@ -290,7 +307,11 @@ impl Room {
             let frame = frame_of(&event).into_iter().map(LaneItem::Frame);
             let items = frame.chain(replay.into_iter().map(LaneItem::Broadcast));
             // `validate()` keeps history_size well below lane_queue, so this fits a new lane.
-            if items.map(|item| lane.push_initial(item, counters)).any(|pushed| pushed.is_err()) {
+            let now = Instant::now();
+            if items
+                .map(|item| lane.push_initial(item, now, counters))
+                .any(|pushed| pushed.is_err())
+            {
                 lane.close(ErrorCode::SLOW_RECEIVER, "the replay did not fit the lane queue");
                 return Err(JoinError::Refused(
                     ErrorCode::INTERNAL,
@@ -313,6 +334,11 @@ impl Room {
         // Insert first: should announcing the join remove a slow member, the newcomer (who
         // was just listed that member) hears that it left, too.
         state.members.insert(user.id.clone(), entry);
+        shared.hooks.emit(counters, |at_ms| RoomEvent::UserJoined {
+            room: self.name.clone(),
+            user: joined.user.clone(),
+            at_ms,
+        });
         state.outbox.push(Outgoing::Joined(joined));
         self.user_update(state, shared);
         debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
@@ -330,19 +356,20 @@ impl Room {
                 _ => return,
             }
         };
-        if self.leave(shared, session, user_id, None) {
+        if self.leave(shared, session, user_id, LeaveReason::SlowReceiver, "the lane failed") {
             shared.router.remove_if_empty(shared, self);
         }
     }
 
-    /// Removes the member if `session` still holds it; `close` ends its lane with that code.
-    /// Returns whether the room is now empty.
+    /// Removes the member if `session` still holds it; its lane ends with the code of `reason`
+    /// and `detail` (none when the connection is gone). Returns whether the room is now empty.
     pub fn leave(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         session: u32,
         user_id: &str,
-        close: Option<(ErrorCode, &str)>,
+        reason: LeaveReason,
+        detail: &str,
     ) -> bool {
         let mut state = self.lock();
         if state.members.get(user_id).is_some_and(|m| m.session == session) {
@@ -353,15 +380,62 @@ impl Room {
             }
             if let Some(entry) = state.members.remove(user_id) {
                 let left = entry.member();
-                if let Some((code, detail)) = close {
+                if let Some(code) = lane_close_code(reason) {
                     entry.lane.close(code, detail);
                 }
+                self.left(shared, &left.user, reason);
                 state.outbox.push(Outgoing::Left(left));
                 self.user_update(&mut state, shared);
-                debug!(room = %self.name, user = %user_id, session, "left");
+                debug!(room = %self.name, user = %user_id, session, ?reason, "left");
             }
         }
         state.members.is_empty()
+    }
+
+    /// Removes the member `user_id`, whichever connection holds it (the server API's kick):
+    /// its lane ends with `KICKED_BY_SERVER` and `reason`. Returns `None` when it is not a
+    /// member, else whether the room is now empty.
+    pub fn kick(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        user_id: &str,
+        reason: &str,
+    ) -> Option<bool> {
+        let session = self.lock().members.get(user_id)?.session;
+        Some(self.leave(shared, session, user_id, LeaveReason::Kicked, reason))
+    }
+
+    /// Ends every member's lane with `ROOM_CLOSED` and `reason`, drops the history and marks the
+    /// room closed (the server API's close; the router removes it).
+    pub fn close_all(self: &Arc<Self>, shared: &Arc<Shared>, reason: &str) {
+        let members: Vec<(u32, String)> =
+            self.lock().members.values().map(|m| (m.session, m.user.id.clone())).collect();
+        for (session, user_id) in members {
+            self.leave(shared, session, &user_id, LeaveReason::RoomClosed, reason);
+        }
+        let mut state = self.lock();
+        state.history.clear(&shared.counters);
+        state.closed = true;
+    }
+
+    /// The members, in no particular order.
+    pub fn members(&self) -> Vec<User> {
+        self.lock().members.values().map(|m| m.user.clone()).collect()
+    }
+
+    /// How many members the room has.
+    pub fn member_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// Tells the webhooks that `user` left.
+    fn left(&self, shared: &Shared, user: &User, reason: LeaveReason) {
+        shared.hooks.emit(&shared.counters, |at_ms| RoomEvent::UserLeft {
+            room: self.name.clone(),
+            user: user.clone(),
+            reason,
+            at_ms,
+        });
     }
 
     /// A user update entered the outbox: a small room flushes it now; a large one within
@@ -451,20 +525,28 @@ impl Room {
         let mut guard = self.lock();
         let state = &mut *guard;
         let limits = &shared.config.limits;
-        let sender = match state.members.get(send.user_id) {
-            Some(member) if member.session == send.session => member,
-            _ => return Err(not_member()),
+        let (user, author, user_limits) = match send.outside {
+            None => match state.members.get(send.user_id) {
+                Some(member) if member.session == send.session => {
+                    (member.user.clone(), member.author.clone(), true)
+                }
+                _ => return Err(not_member()),
+            },
+            Some(outside) => {
+                (outside.user.clone(), Arc::from(outside.user.id.as_str()), outside.user_limits)
+            }
         };
-        let (user, author) = (sender.user.clone(), sender.author.clone());
         // Check both limits before taking from either, so a refusal costs no allowance.
         let budget = state.budgets.entry(author.clone()).or_insert_with(|| UserBudget::new(limits));
-        if !budget.broadcast.ready() {
+        if user_limits && !budget.broadcast.ready() {
             return Err(user_limited("broadcasts", limits.broadcast_per_user));
         }
         if !state.broadcast_bucket.ready() {
             return Err(room_limited("broadcasts", limits.broadcast_per_room));
         }
-        budget.broadcast.take();
+        if user_limits {
+            budget.broadcast.take();
+        }
         state.broadcast_bucket.take();
         state.broadcast_seq += 1;
         let id = state.broadcast_seq;
@@ -489,16 +571,21 @@ impl Room {
         }
     }
 
-    /// Sends a custom command to `to` (deduplicated; empty means everyone else). Every listed
-    /// user must be in the room, or nothing is sent.
+    /// Sends a custom command to `to` (empty means everyone else; duplicates and the sender
+    /// itself are left out). Every listed user must be in the room, or nothing is sent.
     pub fn command(
         &self,
         shared: &Shared,
         send: Send<'_>,
-        to: &[String],
+        to: Vec<String>,
     ) -> Result<u64, (ErrorCode, String)> {
+        let to = command_targets(to, send.user_id)?;
+        let to = &to[..];
         let mut state = self.lock();
-        let from = state.sender(send.session, send.user_id)?;
+        let from = match send.outside {
+            None => state.sender(send.session, send.user_id)?,
+            Some(outside) => outside.user.clone(),
+        };
         let missing: Vec<&str> = to
             .iter()
             .filter(|t| !state.members.contains_key(t.as_str()))
@@ -518,7 +605,8 @@ impl Room {
         } else {
             (&mut budget.command_many, limits.command_to_many_per_user)
         };
-        if !bucket.try_take() {
+        let user_limits = send.outside.is_none_or(|outside| outside.user_limits);
+        if user_limits && !bucket.try_take() {
             let what = if single { "commands to one user" } else { "commands to several users" };
             return Err(user_limited(what, rate));
         }
@@ -558,8 +646,9 @@ impl Room {
     /// Sends a barrage datagram to every other member; returns its ID.
     pub fn barrage(&self, shared: &Shared, send: Send<'_>) -> Result<u64, (ErrorCode, String)> {
         let mut state = self.lock();
-        let announced = match state.members.get(send.user_id) {
-            Some(m) if m.session == send.session => m.announced,
+        let announced = match (send.outside, state.members.get(send.user_id)) {
+            (Some(_), _) => true,
+            (None, Some(m)) if m.session == send.session => m.announced,
             _ => return Err(not_member()),
         };
         if !announced {
@@ -624,6 +713,7 @@ impl RoomState {
         let mut everyone: Option<(Bytes, usize)> = None;
         let mut others: Vec<(FrameKey, (Bytes, usize))> = Vec::new();
         let mut failed = Vec::new();
+        let now = Instant::now();
         let mut delivered = 0;
         for (id, member) in &mut self.members {
             member.announced = true;
@@ -644,7 +734,7 @@ impl RoomState {
             if frame.is_empty() {
                 continue;
             }
-            match member.lane.push(LaneItem::Frame(frame), &shared.counters) {
+            match member.lane.push(LaneItem::Frame(frame), now, &shared.counters) {
                 Ok(()) => delivered += broadcasts,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -713,11 +803,12 @@ impl RoomState {
     ) -> usize {
         let mut failed = Vec::new();
         let mut delivered = 0;
+        let now = Instant::now();
         for (id, member) in &self.members {
             if id == except || !wanted(id) {
                 continue;
             }
-            match member.lane.push(item.clone(), &shared.counters) {
+            match member.lane.push(item.clone(), now, &shared.counters) {
                 Ok(()) => delivered += 1,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -735,6 +826,7 @@ impl RoomState {
         room: &str,
         mut failed: Vec<(String, PushError)>,
     ) {
+        let now = Instant::now();
         while !failed.is_empty() {
             let mut left = Vec::new();
             for (id, why) in failed.drain(..) {
@@ -745,6 +837,12 @@ impl RoomState {
                 } else {
                     debug!(room, user = %id, "lane writer ended: member removed");
                 }
+                shared.hooks.emit(&shared.counters, |at_ms| RoomEvent::UserLeft {
+                    room: room.to_owned(),
+                    user: entry.user.clone(),
+                    reason: LeaveReason::SlowReceiver,
+                    at_ms,
+                });
                 left.push(entry.member());
                 entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
             }
@@ -752,7 +850,7 @@ impl RoomState {
                 let Some(frame) = frame_of(&LaneEvent::UsersLeft(chunk.to_vec())) else { continue };
                 for (id, member) in &self.members {
                     if let Err(why) =
-                        member.lane.push(LaneItem::Frame(frame.clone()), &shared.counters)
+                        member.lane.push(LaneItem::Frame(frame.clone()), now, &shared.counters)
                     {
                         failed.push((id.clone(), why));
                     }
@@ -895,6 +993,62 @@ fn frame_of(event: &LaneEvent) -> Option<Bytes> {
     let mut buf = BytesMut::new();
     encode_frame(event, &mut buf).ok()?;
     Some(buf.freeze())
+}
+
+/// Checks a message payload (every adapter, every kind): 1 to [`crate::protocol::MAX_PAYLOAD`]
+/// bytes.
+pub fn check_message(payload: &[u8]) -> Result<(), (ErrorCode, String)> {
+    crate::protocol::check_payload(payload).map_err(|code| {
+        let detail = match code {
+            ErrorCode::PAYLOAD_EMPTY => "the payload is empty".to_string(),
+            _ => format!(
+                "the payload is {} bytes; the limit is {}",
+                payload.len(),
+                crate::protocol::MAX_PAYLOAD
+            ),
+        };
+        (code, detail)
+    })
+}
+
+/// A command's targets: valid user IDs, at most [`crate::protocol::MAX_COMMAND_TARGETS`],
+/// deduplicated, without the sender (as a broadcast skips its sender); a list that named only
+/// the sender is refused rather than turned into "everyone".
+fn command_targets(mut to: Vec<String>, sender: &str) -> Result<Vec<String>, (ErrorCode, String)> {
+    if to.len() > crate::protocol::MAX_COMMAND_TARGETS {
+        return Err((
+            ErrorCode::INVALID_TARGETS,
+            format!("more than {} targets", crate::protocol::MAX_COMMAND_TARGETS),
+        ));
+    }
+    if let Some(bad) = to.iter().find(|t| crate::protocol::check_user_id(t).is_err()) {
+        return Err((ErrorCode::INVALID_TARGETS, format!("target {bad:?} is not a valid user ID")));
+    }
+    to.sort_unstable();
+    to.dedup();
+    let listed = !to.is_empty();
+    to.retain(|t| t != sender);
+    if listed && to.is_empty() {
+        return Err((
+            ErrorCode::INVALID_TARGETS,
+            "a command cannot be addressed only to its sender".into(),
+        ));
+    }
+    Ok(to)
+}
+
+/// The code a member's lane ends with when it leaves for `reason` (none when its connection
+/// is gone).
+fn lane_close_code(reason: LeaveReason) -> Option<ErrorCode> {
+    match reason {
+        LeaveReason::Logout => Some(ErrorCode::LOGGED_OUT),
+        LeaveReason::Disconnected => None,
+        LeaveReason::Replaced => Some(ErrorCode::KICKED_LOGGED_IN_ELSEWHERE),
+        LeaveReason::SlowReceiver => Some(ErrorCode::SLOW_RECEIVER),
+        LeaveReason::Kicked => Some(ErrorCode::KICKED_BY_SERVER),
+        LeaveReason::RoomClosed => Some(ErrorCode::ROOM_CLOSED),
+        LeaveReason::Shutdown => Some(ErrorCode::SERVER_SHUTTING_DOWN),
+    }
 }
 
 /// Milliseconds since the Unix epoch, from the server clock.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Shared;
+use super::hooks::RoomEvent;
 use super::lane::{ConnLanes, LaneQueue};
 use super::rate::TokenBucket;
 use super::room::{JoinError, Room};
@@ -99,7 +100,7 @@ impl Router {
         }
         if room.close_if_empty(shared) {
             state.rooms.remove(&room.name);
-            shared.counters.rooms_open.fetch_sub(1, Ordering::Relaxed);
+            closed(shared, room);
         } else if room.is_empty() {
             state.emptied.push_back(room.clone());
         }
@@ -109,13 +110,14 @@ impl Router {
     /// that are full again.
     pub fn sweep(&self, shared: &Shared) {
         let mut state = self.lock();
-        let before = state.rooms.len();
         state.rooms.retain(|_, room| {
             room.prune();
-            !room.close_if_empty(shared)
+            let close = room.close_if_empty(shared);
+            if close {
+                closed(shared, room);
+            }
+            !close
         });
-        let removed = before - state.rooms.len();
-        shared.counters.rooms_open.fetch_sub(removed as u64, Ordering::Relaxed);
         let RouterState { rooms, emptied, creations, .. } = &mut *state;
         emptied.retain(|room| {
             rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) && room.is_empty()
@@ -162,6 +164,30 @@ impl Router {
         self.lock().rooms.len()
     }
 
+    /// The room `name`, if it exists.
+    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.lock().rooms.get(name).cloned()
+    }
+
+    /// Every room, in no particular order.
+    pub fn rooms(&self) -> Vec<Arc<Room>> {
+        self.lock().rooms.values().cloned().collect()
+    }
+
+    /// Closes the room `name` (the server API): every member's lane ends with `ROOM_CLOSED`,
+    /// its history is dropped and the room removed; a later login creates it anew. `false`
+    /// when there is no such room.
+    pub fn close_room(&self, shared: &Arc<Shared>, name: &str, reason: &str) -> bool {
+        let Some(room) = self.room(name) else { return false };
+        room.close_all(shared, reason);
+        let mut state = self.lock();
+        if state.rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+            state.rooms.remove(name);
+            closed(shared, &room);
+        }
+        true
+    }
+
     fn room_or_create(
         &self,
         shared: &Shared,
@@ -201,6 +227,10 @@ impl Router {
         let room = Arc::new(Room::new(name.to_owned(), state.last_number, shared));
         state.rooms.insert(name.to_owned(), room.clone());
         Counters::bump(&shared.counters.rooms_open);
+        shared.hooks.emit(&shared.counters, |at_ms| RoomEvent::RoomCreated {
+            room: name.to_owned(),
+            at_ms,
+        });
         Ok(room)
     }
 }
@@ -213,10 +243,18 @@ impl RouterState {
             let current = self.rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, &room));
             if current && room.evict_if_empty(shared) {
                 self.rooms.remove(&room.name);
-                shared.counters.rooms_open.fetch_sub(1, Ordering::Relaxed);
+                closed(shared, &room);
                 return true;
             }
         }
         false
     }
+}
+
+/// Counts a room the router removed and tells the webhooks.
+fn closed(shared: &Shared, room: &Room) {
+    shared.counters.rooms_open.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .hooks
+        .emit(&shared.counters, |at_ms| RoomEvent::RoomClosed { room: room.name.clone(), at_ms });
 }

@@ -1,6 +1,7 @@
 //! Counters of everything the relay did, dropped or refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 macro_rules! stats {
     ($($(#[$doc:meta])* $name:ident,)*) => {
@@ -8,6 +9,11 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub struct Counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Time from handing an event to a lane until the lane's writer takes it (per
+            /// write: the first event of each write).
+            pub lane_delay: Histogram,
+            /// Time from a connection attempt's admission to the end of its handshake.
+            pub handshake_time: Histogram,
         }
 
         /// A copy of the counters at one moment.
@@ -90,6 +96,14 @@ stats! {
     /// Connections closed because they did not take their control-stream replies for
     /// `control_stall_ms`.
     control_stalls,
+    /// Webhook events dropped because the webhook queue was full.
+    webhooks_dropped,
+    /// Webhook deliveries that got a 2xx answer.
+    webhooks_sent,
+    /// Webhook deliveries given up after their retries.
+    webhooks_failed,
+    /// Server API requests answered (any status).
+    api_requests,
 }
 
 /// Lets at most [`Throttle::PER_MINUTE`] log lines of one kind through per minute and counts
@@ -137,5 +151,68 @@ impl Counters {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
+
+/// A latency histogram of fixed buckets ([`LATENCY_BUCKETS_US`]) updated with relaxed atomics:
+/// recording costs a few atomic adds, no lock and no allocation.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the observations, microseconds.
+    sum_us: AtomicU64,
+    /// Number of observations.
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound (seconds), the sum (seconds) and the count, as
+    /// Prometheus wants them; the last bucket is `+Inf`.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            total += bucket.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS_US.get(i).map_or(f64::INFINITY, |us| *us as f64 / 1e6);
+            out.push((bound, total));
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, sum, total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_at_infinity() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(40));
+        histogram.record(Duration::from_micros(50));
+        histogram.record(Duration::from_millis(3));
+        histogram.record(Duration::from_secs(60));
+        let (buckets, sum, count) = histogram.cumulative();
+        assert_eq!(count, 4);
+        assert_eq!(buckets[0], (50e-6, 2), "a bound includes its value");
+        assert_eq!(buckets[6], (5e-3, 3));
+        assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 4));
+        assert!((sum - 60.00309).abs() < 1e-9);
     }
 }

@@ -50,6 +50,7 @@ pub fn test_config() -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits: RateLimits::unlimited(),
+        http: None,
         ..ServerConfig::default()
     }
 }

@@ -416,6 +416,7 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
         max_connections_per_address: connections + 100,
         retry_above_handshakes: connections + 100,
         max_members_per_room: connections + 1,
+        http: None,
         ..ServerConfig::default()
     };
     let relay = RelayThread::start(config, Identity::new(chain, key, &secret))
