@@ -38,7 +38,7 @@ pub(crate) async fn scrape(State(state): State<HttpState>) -> Response {
 struct Relay(Arc<Shared>);
 
 /// Counters: (name without prefix, help, value).
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 24] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 26] {
     [
         (
             "connections_accepted",
@@ -49,6 +49,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 24] {
             "connections_refused",
             "Connections refused at the handshake (limits).",
             s.connections_refused,
+        ),
+        (
+            "connections_refused_per_address",
+            "Of connections_refused, those refused for max_connections_per_address.",
+            s.connections_refused_per_address,
         ),
         ("retries", "Connection attempts answered with a QUIC Retry.", s.retries),
         ("logins", "Successful logins.", s.logins),
@@ -108,6 +113,7 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 24] {
             "Webhook events dropped because the queue was full.",
             s.webhooks_dropped,
         ),
+        ("api_requests", "HTTP requests answered (any route, any status).", s.api_requests),
     ]
 }
 
