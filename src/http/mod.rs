@@ -108,7 +108,7 @@ async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer);
     match given {
         Some(given) if same_secret(given.trim().as_bytes(), key.as_bytes()) => {
             Ok(next.run(request).await)
@@ -121,6 +121,13 @@ async fn require_key(
     }
 }
 
+/// The credentials of an `Authorization: Bearer CREDENTIALS` value (the scheme's name is
+/// case-insensitive, RFC 9110 section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+}
+
 /// Compares two secrets in time that depends only on their lengths.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
@@ -129,6 +136,15 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer k"), Some("k"));
+        assert_eq!(bearer("bearer k"), Some("k"));
+        assert_eq!(bearer("BEARER  k"), Some(" k"));
+        assert_eq!(bearer("Basic k"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
 
     #[test]
     fn secrets_compare_by_content_and_length() {
