@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -136,7 +136,11 @@ async fn list_rooms(State(state): State<HttpState>) -> Json<Vec<RoomInfo>> {
     Json(rooms)
 }
 
-async fn members(State(state): State<HttpState>, Path(room): Path<String>) -> ApiResult<Vec<User>> {
+async fn members(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Vec<User>> {
+    let Path(room) = path?;
     let mut members = existing_room(&state, &room)?.members();
     members.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(members))
@@ -144,10 +148,11 @@ async fn members(State(state): State<HttpState>, Path(room): Path<String>) -> Ap
 
 async fn broadcast(
     State(state): State<HttpState>,
-    Path(room): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<MessageBody>, JsonRejection>,
 ) -> ApiResult<Sent> {
-    let message = Message::parse(body?)?;
+    let Path(room) = path?;
+    let message = Message::parse(no_targets(body?, "broadcast")?)?;
     let joined = existing_room(&state, &room)?;
     let shared = &state.shared;
     let message_id = joined.broadcast(shared, message.send())?;
@@ -157,10 +162,19 @@ async fn broadcast(
 
 async fn barrage(
     State(state): State<HttpState>,
-    Path(room): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<MessageBody>, JsonRejection>,
 ) -> ApiResult<Sent> {
-    let message = Message::parse(body?)?;
+    let Path(room) = path?;
+    let body = no_targets(body?, "barrage")?;
+    if body.from.is_some() {
+        // A barrage datagram names its sender by session only; the API's is no member's.
+        return Err(ApiError::new(
+            ErrorCode::BAD_REQUEST,
+            "a barrage cannot name a sender (from): receivers see the server API's session, 0",
+        ));
+    }
+    let message = Message::parse(body)?;
     let joined = existing_room(&state, &room)?;
     let message_id = joined.barrage(&state.shared, message.send())?;
     Ok(Json(Sent { message_id }))
@@ -168,9 +182,10 @@ async fn barrage(
 
 async fn command(
     State(state): State<HttpState>,
-    Path(room): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<MessageBody>, JsonRejection>,
 ) -> ApiResult<Sent> {
+    let Path(room) = path?;
     let Json(mut body) = body?;
     let to = std::mem::take(&mut body.to);
     let message = Message::parse(Json(body))?;
@@ -181,9 +196,10 @@ async fn command(
 
 async fn kick(
     State(state): State<HttpState>,
-    Path(room): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<KickBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(room) = path?;
     let Json(body) = body?;
     let joined = existing_room(&state, &room)?;
     let reason = body.reason.unwrap_or_else(|| "removed by the application".into());
@@ -204,9 +220,10 @@ async fn kick(
 
 async fn close_room(
     State(state): State<HttpState>,
-    Path(room): Path<String>,
-    Query(query): Query<CloseQuery>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<CloseQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let (Path(room), Query(query)) = (path?, query?);
     check_room(&room)?;
     let reason = query.reason.unwrap_or_else(|| "closed by the application".into());
     if !state.shared.router.close_room(&state.shared, &room, &reason) {
@@ -297,6 +314,18 @@ impl Message {
             outside: Some(Outside { user: &self.from, user_limits: self.named }),
         }
     }
+}
+
+/// `body` if it names no targets: only a command has them, and a broadcast or barrage that
+/// named some would reach everyone.
+fn no_targets(body: Json<MessageBody>, kind: &str) -> Result<Json<MessageBody>, ApiError> {
+    if !body.to.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::BAD_REQUEST,
+            format!("a {kind} reaches every member: to (targets) is only for command"),
+        ));
+    }
+    Ok(body)
 }
 
 fn check_room(room: &str) -> Result<(), ApiError> {
