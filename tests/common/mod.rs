@@ -40,9 +40,13 @@ pub struct TestRelay {
 /// The token secret of every test relay.
 const SECRET: &[u8] = b"test secret, not for production use";
 
+/// The server API key of every test relay (`Authorization: Bearer API_KEY`; it also signs
+/// webhooks).
+pub const API_KEY: &str = "test-api-key-not-for-production";
+
 fn identity(pki: &DevPki) -> Identity {
     let (chain, key) = pki.server_identity().unwrap();
-    Identity::new(chain, key, SECRET)
+    Identity::new(chain, key, SECRET).with_api_key(API_KEY)
 }
 
 /// A config for tests: loopback, ephemeral port, no frequency limits unless a test sets them.
