@@ -1323,6 +1323,10 @@ async fn soak() {
         failures.push(format!("{} rooms left after their history expired", handle.room_count()));
     }
     sampler.abort();
+    // Churners that were vanishing when the traffic stopped end on threads of their own (their
+    // runtime and socket go when their life is over): on a busy machine that takes a while.
+    // Wait for their sockets to close before measuring what is left.
+    let _ = wait_for(Duration::from_secs(15), || open_fds() <= fds_start + 1).await;
     let (live_end, rss_end_raw) = (live_kib(), rss_kib());
     let logs_kib = log_bytes(&ctx.logs) / 1024;
     let fds_end = open_fds();

@@ -13,6 +13,9 @@ use qrelay::protocol::User;
 use qrelay::server::{Identity, RateLimits, RelayThread, ServerConfig};
 use rustls::pki_types::CertificateDer;
 
+/// The bench relay's server API key.
+pub const API_KEY: &str = "bench-api-key";
+
 /// How long one step may take before the bench gives up (a lost reliable message would
 /// otherwise hang it).
 pub const STEP: Duration = Duration::from_secs(10);
@@ -42,6 +45,20 @@ pub struct BenchRelay {
 impl BenchRelay {
     /// Starts a relay with the benchmark profile (no frequency limits).
     pub fn start() -> anyhow::Result<BenchRelay> {
+        Self::start_with(None)
+    }
+
+    /// The same, with the HTTP listener on 127.0.0.1 and [`API_KEY`].
+    pub fn start_with_http() -> anyhow::Result<BenchRelay> {
+        Self::start_with(Some("127.0.0.1:0".parse()?))
+    }
+
+    /// The HTTP listener's address, if it has one.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.relay.handle().http_addr()
+    }
+
+    fn start_with(http: Option<std::net::SocketAddr>) -> anyhow::Result<BenchRelay> {
         let pki = DevPki::generate()?;
         let (chain, key) = pki.server_identity()?;
         let secret = b"bench secret, not for production use";
@@ -52,10 +69,11 @@ impl BenchRelay {
             // Every bench client comes from 127.0.0.1.
             max_connections_per_address: 10_000,
             retry_above_handshakes: 10_000,
-            http: None,
+            http,
             ..ServerConfig::default()
         };
-        let relay = RelayThread::start(config, Identity::new(chain, key, secret))?;
+        let identity = Identity::new(chain, key, secret).with_api_key(API_KEY);
+        let relay = RelayThread::start(config, identity)?;
         Ok(BenchRelay { relay, ca: pki.ca()?, tokens })
     }
 
