@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::protocol::{
-    BarrageMessage, ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, Member, Recover, Request, User,
+    BarrageMessage, ErrorCode, LaneEvent, LaneHeader, MAX_BATCH, Member, Recover, Request,
+    SYSTEM_SESSION, SYSTEM_USER_ID, SYSTEM_USER_NAME, User,
 };
 
 use super::event::{Event, ReceivedBarrage};
@@ -612,6 +613,10 @@ impl Rooms {
                 .map(|(_, _, user)| user)
         };
         let from = match self.track_members {
+            // The server API's barrage: its sender is no member.
+            true if message.sender == SYSTEM_SESSION => {
+                Some(User { id: SYSTEM_USER_ID.into(), name: SYSTEM_USER_NAME.into() })
+            }
             true => Some(
                 lane.members
                     .get(&message.sender)
@@ -802,6 +807,17 @@ mod tests {
         assert_eq!(rooms.next_expiry(), None);
         let out = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(6, "dave")]));
         assert_eq!((barrage_ids(&out.events), out.barrage), (vec![], 0));
+    }
+
+    #[test]
+    fn a_barrage_from_the_server_api_names_the_system_sender_at_once() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "lobby", 1, 1);
+        let (t0, mut dropped) = (Instant::now(), Dropped::default());
+        let got = rooms.receive_barrage(barrage(7, SYSTEM_SESSION), t0, &mut dropped);
+        let system = User { id: SYSTEM_USER_ID.into(), name: SYSTEM_USER_NAME.into() };
+        assert_eq!(got.map(|(room, m)| (room, m.from)), Some(("lobby".into(), Some(system))));
+        assert_eq!((dropped, rooms.next_expiry()), (Dropped::default(), None));
     }
 
     #[test]

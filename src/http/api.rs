@@ -16,12 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::HttpState;
 use super::error::ApiError;
 use crate::protocol::{
-    ErrorCode, SYSTEM_USER_ID, User, check_room_id, check_user_id, check_user_name,
+    ErrorCode, SYSTEM_USER_ID, SYSTEM_USER_NAME, User, check_room_id, check_user_id,
+    check_user_name,
 };
 use crate::server::room::{Outside, Room, SERVER_SESSION, Send, check_message};
-
-/// The sender of API messages that name none.
-pub const SYSTEM_USER_NAME: &str = "System";
 
 /// Longest validity of a token minted by `POST /v1/tokens`.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);

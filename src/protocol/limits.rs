@@ -33,6 +33,14 @@ pub const MAX_SERVER_FRAME: usize = 128 * 1024;
 /// from the system always reaches every member.
 pub const SYSTEM_USER_ID: &str = "system";
 
+/// The display name of the server API's default sender.
+pub const SYSTEM_USER_NAME: &str = "System";
+
+/// The session number that barrage datagrams from the server API name as their sender: no
+/// connection has it (sessions start at 1), and receivers show it as the system sender
+/// ([`SYSTEM_USER_ID`], [`SYSTEM_USER_NAME`]).
+pub const SYSTEM_SESSION: u32 = 0;
+
 /// Punctuation allowed in room and user IDs besides ASCII letters and digits.
 pub const ID_PUNCTUATION: &str = "~!@#$%^&*()_+=-;',.<>|";
 
