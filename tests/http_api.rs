@@ -10,7 +10,8 @@ use bytes::Bytes;
 use common::*;
 use qrelay::protocol::{
     CommandMessage, ErrorCode, LaneEvent, LaneHeader, MAX_PAYLOAD, MAX_ROOM_ID, MAX_SERVER_FRAME,
-    Outcome, Recover, Request, SYSTEM_USER_ID, ServerDatagram, User, decode_datagram,
+    Outcome, Recover, Request, SYSTEM_SESSION, SYSTEM_USER_ID, ServerDatagram, User,
+    decode_datagram,
 };
 use qrelay::server::{RateLimits, ServerConfig};
 use qrelay::transport::FrameReader;
@@ -556,9 +557,9 @@ async fn barrage_arrives_as_a_datagram() {
             let datagram = within(receiver.peer.conn.read_datagram()).await.unwrap();
             let ServerDatagram::Barrage(message) = decode_datagram(&datagram).unwrap();
             assert_eq!(message.room_number, receiver.header.room_number);
-            // Session 0 is no connection's: the server API.
-            assert_eq!(message.sender, 0);
-            assert_ne!(receiver.session, 0);
+            // A session that is no connection's: the server API's.
+            assert_eq!(message.sender, SYSTEM_SESSION);
+            assert_ne!(receiver.session, SYSTEM_SESSION);
             got.push((message.id, message.payload));
         }
         got.sort();
@@ -568,6 +569,41 @@ async fn barrage_arrives_as_a_datagram() {
         assert_eq!(got, expected);
     }
     assert_eq!(relay.handle.stats().barrages, 2);
+}
+
+#[tokio::test]
+async fn the_client_library_names_the_system_as_the_sender_of_every_kind() {
+    let (relay, api) = start(http_config()).await;
+    let user = User { id: "bob".into(), name: "Bob".into() };
+    let config =
+        qrelay::client::ClientConfig::new(relay.addr, "localhost", vec![relay.ca.clone()], user);
+    let (bob, mut events) = within(qrelay::client::Client::connect(config)).await.unwrap();
+    within(bob.login_room("lobby", &relay.token("bob"))).await.unwrap();
+    for kind in ["broadcast", "barrage", "command"] {
+        api.post(&format!("/v1/rooms/lobby/{kind}"), json!({"payload": kind})).await.message_id();
+    }
+    use qrelay::client::Event;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match within(events.next()).await.expect("bob's events ended") {
+            Event::Broadcasts { messages, .. } => {
+                got.extend(messages.into_iter().map(|m| (m.payload, Some(m.from))));
+            }
+            Event::Barrages { messages, .. } => {
+                got.extend(messages.into_iter().map(|m| (m.payload, m.from)));
+            }
+            Event::Command { message, .. } => got.push((message.payload, Some(message.from))),
+            _ => {}
+        }
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let from = Some(system());
+    let kinds = ["barrage", "broadcast", "command"];
+    let expected: Vec<(Bytes, Option<User>)> =
+        kinds.iter().map(|kind| (Bytes::from(kind.to_string()), from.clone())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(bob.stats().barrage_unknown_sender, 0);
+    bob.close().await;
 }
 
 #[tokio::test]
