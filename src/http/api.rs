@@ -24,6 +24,10 @@ use crate::server::room::{Outside, Room, SERVER_SESSION, Send, check_message};
 /// Longest validity of a token minted by `POST /v1/tokens`.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Longest `reason` of a kick or a close, in bytes: it travels to every member in its lane's
+/// `Closed` event, which must stay far below the largest frame a client reads.
+pub const MAX_REASON: usize = 256;
+
 /// Validity of a minted token when the request names none.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -200,7 +204,7 @@ async fn kick(
     let Path(room) = path?;
     let Json(body) = body?;
     let joined = existing_room(&state, &room)?;
-    let reason = body.reason.unwrap_or_else(|| "removed by the application".into());
+    let reason = checked_reason(body.reason, "removed by the application")?;
     let shared = &state.shared;
     match joined.kick(shared, &body.user, &reason) {
         None => Err(ApiError::new(
@@ -223,7 +227,7 @@ async fn close_room(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (Path(room), Query(query)) = (path?, query?);
     check_room(&room)?;
-    let reason = query.reason.unwrap_or_else(|| "closed by the application".into());
+    let reason = checked_reason(query.reason, "closed by the application")?;
     if !state.shared.router.close_room(&state.shared, &room, &reason) {
         return Err(no_room(&room));
     }
@@ -324,6 +328,18 @@ fn no_targets(body: Json<MessageBody>, kind: &str) -> Result<Json<MessageBody>, 
         ));
     }
     Ok(body)
+}
+
+/// The reason given for a kick or close, at most [`MAX_REASON`] bytes, or `default`.
+fn checked_reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
+    match reason {
+        Some(reason) if reason.len() > MAX_REASON => Err(ApiError::new(
+            ErrorCode::BAD_REQUEST,
+            format!("reason is {} bytes; the limit is {MAX_REASON}", reason.len()),
+        )),
+        Some(reason) => Ok(reason),
+        None => Ok(default.to_owned()),
+    }
 }
 
 fn check_room(room: &str) -> Result<(), ApiError> {
