@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use qrelay::http::api::MAX_REASON;
 use qrelay::protocol::{
     CommandMessage, ErrorCode, LaneEvent, LaneHeader, MAX_PAYLOAD, MAX_ROOM_ID, MAX_SERVER_FRAME,
     Outcome, Recover, Request, SYSTEM_SESSION, SYSTEM_USER_ID, ServerDatagram, User,
@@ -611,6 +612,11 @@ async fn kick_closes_the_members_lane_and_tells_the_others() {
     let (relay, api) = start(http_config()).await;
     let (_alice, mut alice) = relay.raw_member("alice", "lobby").await;
     let (bob_peer, mut bob) = relay.raw_member("bob", "lobby").await;
+    // A reason travels in the lane's Closed event: it is bounded.
+    let long = "r".repeat(MAX_REASON + 1);
+    api.post("/v1/rooms/lobby/kick", json!({"user": "bob", "reason": long}))
+        .await
+        .assert_refused(400, ErrorCode::BAD_REQUEST);
     let kicked = api.post("/v1/rooms/lobby/kick", json!({"user": "bob", "reason": "spam"})).await;
     assert_eq!(kicked.ok(), json!({"kicked": "bob"}));
     assert_eq!(closed(&mut bob).await, (ErrorCode::KICKED_BY_SERVER, "spam".to_string()));
@@ -638,12 +644,15 @@ async fn kick_closes_the_members_lane_and_tells_the_others() {
     let mut bob_peer = bob_peer;
     let outcome = bob_peer.login(&relay, "bob", "lobby").await;
     assert!(matches!(outcome, Outcome::LoggedIn { .. }), "{outcome:?}");
-    // Without a reason the lane still says why.
-    let _bob = bob_peer.accept_lane("lobby").await;
+    let mut bob_lane = bob_peer.accept_lane("lobby").await;
+    // Without a reason the lane still says why; a reason may use the whole limit.
     api.post("/v1/rooms/lobby/kick", json!({"user": "alice"})).await.ok();
     let (code, detail) = closed(&mut alice).await;
     assert_eq!(code, ErrorCode::KICKED_BY_SERVER);
     assert!(!detail.is_empty());
+    let longest = "é".repeat(MAX_REASON / 2);
+    api.post("/v1/rooms/lobby/kick", json!({"user": "bob", "reason": longest})).await.ok();
+    assert_eq!(closed(&mut bob_lane).await, (ErrorCode::KICKED_BY_SERVER, longest));
 }
 
 #[tokio::test]
@@ -655,6 +664,10 @@ async fn closing_a_room_ends_every_lane_and_a_new_login_starts_a_new_epoch() {
     let outcome = alice.peer.broadcast("stage", b"before").await;
     assert!(matches!(outcome, Outcome::Sent { message_id: 1 }), "{outcome:?}");
 
+    let long = "r".repeat(MAX_REASON + 1);
+    api.delete(&format!("/v1/rooms/stage?reason={long}"))
+        .await
+        .assert_refused(400, ErrorCode::BAD_REQUEST);
     let answer = api.delete("/v1/rooms/stage?reason=show%20over").await;
     assert_eq!(answer.ok(), json!({"closed": "stage"}));
     for lane in [&mut alice.lane, &mut bob.lane] {
