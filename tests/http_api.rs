@@ -911,3 +911,40 @@ async fn without_an_api_key_the_v1_routes_are_off() {
     handle.shutdown().await;
     within(running).await.unwrap();
 }
+
+#[tokio::test]
+async fn docs_name_every_route_metric_and_code() {
+    let api_md = include_str!("../docs/API.md");
+    let protocol_md = include_str!("../docs/PROTOCOL.md");
+    for (method, path, _) in v1_routes() {
+        let template = path.replace("/lobby", "/{room}");
+        assert!(api_md.contains(&format!("### `{method} {template}`")), "{method} {template}");
+    }
+    for route in ["GET /healthz", "GET /readyz", "GET /metrics"] {
+        assert!(api_md.contains(&format!("`{route}`")), "{route}");
+    }
+    let (_relay, api) = start(http_config()).await;
+    let metrics = api.metrics().await;
+    for line in metrics.text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        let exported = match kind {
+            "counter" => format!("`{name}_total`"),
+            _ => format!("`{name}`"),
+        };
+        assert!(api_md.contains(&exported), "docs/API.md does not list {exported}");
+    }
+    let codes = [
+        ErrorCode::KICKED_BY_SERVER,
+        ErrorCode::ROOM_CLOSED,
+        ErrorCode::UNAUTHORIZED,
+        ErrorCode::BAD_REQUEST,
+        ErrorCode::ROOM_NOT_FOUND,
+        ErrorCode::USER_NOT_FOUND,
+        ErrorCode::NOT_FOUND,
+    ];
+    for code in codes {
+        let row = format!("| {} | `{}` |", code.0, code.name());
+        assert!(api_md.contains(&row) && protocol_md.contains(&row), "{row}");
+    }
+}
