@@ -2,6 +2,8 @@
 //! - `http_api/broadcast_keepalive`: one `POST /v1/rooms/bench/broadcast` over a kept-alive
 //!   connection, answered with its message ID (a member in the room receives it); the relay on
 //!   its own thread, the client on the bench's.
+//! - `http_api/broadcast_keepalive_8_in_flight`: 8 such requests at once (8 kept-alive
+//!   connections); throughput in messages per second.
 //! - `metrics/lane_write_record`: what the relay adds to each lane write for `/metrics` (a
 //!   clock read and a histogram update: three relaxed atomic adds).
 
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 use common::{API_KEY, BenchRelay, client_runtime, short_runs};
 use criterion::{Criterion, criterion_group, criterion_main};
 use qrelay::server::stats::Histogram;
+
+/// Requests at once in the throughput case.
+const IN_FLIGHT: usize = 8;
 
 fn http_api(c: &mut Criterion) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -44,6 +49,39 @@ fn http_api(c: &mut Criterion) {
             })
         })
     });
+    // The same, IN_FLIGHT requests at a time (as many kept-alive connections): throughput.
+    let mut group = c.benchmark_group("http_api");
+    group.throughput(criterion::Throughput::Elements(IN_FLIGHT as u64));
+    group.bench_function(format!("broadcast_keepalive_{IN_FLIGHT}_in_flight"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut sends = tokio::task::JoinSet::new();
+                    for _ in 0..IN_FLIGHT {
+                        let (client, url) = (client.clone(), url.clone());
+                        sends.spawn(async move {
+                            let response = client
+                                .post(&url)
+                                .bearer_auth(API_KEY)
+                                .header("content-type", "application/json")
+                                .body(r#"{"payload":"hello from the backend"}"#)
+                                .send()
+                                .await
+                                .expect("request");
+                            assert!(response.status().is_success(), "{}", response.status());
+                            response.bytes().await.expect("body")
+                        });
+                    }
+                    while let Some(sent) = sends.join_next().await {
+                        sent.expect("send task");
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
     runtime.block_on(relay.stop());
 }
 

@@ -275,10 +275,10 @@ async fn health_and_metrics_need_no_key_and_readyz_fails_once_shutting_down() {
     api.get("/v1/nothing").await.assert_refused(404, ErrorCode::NOT_FOUND);
 
     relay.handle.shutdown().await;
-    // Once shutting down the listener answers 503 or no longer accepts connections.
-    if let Ok(answer) = api.try_send(Method::GET, "/readyz", Auth::Missing, None).await {
-        assert_eq!((answer.status, answer.body.as_str()), (503, "shutting down\n"));
-    }
+    // While the relay drains (and a little after) the listener is up and says it is not ready,
+    // so a load balancer stops sending before the process ends.
+    let answer = api.send(Method::GET, "/readyz", Auth::Missing, None).await;
+    assert_eq!((answer.status, answer.body.as_str()), (503, "shutting down\n"));
 }
 
 #[tokio::test]
@@ -864,6 +864,16 @@ async fn metrics_move_with_traffic() {
     assert_eq!(moved("qrelay_barrages_total"), 1.0);
     assert_eq!(moved("qrelay_datagrams_sent_total"), 2.0);
     assert!(moved("qrelay_requests_refused_total") >= 1.0);
+    // Refusals by kind and code: alice's broadcast to a room she is not in, and a refused
+    // API request.
+    let refused = r#"qrelay_refusals_total{kind="broadcast",code="NOT_LOGGED_IN"}"#;
+    assert_eq!(after.value(refused), 1.0);
+    api.post("/v1/rooms/nowhere/broadcast", json!({"payload": "x"}))
+        .await
+        .assert_refused(404, ErrorCode::ROOM_NOT_FOUND);
+    let scraped = api.metrics().await;
+    let refused = r#"qrelay_refusals_total{kind="broadcast",code="ROOM_NOT_FOUND"}"#;
+    assert_eq!(scraped.value(refused), 1.0);
     assert!(moved("qrelay_api_requests_total") >= 3.0);
     assert_eq!(after.value("qrelay_connections"), 2.0);
     assert_eq!(after.value("qrelay_rooms"), 1.0);

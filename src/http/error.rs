@@ -78,6 +78,9 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code: self.code.0, error: self.code.name(), detail: &self.detail };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        // For the refusal counts (see `count_request`).
+        response.extensions_mut().insert(self.code);
+        response
     }
 }

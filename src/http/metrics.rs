@@ -158,6 +158,16 @@ impl Collector for Relay {
             )?;
             ConstGauge::new(rss as i64).encode(metric)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "refusals",
+            "Requests refused, by kind (login, broadcast, barrage, command, ...; api for other server API routes) and code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, code, count) in shared.counters.refusals.nonzero() {
+            let labels = [("kind", kind.name()), ("code", code.name())];
+            ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+        }
         histogram(
             &mut encoder,
             "lane_delay_seconds",

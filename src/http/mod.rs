@@ -26,6 +26,7 @@ use tracing::{debug, info};
 
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
+use crate::server::stats::RequestKind;
 use error::ApiError;
 
 /// What every handler gets.
@@ -46,8 +47,11 @@ pub(crate) async fn serve(
     info!(?addr, "HTTP listening (server API, /metrics, /healthz, /readyz)");
     let state = HttpState { shared, stopping: stop.clone() };
     let mut stop = stop;
+    // `/readyz` answers 503 while the relay drains its QUIC connections; the listener closes
+    // after that (the process ends when the drain is over).
     let shutdown = async move {
         let _ = stop.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(crate::server::SHUTDOWN_GRACE * 2).await;
     };
     if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
         debug!(error = %e, "HTTP listener ended");
@@ -86,10 +90,21 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NOT_FOUND, "no such route")
 }
 
-/// Counts every request (one relaxed atomic add).
+/// Counts every request (one relaxed atomic add), and each refusal by kind and code.
 async fn count_request(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    crate::server::stats::Counters::bump(&state.shared.counters.api_requests);
-    next.run(request).await
+    let counters = &state.shared.counters;
+    crate::server::stats::Counters::bump(&counters.api_requests);
+    let kind = match request.uri().path().rsplit('/').next() {
+        Some("broadcast") => RequestKind::Broadcast,
+        Some("barrage") => RequestKind::Barrage,
+        Some("command") => RequestKind::Command,
+        _ => RequestKind::Api,
+    };
+    let response = next.run(request).await;
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        counters.refusals.record(kind, *code);
+    }
+    response
 }
 
 /// Lets a request through only with `Authorization: Bearer KEY` naming the relay's API key.

@@ -16,7 +16,7 @@ use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
 use super::room::{Room, Send, check_message};
 use super::router::Login;
-use super::stats::Counters;
+use super::stats::{Counters, RequestKind};
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
     ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_REQUEST_FRAME, MAX_TOKEN,
@@ -245,6 +245,13 @@ impl ConnState {
     }
 
     fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
+        let kind = match &frame.body {
+            Request::Login { .. } => RequestKind::Login,
+            Request::Logout { .. } => RequestKind::Logout,
+            Request::Broadcast { .. } => RequestKind::Broadcast,
+            Request::Command { .. } => RequestKind::Command,
+            Request::RenewToken { .. } => RequestKind::RenewToken,
+        };
         let outcome = match frame.body {
             Request::Login { room, user, token, recover } => {
                 self.login(room, user, &token, recover)
@@ -254,7 +261,7 @@ impl ConnState {
             Request::Command { room, to, payload } => self.command(&room, to, payload),
             Request::RenewToken { token } => self.renew_token(&token),
         };
-        self.reply(frame.request, outcome)
+        self.reply(frame.request, kind, outcome)
     }
 
     fn broadcast(&mut self, room: &str, payload: &Bytes) -> Result<Outcome, Refusal> {
@@ -276,9 +283,15 @@ impl ConnState {
         any
     }
 
-    fn reply(&mut self, request: u32, outcome: Result<Outcome, Refusal>) -> ControlFrame {
+    fn reply(
+        &mut self,
+        request: u32,
+        kind: RequestKind,
+        outcome: Result<Outcome, Refusal>,
+    ) -> ControlFrame {
         let outcome = outcome.unwrap_or_else(|(code, detail)| {
             Counters::bump(&self.shared.counters.requests_refused);
+            self.shared.counters.refusals.record(kind, code);
             debug!(request, %code, %detail, "refused");
             Outcome::Refused { code, detail }
         });
@@ -430,7 +443,7 @@ impl ConnState {
             .and_then(|room| self.sender_room(&room, &payload))
             .and_then(|(room, send)| room.barrage(&self.shared, send))
             .map(|message_id| Outcome::Sent { message_id });
-        Some(self.reply(request, outcome))
+        Some(self.reply(request, RequestKind::Barrage, outcome))
     }
 
     /// The room to send in and the message, after every check a sender must pass.

@@ -408,14 +408,16 @@ impl Room {
     /// Ends every member's lane with `ROOM_CLOSED` and `reason`, drops the history and marks the
     /// room closed (the server API's close; the router removes it).
     pub fn close_all(self: &Arc<Self>, shared: &Arc<Shared>, reason: &str) {
-        let members: Vec<(u32, String)> =
-            self.lock().members.values().map(|m| (m.session, m.user.id.clone())).collect();
+        let members: Vec<(u32, String)> = {
+            let mut state = self.lock();
+            // First: a login that holds this room already retries and creates a new one.
+            state.closed = true;
+            state.members.values().map(|m| (m.session, m.user.id.clone())).collect()
+        };
         for (session, user_id) in members {
             self.leave(shared, session, &user_id, LeaveReason::RoomClosed, reason);
         }
-        let mut state = self.lock();
-        state.history.clear(&shared.counters);
-        state.closed = true;
+        self.lock().history.clear(&shared.counters);
     }
 
     /// The members, in no particular order.

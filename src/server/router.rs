@@ -178,13 +178,12 @@ impl Router {
     /// its history is dropped and the room removed; a later login creates it anew. `false`
     /// when there is no such room.
     pub fn close_room(&self, shared: &Arc<Shared>, name: &str, reason: &str) -> bool {
-        let Some(room) = self.room(name) else { return false };
-        room.close_all(shared, reason);
+        // Under the router's lock (then the room's, in lock order): a login that races the
+        // close either finds the room closed and creates a new one, or is removed with the rest.
         let mut state = self.lock();
-        if state.rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-            state.rooms.remove(name);
-            closed(shared, &room);
-        }
+        let Some(room) = state.rooms.remove(name) else { return false };
+        room.close_all(shared, reason);
+        closed(shared, &room);
         true
     }
 

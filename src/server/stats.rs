@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::protocol::ErrorCode;
+
 macro_rules! stats {
     ($($(#[$doc:meta])* $name:ident,)*) => {
         /// Live counters, updated with relaxed atomics.
@@ -14,6 +16,8 @@ macro_rules! stats {
             pub lane_delay: Histogram,
             /// Time from a connection attempt's admission to the end of its handshake.
             pub handshake_time: Histogram,
+            /// Refused requests by kind and code.
+            pub refusals: Refusals,
         }
 
         /// A copy of the counters at one moment.
@@ -214,5 +218,88 @@ mod tests {
         assert_eq!(buckets[6], (5e-3, 3));
         assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 4));
         assert!((sum - 60.00309).abs() < 1e-9);
+    }
+}
+
+/// What a request was, for the refusal counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A login (QUIC).
+    Login,
+    /// A logout (QUIC).
+    Logout,
+    /// A broadcast (QUIC or server API).
+    Broadcast,
+    /// A barrage (QUIC datagram or server API).
+    Barrage,
+    /// A custom command (QUIC or server API).
+    Command,
+    /// A token renewal (QUIC).
+    RenewToken,
+    /// Any other server API request (rooms, members, kick, close, tokens, authentication).
+    Api,
+}
+
+impl RequestKind {
+    /// Every kind, in the order of the refusal counts.
+    pub const ALL: [RequestKind; 7] = [
+        RequestKind::Login,
+        RequestKind::Logout,
+        RequestKind::Broadcast,
+        RequestKind::Barrage,
+        RequestKind::Command,
+        RequestKind::RenewToken,
+        RequestKind::Api,
+    ];
+
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Login => "login",
+            RequestKind::Logout => "logout",
+            RequestKind::Broadcast => "broadcast",
+            RequestKind::Barrage => "barrage",
+            RequestKind::Command => "command",
+            RequestKind::RenewToken => "renew_token",
+            RequestKind::Api => "api",
+        }
+    }
+}
+
+/// Refused requests by kind and [`ErrorCode`]: one relaxed atomic per pair, no lock.
+#[derive(Debug)]
+pub struct Refusals {
+    /// `RequestKind::ALL.len()` rows of `ErrorCode::ALL.len()` counts.
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        let len = RequestKind::ALL.len() * ErrorCode::ALL.len();
+        Self { counts: (0..len).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Refusals {
+    /// Counts one refusal of a `kind` request with `code`.
+    pub fn record(&self, kind: RequestKind, code: ErrorCode) {
+        let Some(column) = ErrorCode::ALL.iter().position(|c| *c == code) else { return };
+        let row = RequestKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.counts[row * ErrorCode::ALL.len() + column].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every (kind, code, count) with a count above zero.
+    pub fn nonzero(&self) -> Vec<(RequestKind, ErrorCode, u64)> {
+        let mut out = Vec::new();
+        for (row, kind) in RequestKind::ALL.iter().enumerate() {
+            for (column, code) in ErrorCode::ALL.iter().enumerate() {
+                let count =
+                    self.counts[row * ErrorCode::ALL.len() + column].load(Ordering::Relaxed);
+                if count > 0 {
+                    out.push((*kind, *code, count));
+                }
+            }
+        }
+        out
     }
 }
