@@ -273,6 +273,9 @@ async fn health_and_metrics_need_no_key_and_readyz_fails_once_shutting_down() {
         .await
         .assert_refused(404, ErrorCode::NOT_FOUND);
     api.get("/v1/nothing").await.assert_refused(404, ErrorCode::NOT_FOUND);
+    api.send(Method::DELETE, "/metrics", Auth::Missing, None)
+        .await
+        .assert_refused(405, ErrorCode::METHOD_NOT_ALLOWED);
 
     relay.handle.shutdown().await;
     // While the relay drains (and a little after) the listener is up and says it is not ready,
@@ -952,6 +955,7 @@ async fn docs_name_every_route_metric_and_code() {
         ErrorCode::ROOM_NOT_FOUND,
         ErrorCode::USER_NOT_FOUND,
         ErrorCode::NOT_FOUND,
+        ErrorCode::METHOD_NOT_ALLOWED,
     ];
     for code in codes {
         let row = format!("| {} | `{}` |", code.0, code.name());

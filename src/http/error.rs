@@ -45,6 +45,7 @@ impl ApiError {
             | ErrorCode::USER_RATE_LIMITED
             | ErrorCode::ROOM_RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::SLOW_RECEIVER => StatusCode::CONFLICT,
+            ErrorCode::METHOD_NOT_ALLOWED => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }

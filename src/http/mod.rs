@@ -68,6 +68,7 @@ fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .nest("/v1", v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }
@@ -88,6 +89,10 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::METHOD_NOT_ALLOWED, "this route does not take that method")
 }
 
 /// Counts every request (one relaxed atomic add), and each refusal by kind and code.

@@ -111,6 +111,8 @@ codes! {
     USER_NOT_FOUND = 6004;
     /// (server API) No such route (HTTP 404).
     NOT_FOUND = 6005;
+    /// (server API) The route exists but not with this method (HTTP 405).
+    METHOD_NOT_ALLOWED = 6006;
 }
 
 impl std::fmt::Display for ErrorCode {
