@@ -195,6 +195,7 @@ async fn run(
     let insecure_dev_auth = config.insecure_dev_auth;
     let api_key_path = api_key_path(&config);
     let http = config.http;
+    let webhooks = config.webhooks.clone();
     let server = Server::bind(config, identity).with_context(|| match http {
         Some(http) => format!("cannot start the relay on UDP {listen} and TCP {http}"),
         None => format!("cannot start the relay on UDP {listen}"),
@@ -224,6 +225,12 @@ async fn run(
         banner.push_str(&format!(
             "  HTTP on http://{http} (on by default, loopback only; --no-http turns it off): server API /v1 (Authorization: Bearer $(cat {})), /metrics, /healthz, /readyz\n",
             api_key_path.display()
+        ));
+    }
+    if !webhooks.is_empty() {
+        banner.push_str(&format!(
+            "  webhooks: room events go to {} (signed with the API key)\n",
+            webhooks.join(", ")
         ));
     }
     let http_text = http.map_or("off".to_string(), |http| http.to_string());

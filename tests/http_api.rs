@@ -443,6 +443,11 @@ async fn message_bodies_are_checked_like_quic_messages_and_refusals_send_nothing
             ErrorCode::INVALID_USER_NAME,
         ),
         (
+            json!({"payload": "hi", "from": {"id": "system", "name": "Fake"}}).to_string(),
+            400,
+            ErrorCode::INVALID_USER_ID,
+        ),
+        (
             json!({"payload": "hi", "from": {"id": "backend"}}).to_string(),
             400,
             ErrorCode::BAD_REQUEST,
@@ -671,6 +676,12 @@ async fn closing_a_room_ends_every_lane_and_a_new_login_starts_a_new_epoch() {
     api.delete(&format!("/v1/rooms/stage?reason={long}"))
         .await
         .assert_refused(400, ErrorCode::BAD_REQUEST);
+    // Not UTF-8, a right-to-left override, a misspelt parameter: refused, nothing closed.
+    for query in ["reason=%FF", "reason=a%E2%80%AEb", "reasn=x"] {
+        api.delete(&format!("/v1/rooms/stage?{query}"))
+            .await
+            .assert_refused(400, ErrorCode::BAD_REQUEST);
+    }
     let answer = api.delete("/v1/rooms/stage?reason=show%20over").await;
     assert_eq!(answer.ok(), json!({"closed": "stage"}));
     for lane in [&mut alice.lane, &mut bob.lane] {

@@ -92,6 +92,7 @@ pub struct KickBody {
 
 /// The query of `DELETE /v1/rooms/{room}`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloseQuery {
     /// Shown to the members in their lanes' `Closed` event.
     #[serde(default)]
@@ -302,6 +303,12 @@ impl Message {
             .unwrap_or_else(|| User { id: SYSTEM_USER_ID.into(), name: SYSTEM_USER_NAME.into() });
         check_user_id(&from.id)
             .map_err(|code| ApiError::new(code, format!("from.id {:?} is not valid", from.id)))?;
+        if named && from.id == SYSTEM_USER_ID {
+            return Err(ApiError::new(
+                ErrorCode::INVALID_USER_ID,
+                format!("from.id {SYSTEM_USER_ID:?} is the default sender's: leave from out"),
+            ));
+        }
         check_user_name(&from.name).map_err(|code| {
             ApiError::new(code, "from.name is empty, too long or has forbidden characters")
         })?;
@@ -337,6 +344,14 @@ fn checked_reason(reason: Option<String>, default: &str) -> Result<String, ApiEr
             ErrorCode::BAD_REQUEST,
             format!("reason is {} bytes; the limit is {MAX_REASON}", reason.len()),
         )),
+        // A query decodes invalid UTF-8 to U+FFFD; members would see it as text.
+        Some(reason) if check_user_name(&reason).is_err() || reason.contains('\u{FFFD}') => {
+            Err(ApiError::new(
+                ErrorCode::BAD_REQUEST,
+                "reason must be UTF-8 text without control, format (bidi, zero-width) or \
+                 line-separator characters",
+            ))
+        }
         Some(reason) => Ok(reason),
         None => Ok(default.to_owned()),
     }

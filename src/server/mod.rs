@@ -245,6 +245,7 @@ impl Server {
             ));
         }
         if let Some(events) = self.hook_events {
+            info!(urls = ?self.shared.config.webhooks, "webhooks on");
             tokio::spawn(crate::http::webhooks::run(self.shared.clone(), events));
         }
         let threads: Vec<_> = self.threads.into_iter().map(|thread| thread.start()).collect();
