@@ -58,8 +58,10 @@ const IDLE: Duration = Duration::from_secs(2);
 /// History kept for recovery: far more than a slow receiver misses between its close and its
 /// login again (about a second of broadcasts at 10/s).
 const HISTORY_SIZE: usize = 100;
-/// Short, so that the rooms are gone soon after the run.
-const HISTORY_TTL_SECS: u64 = 5;
+/// Short, so that the rooms are gone soon after the run, yet longer than a slow receiver's
+/// recovery on a machine whose other core is busy (up to 6 s was seen; with 5 s a broadcast
+/// expired before the receiver came back for it).
+const HISTORY_TTL_SECS: u64 = 10;
 /// Small, so that a slow receiver is dropped within seconds; `validate()` wants it above
 /// history + member-list frames (1000 members: 5 frames).
 const LANE_QUEUE: usize = 128;
