@@ -192,6 +192,18 @@ fn token_refuses_bad_input_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid user ID"));
+    // A bad room lists the characters allowed, as a bad user does; no stack trace, whatever
+    // RUST_BACKTRACE says.
+    for args in [["--user", "a b", "--room", "lobby"], ["--user", "alice", "--room", "a room"]] {
+        let output =
+            Command::new(BIN).arg("token").args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains("bytes of letters, digits and ~!@#$%^&*()_+=-;',.<>|"), "{stderr}");
+        assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
 }
 
 #[test]
