@@ -601,6 +601,35 @@ mod tests {
         );
     }
 
+    /// README.md documents every `listen` line; a new `EventJson` variant goes there too.
+    #[test]
+    fn the_readme_documents_every_listen_event() {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("| `event` | other fields | when |").nth(1).expect("the table");
+        let table = table.split("\n\n").next().unwrap_or_default();
+        let events = [
+            "connect",
+            "login",
+            "token_renewed",
+            "users_joined",
+            "users_left",
+            "broadcast",
+            "barrage",
+            "command",
+            "room_closed",
+            "recovered",
+            "token_will_expire",
+            "connection_state",
+            "disconnected",
+        ];
+        for event in events {
+            assert!(table.contains(&format!("`{event}`")), "README.md lacks {event}");
+        }
+        for name in [LOCAL_SETUP, RECONNECT_GAVE_UP] {
+            assert!(readme.contains(name), "README.md lacks {name}");
+        }
+    }
+
     #[test]
     fn results_and_errors() {
         assert_eq!(
