@@ -134,10 +134,12 @@ fn command() -> clap::Command {
     // Building copies the shared (global) options into every subcommand.
     command.build();
     command.mut_subcommands(|subcommand| match subcommand.get_name() {
-        "bench" => subcommand.mut_args(|arg| {
-            let unused = NOT_FOR_BENCH.contains(&arg.get_id().as_str());
-            arg.hide(unused)
-        }),
+        "bench" => {
+            subcommand.mut_args(|arg| match NOT_FOR_BENCH.contains(&arg.get_id().as_str()) {
+                true => arg.hide(true),
+                false => arg,
+            })
+        }
         _ => subcommand,
     })
 }
