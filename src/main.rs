@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -104,16 +105,27 @@ struct TokenArgs {
     secret: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; a failure is one `error: ...` line on stderr and exit code 1 (printed
+/// here: returning it from `main` would add a stack trace when `RUST_BACKTRACE` is set).
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
-        Command::DefaultConfig => {
-            print!("{}", toml::to_string_pretty(&ServerConfig::default())?);
-            Ok(())
+        Command::DefaultConfig => default_config(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn default_config() -> anyhow::Result<()> {
+    print!("{}", toml::to_string_pretty(&ServerConfig::default())?);
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -378,16 +390,21 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use qrelay::protocol::{ID_PUNCTUATION, MAX_ROOM_ID, MAX_USER_ID};
     qrelay::protocol::check_user_id(&args.user).map_err(|_| {
         anyhow::anyhow!(
-            "{:?} is not a valid user ID (1-64 bytes of letters, digits and {})",
+            "{:?} is not a valid user ID (1-{MAX_USER_ID} bytes of letters, digits and \
+             {ID_PUNCTUATION})",
             args.user,
-            qrelay::protocol::ID_PUNCTUATION
         )
     })?;
     for room in &args.rooms {
-        qrelay::protocol::check_room_id(room)
-            .map_err(|_| anyhow::anyhow!("{room:?} is not a valid room ID"))?;
+        qrelay::protocol::check_room_id(room).map_err(|_| {
+            anyhow::anyhow!(
+                "{room:?} is not a valid room ID (1-{MAX_ROOM_ID} bytes of letters, digits and \
+                 {ID_PUNCTUATION})"
+            )
+        })?;
     }
     let key = TokenKey::from_file(&args.secret).with_context(|| {
         format!(

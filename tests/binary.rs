@@ -192,6 +192,39 @@ fn token_refuses_bad_input_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid user ID"));
+    // A bad room lists the characters allowed, as a bad user does; no stack trace, whatever
+    // RUST_BACKTRACE says.
+    for args in [["--user", "a b", "--room", "lobby"], ["--user", "alice", "--room", "a room"]] {
+        let output =
+            Command::new(BIN).arg("token").args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains("bytes of letters, digits and ~!@#$%^&*()_+=-;',.<>|"), "{stderr}");
+        assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+/// PROTOCOL.md section 8: the HMAC key is the bytes hex-decoded from the secret file, not the
+/// hex text.
+#[test]
+fn tokens_are_signed_with_the_secrets_bytes_not_its_hex_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+    let path = dir.path().join("token.secret");
+    std::fs::write(&path, format!("{}\n", hex::encode(secret))).unwrap();
+    let output = Command::new(BIN)
+        .args(["token", "--user", "alice", "--secret"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let claims = qrelay::auth::TokenKey::new(&secret).check(token.trim()).expect("valid");
+    assert_eq!(claims.sub, "alice");
+    let hex_text = qrelay::auth::TokenKey::new(hex::encode(secret).as_bytes());
+    assert_eq!(hex_text.check(token.trim()), Err(qrelay::auth::TokenError::Invalid));
 }
 
 #[test]

@@ -136,6 +136,39 @@ async fn tokens_are_checked_for_signature_expiry_user_room_and_publish() {
     );
 }
 
+/// PROTOCOL.md sections 8 and 9: the order of the `RenewToken` checks.
+#[tokio::test]
+async fn renewal_checks_come_in_the_documented_order() {
+    let relay = TestRelay::start(test_config()).await;
+    let now = unix_seconds(SystemTime::now());
+    let sign = |sub: &str, exp: u64, rooms: Option<Vec<String>>| {
+        let claims = Claims { sub: sub.into(), exp, iat: now, nbf: None, rooms, publish: true };
+        relay.tokens.sign(&claims).unwrap()
+    };
+    let renew = |token: String| Request::RenewToken { token };
+    let expired = || sign("alice", now - 10, None);
+    let mut peer = relay.raw_peer().await;
+    // Before any login, whatever the token.
+    for token in [String::new(), "garbage".into(), expired(), relay.token("alice")] {
+        assert_eq!(code(peer.request(renew(token)).await), ErrorCode::NOT_LOGGED_IN);
+    }
+    let token = relay.token("alice");
+    assert!(matches!(
+        peer.request(login("lobby", "alice", "A", token)).await,
+        Outcome::LoggedIn { .. }
+    ));
+    assert_eq!(code(peer.request(renew("garbage".into())).await), ErrorCode::TOKEN_INVALID);
+    assert_eq!(code(peer.request(renew("a".repeat(5000))).await), ErrorCode::TOKEN_INVALID);
+    // Expiry comes before the user and the rooms.
+    assert_eq!(code(peer.request(renew(expired())).await), ErrorCode::TOKEN_EXPIRED);
+    let someone_elses = sign("bob", now - 10, Some(vec!["z".into()]));
+    assert_eq!(code(peer.request(renew(someone_elses)).await), ErrorCode::TOKEN_EXPIRED);
+    let someone_elses = sign("bob", now + 60, Some(vec!["z".into()]));
+    assert_eq!(code(peer.request(renew(someone_elses)).await), ErrorCode::TOKEN_USER_MISMATCH);
+    // A refused renewal keeps the old token: sending still works.
+    assert!(matches!(peer.broadcast("lobby", b"still").await, Outcome::Sent { .. }));
+}
+
 #[tokio::test]
 async fn an_expiring_token_is_warned_about_and_then_refused_for_sends() {
     let mut config = test_config();

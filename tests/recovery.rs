@@ -117,6 +117,35 @@ async fn another_epoch_replays_the_current_history_and_says_it_is_incomplete() {
     assert_eq!(broadcast_ids(&mut lane, 2).await, vec![1, 2]);
 }
 
+/// PROTOCOL.md section 7: the right epoch with a `last_id` beyond the room's latest ID is
+/// answered as another sequence (the lane header's epoch is what tells the two apart).
+#[tokio::test]
+async fn the_right_epoch_with_a_last_id_beyond_the_latest_is_another_sequence() {
+    let mut config = test_config();
+    config.history_size = 2;
+    let relay = TestRelay::start(config).await;
+    let (mut sender, _lane) = relay.raw_member("alice", "lobby").await;
+    let epoch = {
+        let mut bob = relay.raw_peer().await;
+        let (header, _lane) = relogin(&relay, &mut bob, "bob", "lobby", None).await;
+        header.epoch
+    };
+    send_n(&mut sender, "lobby", 2).await;
+    let mut bob = relay.raw_peer().await;
+    let beyond = Recover { epoch, last_id: 9 };
+    let (header, mut lane) = relogin(&relay, &mut bob, "bob", "lobby", Some(beyond)).await;
+    assert_eq!(header.epoch, epoch);
+    assert_eq!(recovered(&mut lane).await, (false, None, 2));
+    assert_eq!(broadcast_ids(&mut lane, 2).await, vec![1, 2]);
+    // With the history no longer reaching back to ID 1, `missed` names what it lost.
+    send_n(&mut sender, "lobby", 2).await;
+    let mut carol = relay.raw_peer().await;
+    let beyond = Recover { epoch, last_id: 90 };
+    let (_, mut lane) = relogin(&relay, &mut carol, "carol", "lobby", Some(beyond)).await;
+    assert_eq!(recovered(&mut lane).await, (false, Some((1, 2)), 2));
+    assert_eq!(broadcast_ids(&mut lane, 2).await, vec![3, 4]);
+}
+
 #[tokio::test]
 async fn an_empty_room_keeps_its_history_until_it_expires() {
     let mut config = test_config();

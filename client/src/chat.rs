@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use qrelay::client::{Client, Event};
+use qrelay::client::{Client, ConnectionState, Event};
 use qrelay::protocol::ErrorCode;
 use tokio::sync::mpsc;
 
@@ -23,8 +23,12 @@ const HELP: &str = "lines are broadcasts; /barrage TEXT, /cmd USER[,USER] TEXT, 
 /// Chats in `room` until `/quit`, end of input, Ctrl-C or SIGTERM (exit 0), or until the
 /// connection is lost for good or the room closes (exit 1).
 pub async fn run(common: &Common, room: String) -> ExitCode {
-    let Some((session, mut stop)) = start(common).await else {
-        return ExitCode::FAILURE;
+    let (session, mut stop) = match start(common).await {
+        Ok(started) => started,
+        Err(failure) => {
+            eprintln!("{}", render::failure_line(&failure));
+            return ExitCode::FAILURE;
+        }
     };
     let Session { client, mut events, token } = session;
     if let Err(error) = client.login_room(&room, token.current()).await {
@@ -41,6 +45,8 @@ pub async fn run(common: &Common, room: String) -> ExitCode {
         }
     };
     eprintln!("logged in to {room} as {}. {HELP}", render::who(client.user()));
+    // Why reconnecting gave up, once it has: said again when the chat ends.
+    let mut gave_up: Option<String> = None;
     let code = loop {
         tokio::select! {
             () = stop.signalled() => {
@@ -67,8 +73,17 @@ pub async fn run(common: &Common, room: String) -> ExitCode {
                     println!("{line}");
                 }
                 match event {
+                    Event::ConnectionState(ConnectionState::Failed { reason }) => {
+                        gave_up = Some(reason);
+                    }
                     Event::Disconnected { .. } => {
-                        eprintln!("the connection to the relay is lost for good; exiting");
+                        match &gave_up {
+                            Some(reason) => eprintln!(
+                                "gave up reconnecting: {}; exiting",
+                                render::round_durations(reason)
+                            ),
+                            None => eprintln!("the connection to the relay is lost for good; exiting"),
+                        }
                         break ExitCode::FAILURE;
                     }
                     // A shutdown notice (only with --no-reconnect; otherwise the room is

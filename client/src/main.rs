@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
 use qrelay::client::{
-    Client, ClientConfig, ClientError, Event, Events, validate_payload, validate_room,
-    validate_targets, validate_user,
+    Client, ClientConfig, ClientError, ConnectionState, Event, Events, validate_payload,
+    validate_room, validate_targets, validate_user,
 };
 use qrelay::protocol::{ErrorCode, User};
 use serde::Serialize;
@@ -38,40 +38,110 @@ struct Cli {
     action: Action,
 }
 
-/// Options every subcommand takes.
+/// The help heading of the options that say how to reach the relay.
+const CONNECTION_OPTIONS: &str = "Connection options";
+/// The help heading of the options that say who logs in.
+const LOGIN_OPTIONS: &str = "Login options";
+/// The shared options `bench` has no use for (it names its own users and never reconnects):
+/// its help leaves them out.
+const NOT_FOR_BENCH: [&str; 4] = ["user", "name", "no_reconnect", "reconnect_for"];
+
+/// Options every subcommand takes, before or after its name.
 #[derive(Debug, Args)]
 struct Common {
     /// The relay's UDP address.
-    #[arg(long, global = true, default_value = "127.0.0.1:4433")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:4433",
+        value_name = "ADDR",
+        help_heading = CONNECTION_OPTIONS
+    )]
     server: SocketAddr,
     /// The name the server certificate must be valid for.
-    #[arg(long, global = true, default_value = "localhost")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "localhost",
+        value_name = "NAME",
+        help_heading = CONNECTION_OPTIONS
+    )]
     server_name: String,
     /// CA certificate (PEM) to trust.
-    #[arg(long, global = true, default_value = "certs/ca.pem")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "certs/ca.pem",
+        value_name = "FILE",
+        help_heading = CONNECTION_OPTIONS
+    )]
     ca: PathBuf,
-    /// User ID [default: cli- and 4 random hex digits].
-    #[arg(long, global = true)]
-    user: Option<String>,
-    /// User name [default: the user ID].
-    #[arg(long, global = true)]
-    name: Option<String>,
-    /// Login token; without it one is minted from --secret if that file exists.
-    #[arg(long, global = true, env = "QRELAY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Token-signing secret to mint a 1-hour token from when --token is absent.
-    #[arg(long, global = true, default_value = "certs/token.secret")]
-    secret: PathBuf,
     /// Seconds to wait for each reply (a lost barrage fails after this), and for each
     /// connection attempt.
-    #[arg(long, global = true, default_value_t = 5.0, value_parser = positive_seconds)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 5.0,
+        value_parser = positive_seconds,
+        value_name = "SECONDS",
+        help_heading = CONNECTION_OPTIONS
+    )]
     timeout: f64,
     /// Do not reconnect after a lost connection: the first loss ends the command.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = CONNECTION_OPTIONS)]
     no_reconnect: bool,
     /// Seconds to keep trying to reconnect after a lost connection before giving up.
-    #[arg(long, global = true, default_value_t = 120.0, value_parser = seconds)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 120.0,
+        value_parser = seconds,
+        value_name = "SECONDS",
+        help_heading = CONNECTION_OPTIONS
+    )]
     reconnect_for: f64,
+    /// User ID [default: the --token's user (its `sub`), else cli- and 4 random hex digits]
+    #[arg(long, global = true, value_name = "ID", help_heading = LOGIN_OPTIONS)]
+    user: Option<String>,
+    /// User name [default: the user ID]
+    #[arg(long, global = true, help_heading = LOGIN_OPTIONS)]
+    name: Option<String>,
+    /// Login token (JWT); without it one is minted from --secret if that file exists.
+    #[arg(
+        long,
+        global = true,
+        env = "QRELAY_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT",
+        help_heading = LOGIN_OPTIONS
+    )]
+    token: Option<String>,
+    /// Token-signing secret to mint a 1-hour token from when --token is absent.
+    #[arg(
+        long,
+        global = true,
+        default_value = "certs/token.secret",
+        value_name = "FILE",
+        help_heading = LOGIN_OPTIONS
+    )]
+    secret: PathBuf,
+}
+
+/// The command line's grammar: [`Cli`] with the shared options `bench` does not use hidden
+/// from its help (it still accepts them, as every subcommand takes the shared options).
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // Building copies the shared (global) options into every subcommand.
+    command.build();
+    command.mut_subcommands(|subcommand| match subcommand.get_name() {
+        "bench" => {
+            subcommand.mut_args(|arg| match NOT_FOR_BENCH.contains(&arg.get_id().as_str()) {
+                true => arg.hide(true),
+                false => arg,
+            })
+        }
+        _ => subcommand,
+    })
 }
 
 /// A number of seconds, 0 or more.
@@ -97,7 +167,7 @@ enum Action {
     /// left.
     Listen {
         /// A room to log in to (repeat for several).
-        #[arg(long = "room", required = true)]
+        #[arg(long = "room", required = true, value_name = "ROOM")]
         rooms: Vec<String>,
     },
     /// Send one broadcast (reliable, to everyone else in the room).
@@ -122,7 +192,7 @@ enum Action {
         #[arg(long)]
         room: String,
         /// Target user IDs, comma-separated; none means everyone else in the room.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_name = "USER,...")]
         to: Vec<String>,
         /// The command payload.
         text: String,
@@ -141,7 +211,10 @@ enum Action {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     // One thread unless a load run asks for more: a hop between threads costs tens of
     // microseconds on a small machine, more than handling a message.
     let threads = match &cli.action {
@@ -187,6 +260,23 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Why a command failed: the client library's error (a refusal, a local check, a lost
+/// connection), or a problem with this machine's setup that never got as far as the relay.
+#[derive(Debug)]
+pub enum Failure {
+    /// The client library's error; its code is the documented result code.
+    Client(ClientError),
+    /// A file the CLI needs cannot be read (`--ca`, `--secret`) or the process cannot be set
+    /// up (signal handlers): [`render::LOCAL_SETUP`], with no result code.
+    Setup(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Failure::Client(error)
+    }
+}
+
 /// The login token, and the key it was minted with (a minted token can be renewed).
 struct Token {
     token: String,
@@ -207,14 +297,14 @@ struct Session {
 }
 
 /// Checks the user, reads the CA, settles the token, and connects. Every failure is a
-/// [`ClientError`] with a result code, so the one-shot commands print it as a JSON line.
-async fn connect(common: &Common) -> Result<Session, ClientError> {
-    let id = common.user.clone().unwrap_or_else(|| format!("cli-{:04x}", rand::random::<u16>()));
+/// [`Failure`], so the one-shot commands and `listen` print it as a JSON line.
+async fn connect(common: &Common) -> Result<Session, Failure> {
+    let id = user_id(common);
     let name = common.name.clone().unwrap_or_else(|| id.clone());
     let user = User { id, name };
     validate_user(&user)?;
     let roots = load_certs(&common.ca).map_err(|error| {
-        ClientError::Connect(format!(
+        Failure::Setup(format!(
             "no CA certificate to trust: {error:#} (`qrelay serve` writes certs/ca.pem on first \
              start; run from the checkout, or pass --ca)"
         ))
@@ -228,27 +318,56 @@ async fn connect(common: &Common) -> Result<Session, ClientError> {
     Ok(Session { client, events, token })
 }
 
+/// The user ID: --user, else the user a given token was issued to, else a random `cli-XXXX`
+/// (a relay run with --insecure-dev-auth takes any token, and a token that is no JWT too).
+fn user_id(common: &Common) -> String {
+    common
+        .user
+        .clone()
+        .or_else(|| common.token.as_deref().and_then(token_subject))
+        .unwrap_or_else(|| format!("cli-{:04x}", rand::random::<u16>()))
+}
+
+/// The `sub` claim of a JWT (the user ID it was issued to), read without checking the
+/// signature: the relay checks it. `None` when the token is not a JWT with a string `sub`.
+fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    /// The one claim read here.
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        sub: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    // JWTs use base64url without padding (RFC 7515); padding is tolerated.
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Subject>(&json).ok().map(|claims| claims.sub)
+}
+
 /// The token given with --token, or one minted from --secret (code `TOKEN_INVALID`, "missing
-/// or malformed", when there is neither).
-fn token(common: &Common, user: &str) -> Result<Token, ClientError> {
-    let missing = |detail: String| ClientError::Invalid { code: ErrorCode::TOKEN_INVALID, detail };
+/// or malformed", when there is neither; a secret that cannot be read is a setup failure).
+fn token(common: &Common, user: &str) -> Result<Token, Failure> {
     if let Some(token) = &common.token {
         return Ok(Token { token: token.clone(), key: None });
     }
     if !common.secret.exists() {
-        return Err(missing(format!(
-            "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with `qrelay token \
-             --user {user}`), or point --secret at the relay's token secret (not found: {}); a \
-             relay run with --insecure-dev-auth takes any --token",
-            common.secret.display()
-        )));
+        return Err(Failure::Client(ClientError::Invalid {
+            code: ErrorCode::TOKEN_INVALID,
+            detail: format!(
+                "no login token: pass --token TOKEN or set QRELAY_TOKEN (get one with `qrelay \
+                 token --user {user}`), or point --secret at the relay's token secret (not \
+                 found: {}); a relay run with --insecure-dev-auth takes any --token",
+                common.secret.display()
+            ),
+        }));
     }
     let key = TokenKey::from_file(&common.secret).map_err(|error| {
-        missing(format!("cannot read the token secret {}: {error}", common.secret.display()))
+        Failure::Setup(format!("cannot read the token secret {}: {error}", common.secret.display()))
     })?;
     let token = key
         .mint(user, None, true, MINTED_TOKEN_TTL)
-        .map_err(|error| missing(format!("cannot mint a token: {error}")))?;
+        .map_err(|error| Failure::Setup(format!("cannot mint a token: {error}")))?;
     Ok(Token { token, key: Some(key) })
 }
 
@@ -258,7 +377,7 @@ fn explain(error: ClientError, common: &Common) -> ClientError {
         ClientError::NoAnswer { server, waited } => ClientError::Connect(format!(
             "no relay answered at {server} within {}: is it running? Start one with \
              `cargo run --release -- serve` (or pass --server ADDR)",
-            humantime::format_duration(waited)
+            render::duration(waited)
         )),
         ClientError::UntrustedCertificate(reason) => ClientError::Connect(format!(
             "the relay's certificate is not signed by the CA in --ca {} ({reason}): was certs/ \
@@ -306,12 +425,7 @@ async fn one_shot(common: &Common, kind: Kind, room: &str, text: String) -> Exit
     }
 }
 
-async fn send_once(
-    common: &Common,
-    kind: &Kind,
-    room: &str,
-    text: String,
-) -> Result<u64, ClientError> {
+async fn send_once(common: &Common, kind: &Kind, room: &str, text: String) -> Result<u64, Failure> {
     // Everything that can be checked here is, before connecting.
     let to: Vec<&str> = match kind {
         Kind::Command { to } => to.iter().map(String::as_str).collect(),
@@ -331,7 +445,7 @@ async fn send_once(
     }
     .await;
     client.close().await;
-    result
+    Ok(result?)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM: `listen` and `chat` leave cleanly on either, closing the
@@ -370,28 +484,18 @@ impl Stop {
     }
 }
 
-/// Connects for `listen` or `chat` and sets up the signals to leave on; prints why not and
-/// returns `None` when it cannot.
-async fn start(common: &Common) -> Option<(Session, Stop)> {
-    let stop = match Stop::new() {
-        Ok(stop) => stop,
-        Err(error) => {
-            eprintln!("error: cannot set up the Ctrl-C and SIGTERM handlers: {error}");
-            return None;
-        }
-    };
-    match connect(common).await {
-        Ok(session) => Some((session, stop)),
-        Err(error) => {
-            eprintln!("{}", render::error_line(&error));
-            None
-        }
-    }
+/// Sets up the signals to leave on and connects, for `listen` and `chat`.
+async fn start(common: &Common) -> Result<(Session, Stop), Failure> {
+    let stop = Stop::new().map_err(|error| {
+        Failure::Setup(format!("cannot set up the Ctrl-C and SIGTERM handlers: {error}"))
+    })?;
+    Ok((connect(common).await?, stop))
 }
 
 /// Logs in to every room and prints events until Ctrl-C or SIGTERM, the client ends
-/// (connection lost and not reconnected), or no room is left. Reconnects and recoveries are
-/// printed as they happen (`connection_state`, `recovered`).
+/// (connection lost and not reconnected), or no room is left. Every outcome is a JSON line:
+/// a failure before the first connection (`connect`), each login, each event, and, when
+/// reconnecting gives up, a last `disconnected` line that says so.
 async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
     // Bad room names fail before connecting, in the same JSON line a refused login gets.
     for room in &rooms {
@@ -400,8 +504,12 @@ async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let Some((session, mut stop)) = start(common).await else {
-        return ExitCode::FAILURE;
+    let (session, mut stop) = match start(common).await {
+        Ok(started) => started,
+        Err(failure) => {
+            print_json(&render::connect_json(&failure));
+            return ExitCode::FAILURE;
+        }
     };
     let Session { client, mut events, token } = session;
     let mut open = Vec::new();
@@ -414,6 +522,8 @@ async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
         }
         open.push(room.clone());
     }
+    // Why reconnecting gave up, once it has: the `disconnected` line after it says so.
+    let mut gave_up: Option<String> = None;
     loop {
         tokio::select! {
             () = stop.signalled() => {
@@ -422,8 +532,16 @@ async fn listen(common: &Common, rooms: Vec<String>) -> ExitCode {
             }
             event = events.next() => {
                 let Some(event) = event else { return ExitCode::FAILURE };
-                print_json(&render::event_json(&event));
+                match (&event, &gave_up) {
+                    (Event::Disconnected { .. }, Some(reason)) => {
+                        print_json(&render::gave_up_json(reason, &event));
+                    }
+                    _ => print_json(&render::event_json(&event)),
+                }
                 match &event {
+                    Event::ConnectionState(ConnectionState::Failed { reason }) => {
+                        gave_up = Some(reason.clone());
+                    }
                     Event::Disconnected { .. } => return ExitCode::FAILURE,
                     Event::RoomClosed { room, code, .. } => {
                         open.retain(|r| r != room);

@@ -1,15 +1,34 @@
 //! How the CLI shows results and events: one JSON object per line (`listen` and the one-shot
 //! commands) or readable lines (`chat`).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use qrelay::client::{ClientError, ConnectionState, Event, ReceivedBarrage};
 use qrelay::protocol::{BroadcastMessage, CommandMessage, User, close};
 use serde::Serialize;
 
+use crate::Failure;
+
+/// The `error` of a failure on this machine before anything reached the relay (a file that
+/// cannot be read): it has no result code (`code` is `null`).
+pub const LOCAL_SETUP: &str = "LOCAL_SETUP";
+
+/// The `error` of `listen`'s last line when reconnecting gave up (`code` is `null`: the relay
+/// sent no close code for it).
+pub const RECONNECT_GAVE_UP: &str = "RECONNECT_GAVE_UP";
+
 /// One line of JSON output. Fields keep the order written here (`event` or `ok` first).
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventJson<'a> {
+    /// A failure before the first connection was up (a bad option, an unreadable file, no
+    /// relay answering, an untrusted certificate); printed only on failure.
+    Connect {
+        ok: bool,
+        #[serde(flatten)]
+        error: Option<ErrorJson>,
+    },
     /// The result of a login.
     Login {
         room: &'a str,
@@ -65,15 +84,27 @@ pub enum EventJson<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         attempt: Option<u32>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<&'a str>,
+        reason: Option<String>,
     },
-    /// `code` is the QUIC close code and `error` its name (`null` when the connection ended
-    /// without one).
+    /// The last line. `code` is the QUIC close code and `error` its name (`null` when the
+    /// connection ended without one). When reconnecting gave up, `code` is `null`, `error`
+    /// is [`RECONNECT_GAVE_UP`], `reason` says why, and `lost` is the loss it tried to
+    /// recover from.
     Disconnected {
         code: Option<u64>,
         error: Option<&'static str>,
-        reason: &'a str,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lost: Option<LostJson>,
     },
+}
+
+/// The connection loss reconnecting tried to recover from: close code, its name, reason.
+#[derive(Debug, Serialize)]
+pub struct LostJson {
+    code: Option<u64>,
+    error: Option<&'static str>,
+    reason: String,
 }
 
 /// A user as `{"id":..,"name":..}`.
@@ -101,12 +132,31 @@ enum PayloadJson<'a> {
     Hex(String),
 }
 
-/// The fields of a failure: `code`, `error` (the code's name), `detail`.
+/// The fields of a failure: `code`, `error` (the code's name), `detail`. A local setup
+/// failure has no code (`null`) and the `error` [`LOCAL_SETUP`].
 #[derive(Debug, Serialize)]
 pub struct ErrorJson {
-    code: u32,
+    code: Option<u32>,
     error: &'static str,
     detail: String,
+}
+
+impl From<&ClientError> for ErrorJson {
+    fn from(error: &ClientError) -> Self {
+        let code = error.code();
+        ErrorJson { code: Some(code.0), error: code.name(), detail: error.detail() }
+    }
+}
+
+impl From<&Failure> for ErrorJson {
+    fn from(failure: &Failure) -> Self {
+        match failure {
+            Failure::Client(error) => error.into(),
+            Failure::Setup(detail) => {
+                ErrorJson { code: None, error: LOCAL_SETUP, detail: detail.clone() }
+            }
+        }
+    }
 }
 
 /// The result of a send: `{"ok":true,"kind":..,"room":..,"message_id":N}` or, on failure,
@@ -151,11 +201,6 @@ fn command_json(m: &CommandMessage) -> MessageJson<'_> {
     message_json(m.id, m.sent_at_ms, Some(&m.from), &m.payload)
 }
 
-fn error_json(error: &ClientError) -> ErrorJson {
-    let code = error.code();
-    ErrorJson { code: code.0, error: code.name(), detail: error.detail() }
-}
-
 /// An event as one JSON line.
 pub fn event_json(event: &Event) -> EventJson<'_> {
     match event {
@@ -187,39 +232,67 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
             let (state, attempt, reason) = match state {
                 ConnectionState::Reconnecting { attempt } => ("reconnecting", Some(*attempt), None),
                 ConnectionState::Reconnected => ("reconnected", None, None),
-                ConnectionState::Failed { reason } => ("failed", None, Some(reason.as_str())),
+                ConnectionState::Failed { reason } => {
+                    ("failed", None, Some(round_durations(reason)))
+                }
             };
             EventJson::ConnectionState { state, attempt, reason }
         }
-        Event::Disconnected { code, reason } => {
-            EventJson::Disconnected { code: *code, error: code.map(close::name), reason }
-        }
+        Event::Disconnected { code, reason } => EventJson::Disconnected {
+            code: *code,
+            error: code.map(close::name),
+            reason: round_durations(reason),
+            lost: None,
+        },
     }
 }
 
+/// `listen`'s last line when reconnecting gave up for `reason`, after `lost` (the
+/// [`Event::Disconnected`] that repeats the loss it tried to recover from).
+pub fn gave_up_json<'a>(reason: &str, lost: &Event) -> EventJson<'a> {
+    let lost = match lost {
+        Event::Disconnected { code, reason } => Some(LostJson {
+            code: *code,
+            error: code.map(close::name),
+            reason: round_durations(reason),
+        }),
+        _ => None,
+    };
+    EventJson::Disconnected {
+        code: None,
+        error: Some(RECONNECT_GAVE_UP),
+        reason: format!("gave up reconnecting: {}", round_durations(reason)),
+        lost,
+    }
+}
+
+/// A failure before the first connection was up.
+pub fn connect_json(failure: &Failure) -> EventJson<'static> {
+    EventJson::Connect { ok: false, error: Some(failure.into()) }
+}
+
 /// The result of a send.
-pub fn sent_json<'a>(
-    kind: &'a str,
-    room: &'a str,
-    result: &Result<u64, ClientError>,
-) -> SentJson<'a> {
+pub fn sent_json<'a>(kind: &'a str, room: &'a str, result: &Result<u64, Failure>) -> SentJson<'a> {
     SentJson {
         ok: result.is_ok(),
         kind,
         room,
         message_id: result.as_ref().ok().copied(),
-        error: result.as_ref().err().map(error_json),
+        error: result.as_ref().err().map(ErrorJson::from),
     }
 }
 
 /// The result of a login.
 pub fn login_json<'a>(room: &'a str, result: &Result<(), ClientError>) -> EventJson<'a> {
-    EventJson::Login { room, ok: result.is_ok(), error: result.as_ref().err().map(error_json) }
+    EventJson::Login { room, ok: result.is_ok(), error: result.as_ref().err().map(ErrorJson::from) }
 }
 
 /// The result of an automatic token renewal.
 pub fn renewal_json(result: &Result<(), ClientError>) -> EventJson<'static> {
-    EventJson::TokenRenewed { ok: result.is_ok(), error: result.as_ref().err().map(error_json) }
+    EventJson::TokenRenewed {
+        ok: result.is_ok(),
+        error: result.as_ref().err().map(ErrorJson::from),
+    }
 }
 
 /// One value as a JSON line (serialization of these types cannot fail; if it did, the
@@ -288,18 +361,84 @@ pub fn event_lines(event: &Event) -> Vec<String> {
             vec!["reconnected; logging in to the room again".to_owned()]
         }
         Event::ConnectionState(ConnectionState::Failed { reason }) => {
-            vec![format!("cannot reconnect: {reason}")]
+            vec![format!("cannot reconnect: {}", round_durations(reason))]
         }
-        Event::Disconnected { code, reason } => vec![match code {
-            Some(code) => format!("disconnected: {} ({code}): {reason}", close::name(*code)),
-            None => format!("disconnected: {reason}"),
-        }],
+        Event::Disconnected { code, reason } => {
+            let reason = round_durations(reason);
+            vec![match code {
+                Some(code) => format!("disconnected: {} ({code}): {reason}", close::name(*code)),
+                None => format!("disconnected: {reason}"),
+            }]
+        }
     }
 }
 
 /// An error as one readable line.
 pub fn error_line(error: &ClientError) -> String {
     format!("error: {}: {}", error.code(), error.detail())
+}
+
+/// A failure as one readable line.
+pub fn failure_line(failure: &Failure) -> String {
+    match failure {
+        Failure::Client(error) => error_line(error),
+        Failure::Setup(detail) => format!("error: {LOCAL_SETUP}: {detail}"),
+    }
+}
+
+/// A duration as people say it: whole milliseconds below a second, whole seconds above
+/// (`300ms`, `5s`, `2m 5s`), never `4s 935ms 299us 761ns`.
+pub fn duration(d: Duration) -> String {
+    let rounded = if d < Duration::from_secs(1) {
+        // Anything above zero shows as at least 1ms.
+        let ms = (d.as_secs_f64() * 1e3).round().max(if d.is_zero() { 0.0 } else { 1.0 });
+        Duration::from_millis(ms as u64)
+    } else {
+        Duration::from_secs(d.as_secs() + u64::from(d.subsec_millis() >= 500))
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
+/// `text` with every duration written as `humantime` writes them (`4s 935ms 299us 761ns`)
+/// rounded by [`duration`]. The client library's reasons carry such durations.
+pub fn round_durations(text: &str) -> String {
+    let mut words = Vec::new();
+    // The parts of the duration being read.
+    let mut parts: Vec<&str> = Vec::new();
+    for word in text.split(' ') {
+        let core = word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        if duration_part(core) {
+            parts.push(core);
+            // Punctuation after a part ends the duration.
+            let tail = &word[core.len()..];
+            if !tail.is_empty() {
+                words.push(rounded(&parts) + tail);
+                parts.clear();
+            }
+            continue;
+        }
+        if !parts.is_empty() {
+            words.push(rounded(&parts));
+            parts.clear();
+        }
+        words.push(word.to_owned());
+    }
+    if !parts.is_empty() {
+        words.push(rounded(&parts));
+    }
+    words.join(" ")
+}
+
+/// The parts of one duration, read and written again by [`duration`].
+fn rounded(parts: &[&str]) -> String {
+    let text = parts.join(" ");
+    humantime::parse_duration(&text).map_or(text, duration)
+}
+
+/// Whether `word` is one part of a `humantime` duration: digits, then one of its units.
+fn duration_part(word: &str) -> bool {
+    let unit = word.trim_start_matches(|c: char| c.is_ascii_digit());
+    unit.len() < word.len() && ["y", "M", "w", "d", "h", "m", "s", "ms", "us", "ns"].contains(&unit)
 }
 
 #[cfg(test)]
@@ -408,6 +547,90 @@ mod tests {
     }
 
     #[test]
+    fn giving_up_is_the_last_line_with_the_loss_it_followed() {
+        let lost = Event::Disconnected { code: Some(3), reason: "server shutting down".into() };
+        let reason = "no connection within 2s after 3 attempts; last error: no relay answered \
+                      at 127.0.0.1:9 within 312ms 45us 7ns";
+        assert_eq!(
+            value(gave_up_json(reason, &lost)),
+            json!({"event":"disconnected","code":null,"error":"RECONNECT_GAVE_UP",
+                   "reason":"gave up reconnecting: no connection within 2s after 3 attempts; \
+                             last error: no relay answered at 127.0.0.1:9 within 312ms",
+                   "lost":{"code":3,"error":"SHUTDOWN","reason":"server shutting down"}})
+        );
+    }
+
+    #[test]
+    fn durations_are_whole_seconds_or_milliseconds() {
+        assert_eq!(duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(duration(Duration::from_nanos(4_935_299_761)), "5s");
+        assert_eq!(duration(Duration::from_nanos(4_435_299_761)), "4s");
+        assert_eq!(duration(Duration::from_nanos(999_600_000)), "1s");
+        assert_eq!(duration(Duration::from_micros(20)), "1ms");
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_secs(125)), "2m 5s");
+        assert_eq!(
+            round_durations("within 4s 935ms 299us 761ns; after 3 attempts (gone 2s 1ms)"),
+            "within 5s; after 3 attempts (gone 2s)"
+        );
+        assert_eq!(
+            round_durations("at 127.0.0.1:4433 within 300ms"),
+            "at 127.0.0.1:4433 within 300ms"
+        );
+        assert_eq!(round_durations("room ms and 5 users,  twice"), "room ms and 5 users,  twice");
+    }
+
+    #[test]
+    fn local_setup_failures_have_a_name_and_no_code() {
+        let failure = Failure::Setup("no CA certificate to trust".into());
+        assert_eq!(
+            value(connect_json(&failure)),
+            json!({"event":"connect","ok":false,"code":null,"error":"LOCAL_SETUP",
+                   "detail":"no CA certificate to trust"})
+        );
+        assert_eq!(
+            value(sent_json("broadcast", "r", &Err(failure))),
+            json!({"ok":false,"kind":"broadcast","room":"r","code":null,"error":"LOCAL_SETUP",
+                   "detail":"no CA certificate to trust"})
+        );
+        let refused = Failure::Client(ClientError::Timeout);
+        assert_eq!(value(connect_json(&refused))["code"], 5001);
+        assert_eq!(
+            failure_line(&refused),
+            "error: TIMEOUT (5001): no reply within the request timeout"
+        );
+    }
+
+    /// README.md documents every `listen` line; a new `EventJson` variant goes there too.
+    #[test]
+    fn the_readme_documents_every_listen_event() {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("| `event` | other fields | when |").nth(1).expect("the table");
+        let table = table.split("\n\n").next().unwrap_or_default();
+        let events = [
+            "connect",
+            "login",
+            "token_renewed",
+            "users_joined",
+            "users_left",
+            "broadcast",
+            "barrage",
+            "command",
+            "room_closed",
+            "recovered",
+            "token_will_expire",
+            "connection_state",
+            "disconnected",
+        ];
+        for event in events {
+            assert!(table.contains(&format!("`{event}`")), "README.md lacks {event}");
+        }
+        for name in [LOCAL_SETUP, RECONNECT_GAVE_UP] {
+            assert!(readme.contains(name), "README.md lacks {name}");
+        }
+    }
+
+    #[test]
     fn results_and_errors() {
         assert_eq!(
             value(sent_json("broadcast", "lobby", &Ok(7))),
@@ -416,7 +639,7 @@ mod tests {
         let error =
             ClientError::Refused { code: ErrorCode::PAYLOAD_TOO_LARGE, detail: "big".into() };
         assert_eq!(
-            value(sent_json("barrage", "lobby", &Err(error.clone()))),
+            value(sent_json("barrage", "lobby", &Err(Failure::Client(error.clone())))),
             json!({"ok":false,"kind":"barrage","room":"lobby","code":1002,
                    "error":"PAYLOAD_TOO_LARGE","detail":"big"})
         );

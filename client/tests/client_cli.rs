@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
 const STEP: Duration = Duration::from_secs(10);
+const CLI: &str = env!("CARGO_BIN_EXE_qrelay-cli");
 const SECRET: &[u8] = b"client test secret, not for production";
 
 async fn within<T>(future: impl Future<Output = T>) -> T {
@@ -127,16 +128,22 @@ impl Relay {
         self.cli_at(user, &self.config.server.to_string(), &self.path("ca.pem"))
     }
 
-    /// The CLI pointed at `server`, trusting the CA in `ca`.
+    /// The CLI pointed at `server`, trusting the CA in `ca`, as `user`.
     fn cli_at(&self, user: &str, server: &str, ca: &Path) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_qrelay-cli"));
+        let mut command = self.cli_without_user(server, ca);
+        command.args(["--user", user]);
+        command
+    }
+
+    /// The CLI pointed at `server`, trusting the CA in `ca`, with no `--user`.
+    fn cli_without_user(&self, server: &str, ca: &Path) -> Command {
+        let mut command = Command::new(CLI);
         command
             .args(["--server", server])
             .arg("--ca")
             .arg(ca)
             .arg("--secret")
             .arg(self.path("token.secret"))
-            .args(["--user", user])
             .env_remove("QRELAY_TOKEN")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -443,6 +450,99 @@ async fn cli_one_shot_failures_are_json_lines() {
 }
 
 #[tokio::test]
+async fn cli_local_setup_failures_are_named_as_such() {
+    let relay = Relay::start(|_| {}).await;
+    let server = relay.config.server.to_string();
+    let missing = relay.path("no-such-ca.pem");
+    let args = ["broadcast", "--room", "lobby", "x"];
+    let (ok, line) = json_line(relay.cli_at("alice", &server, &missing).args(args)).await;
+    assert!(!ok);
+    assert_eq!((&line["code"], &line["error"]), (&Value::Null, &Value::from("LOCAL_SETUP")));
+    let detail = line["detail"].as_str().expect("detail");
+    assert!(detail.contains("no-such-ca.pem"), "{line}");
+    // A token secret that cannot be read too.
+    std::fs::write(relay.path("token.secret"), "not hex").expect("write");
+    let (ok, line) = relay.run("alice", &args).await;
+    assert!(!ok);
+    assert_eq!(line["error"], "LOCAL_SETUP", "{line}");
+}
+
+#[tokio::test]
+async fn cli_listen_prints_a_json_line_when_the_first_connection_fails() {
+    let relay = Relay::start(|_| {}).await;
+    // No relay at the address: a UDP port held by a socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let args = ["--timeout", "0.3", "listen", "--room", "lobby"];
+    let (ok, line) = json_line(relay.cli_at("bob", &addr, &relay.path("ca.pem")).args(args)).await;
+    assert!(!ok);
+    assert_eq!(
+        (line["event"].as_str(), line["ok"].as_bool(), line["error"].as_str()),
+        (Some("connect"), Some(false), Some("DISCONNECTED")),
+        "{line}"
+    );
+    assert_eq!(line["code"], 5002);
+    // A CA that cannot be read: a local failure, not DISCONNECTED.
+    let server = relay.config.server.to_string();
+    let missing = relay.path("no-such-ca.pem");
+    let args = ["listen", "--room", "lobby"];
+    let (ok, line) = json_line(relay.cli_at("bob", &server, &missing).args(args)).await;
+    assert!(!ok);
+    assert_eq!(
+        (&line["event"], &line["error"]),
+        (&Value::from("connect"), &Value::from("LOCAL_SETUP"))
+    );
+    // A bad user ID, caught before connecting.
+    let (ok, line) = json_line(relay.cli("bad user").args(args)).await;
+    assert!(!ok);
+    assert_eq!(
+        (&line["event"], &line["error"]),
+        (&Value::from("connect"), &Value::from("INVALID_USER_ID"))
+    );
+}
+
+#[tokio::test]
+async fn cli_token_alone_logs_in_as_the_tokens_user() {
+    let relay = Relay::start(|_| {}).await;
+    let (_bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+    let server = relay.config.server.to_string();
+    let token = relay.token("alice");
+    let mut command = relay.cli_without_user(&server, &relay.path("ca.pem"));
+    command.args(["--token", &token, "broadcast", "--room", "lobby", "from the token"]);
+    let (ok, line) = json_line(&mut command).await;
+    assert!(ok, "{line}");
+    match next_message(&mut bob_events).await {
+        Event::Broadcasts { messages, .. } => {
+            assert_eq!(messages[0].from, User { id: "alice".into(), name: "alice".into() });
+        }
+        other => panic!("expected a broadcast, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cli_help_sets_the_shared_options_apart() {
+    let help = |args: &'static [&'static str]| async move {
+        let output = within(Command::new(CLI).args(args).output()).await.expect("run cli");
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let listen = help(&["listen", "--help"]).await;
+    let (own, shared) = listen.split_once("Connection options:").expect("a heading");
+    assert!(own.contains("--room <ROOM>") && !own.contains("--server"), "{listen}");
+    let (connection, login) = shared.split_once("Login options:").expect("a heading");
+    assert!(connection.contains("--server") && connection.contains("--reconnect-for"), "{listen}");
+    assert!(login.contains("--user") && login.contains("--token"), "{listen}");
+    // bench lists only the shared options it uses.
+    let bench = help(&["bench", "--help"]).await;
+    for unused in ["--user", "--name", "--no-reconnect", "--reconnect-for"] {
+        assert!(!bench.contains(unused), "{unused}: {bench}");
+    }
+    for used in ["--connections", "--server", "--ca", "--timeout", "--token", "--secret"] {
+        assert!(bench.contains(used), "{used}: {bench}");
+    }
+}
+
+#[tokio::test]
 async fn cli_listen_prints_events_until_kicked() {
     let relay = Relay::start(|_| {}).await;
     let mut child = relay
@@ -553,6 +653,23 @@ async fn bench_against_an_external_relay_reports_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_report_for_people_reads_plainly() {
+    let relay = Relay::start(|_| {}).await;
+    let args =
+        ["bench", "--connections", "3", "--senders", "1", "--rate", "20", "--duration", "300ms"];
+    let output = within(relay.cli("ignored").args(args).output()).await.expect("run cli");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("refused: none"), "{report}");
+    assert!(!report.contains('{'), "no debug-printed maps: {report}");
+    // Two receivers per broadcast: the report says why deliveries outnumber messages.
+    assert!(report.contains("counts once per other member of its room"), "{report}");
+    // Without --server-pid the relay is said not to be measured, not given figures of `none`.
+    assert!(report.contains("server: not measured (pass --server-pid PID"), "{report}");
+    assert!(!report.contains("n/a of a core"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_fails_when_it_could_not_measure_what_was_asked() {
     // The SDK's frequency limits: 2 broadcasts per second per user refuse most of 100/s.
     let relay = Relay::start(|c| c.limits = RateLimits::default()).await;
@@ -651,7 +768,18 @@ async fn cli_listen_keeps_running_through_a_restart_and_exits_when_it_gives_up()
         }
     };
     assert_eq!(states.last(), Some(&Some("failed".to_owned())), "{states:?}");
-    assert_eq!(last["error"], "SHUTDOWN");
+    // The last line names the give-up and its cause, then the loss it followed.
+    assert_eq!((&last["code"], &last["error"]), (&Value::Null, &Value::from("RECONNECT_GAVE_UP")));
+    let reason = last["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("gave up reconnecting: no connection within 2s after"), "{last}");
+    assert!(reason.contains("last error: "), "{last}");
+    // Durations in whole seconds or milliseconds, not `312ms 45us 7ns`.
+    let fine = reason.split([' ', ';', ',', '(', ')']).find(|word| {
+        let unit = word.trim_start_matches(|c: char| c.is_ascii_digit());
+        unit.len() < word.len() && (unit == "us" || unit == "ns")
+    });
+    assert_eq!(fine, None, "{last}");
+    assert_eq!(last["lost"]["error"], "SHUTDOWN", "{last}");
     let status = within(child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(1));
 }

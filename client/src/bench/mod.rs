@@ -62,58 +62,64 @@ const MIN_CONNECTIONS_FOR_MEMORY: usize = 100;
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Client connections to open (each logs in to one room), at most 10001.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_name = "N")]
     connections: usize,
     /// Rooms; connection i joins room i mod M.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "M")]
     rooms: usize,
     /// How many of the connections send (the first S; 0 for an idle run).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "S")]
     senders: usize,
     /// Message kinds to send, in turn (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "broadcast")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "broadcast",
+        value_name = "KIND,..."
+    )]
     kind: Vec<Kind>,
     /// Whom a custom command goes to: everyone else in the room, or one member in turn.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_enum, default_value = "all", value_name = "TO")]
     command_to: CommandTo,
     /// Target messages per second, all senders together.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     rate: f64,
     /// How long to send, e.g. 10s or 1m (at most 10m).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     duration: Duration,
     /// Payload bytes of each message (16 to 1024; the first 16 carry the timestamp).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
     payload: usize,
     /// Run a relay inside this process (127.0.0.1:0, its own thread with a current_thread
     /// runtime, no frequency limits, in-memory certificates) instead of using --server.
     #[arg(long)]
     in_process: bool,
     /// PID of the external relay, to report its CPU time and memory.
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
     /// Connections per UDP socket (quinn endpoint).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_name = "N")]
     per_endpoint: usize,
     /// Receive and send buffer of each of those sockets, bytes (capped by the kernel's
     /// net.core.rmem_max and wmem_max).
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
     socket_buffer: usize,
     /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_name = "N")]
     connect_parallel: usize,
     /// Longest wait for every receiver to see its room's members before sending.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     settle: Duration,
     /// Runtime threads of this tool (1: everything on one thread, which keeps each delivery
     /// free of hops between cores; more when one thread cannot keep up with the traffic).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub threads: u16,
     /// Longest wait for outstanding deliveries after sending stops.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain: Duration,
 }
 
@@ -225,7 +231,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let measured = match (&relay, pid) {
         (Some(_), _) => "in-process relay thread".to_string(),
         (None, Some(pid)) => format!("pid {pid}"),
-        (None, None) => "none (pass --server-pid)".to_string(),
+        (None, None) => report::NOT_MEASURED.to_string(),
     };
     let server_port = client.server.port();
     let udp_before = procfs::udp_buffer_errors();

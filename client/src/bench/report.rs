@@ -218,7 +218,8 @@ pub struct ConnectReport {
 /// Costs on the relay's side.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerReport {
-    /// Where the figures come from: `in-process thread`, `pid N`, or `none`.
+    /// Where the figures come from: `in-process relay thread`, `pid N`, or `none` (then
+    /// every figure is `null`).
     pub measured: String,
     /// CPU time (user + system) from the first send to the end of the drain.
     pub cpu_seconds: Option<f64>,
@@ -313,8 +314,9 @@ impl Report {
         }
         if !refused.is_empty() {
             problems.push(format!(
-                "sends refused {refused:?}: the relay's frequency limits apply; start it with \
-                 --limits benchmark or --config benches/relay-bench.toml"
+                "sends refused ({}): the relay's frequency limits apply; start it with \
+                 --limits benchmark or --config benches/relay-bench.toml",
+                counts(&refused)
             ));
         }
         if self.lost > 0 || self.duplicates > 0 {
@@ -346,7 +348,7 @@ impl Report {
             if c.failures.is_empty() {
                 String::new()
             } else {
-                format!(", failures {:?}", c.failures)
+                format!("; failures: {}", counts(&c.failures))
             }
         );
         let _ = writeln!(
@@ -366,17 +368,23 @@ impl Report {
             let d = &k.delivery;
             let _ = writeln!(
                 out,
-                "{}: sent {} accepted {} (refused {:?}, timeouts {}, errors {}); \
-                 delivered {} of {} expected = {:.0} deliveries/s",
+                "{}: sent {}, accepted {} (refused: {}; timeouts {}; errors {})",
                 k.kind.name(),
                 k.sent,
                 k.accepted,
-                k.refused,
+                counts(&k.refused),
                 k.timeouts,
                 k.errors,
-                d.delivered,
-                d.expected,
-                k.deliveries_per_sec
+            );
+            // More deliveries than accepted messages is the point of a relay: say why.
+            let each = match k.kind {
+                Kind::Command => "each accepted command counts once per receiver it targets",
+                _ => "each accepted message counts once per other member of its room",
+            };
+            let _ = writeln!(
+                out,
+                "  deliveries: {} of {} expected ({each}), {:.0}/s",
+                d.delivered, d.expected, k.deliveries_per_sec
             );
             let l = &k.latency;
             if l.count == 0 {
@@ -410,19 +418,27 @@ impl Report {
         if !self.rooms_closed.is_empty() || self.disconnected > 0 {
             let _ = writeln!(
                 out,
-                "rooms closed during the run: {:?}; connections lost: {}",
-                self.rooms_closed, self.disconnected
+                "rooms closed during the run: {}; connections lost: {}",
+                counts(&self.rooms_closed),
+                self.disconnected
             );
         }
         let s = &self.server;
-        let _ = writeln!(
-            out,
-            "server ({}): cpu {} ({} of a core), {} per delivery",
-            s.measured,
-            opt(s.cpu_seconds, |v| format!("{v:.2} s")),
-            opt(s.cpu_utilisation, |v| format!("{:.0} %", v * 100.0)),
-            opt(s.cpu_per_delivery_us, |v| format!("{v:.3} µs")),
-        );
+        if s.cpu_seconds.is_none() && s.measured == NOT_MEASURED {
+            let _ = writeln!(
+                out,
+                "server: not measured (pass --server-pid PID for the relay's CPU time and memory)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "server ({}): cpu {} ({} of a core), {} per delivery",
+                s.measured,
+                opt(s.cpu_seconds, |v| format!("{v:.2} s")),
+                opt(s.cpu_utilisation, |v| format!("{:.0} %", v * 100.0)),
+                opt(s.cpu_per_delivery_us, |v| format!("{v:.3} µs")),
+            );
+        }
         if let (Some(before), Some(loaded)) = (s.memory_before, s.memory_loaded) {
             let _ = writeln!(
                 out,
@@ -469,6 +485,18 @@ impl Report {
         }
         out
     }
+}
+
+/// [`ServerReport::measured`] when the relay's process is not known.
+pub const NOT_MEASURED: &str = "none";
+
+/// Counts by name, `NAME n, NAME n`, or `none`.
+fn counts<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    parts.join(", ")
 }
 
 /// Deliveries per second over a window, never dividing by (almost) zero.
@@ -580,6 +608,13 @@ mod tests {
         assert!((l.p99_us - 990.0).abs() <= 1.0, "{l:?}");
         assert!((l.max_us - 1000.0).abs() <= 1.0, "{l:?}");
         assert_eq!(Latency::of(&Histogram::new(3).unwrap()), Latency::default());
+    }
+
+    #[test]
+    fn counts_read_as_names_and_numbers() {
+        assert_eq!(counts(&BTreeMap::<String, u64>::new()), "none");
+        let refused = BTreeMap::from([("ROOM_RATE_LIMITED", 3), ("USER_RATE_LIMITED", 40)]);
+        assert_eq!(counts(&refused), "ROOM_RATE_LIMITED 3, USER_RATE_LIMITED 40");
     }
 
     #[test]
