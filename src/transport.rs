@@ -217,6 +217,12 @@ pub fn server_config(
         .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config =
         quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.address_validation.clone()));
+    // Connection migration stays on (quinn's default, set here because clients rely on it):
+    // a client whose address changes (Wi-Fi to mobile data, a NAT rebinding, the client
+    // library's `Client::rebind`) keeps its connection, rooms, lanes and barrage. quinn checks
+    // the new path (PATH_CHALLENGE) and, until it answers, sends there no more than three times
+    // what it received from it.
+    config.migration(true);
     config.transport_config(Arc::new(transport_config(Side::Server, idle_timeout)));
     Ok(config)
 }
