@@ -8,12 +8,27 @@
 //! - [`server`]: the relay (router, rooms, lanes, connections).
 //! - [`http`]: the HTTP adapter: server API, metrics, health, webhooks.
 //! - [`client`]: the client library: connect, log in to rooms, send, receive events.
+//!
+//! Cargo features (both on by default):
+//! - `client`: [`client`];
+//! - `server`: [`server`], [`http`], [`auth`], [`certs`], the server half of [`transport`] and
+//!   the `qrelay` binary.
+//!
+//! [`protocol`] and the client half of [`transport`] are always built. An application that only
+//! talks to a relay builds the client alone, without the relay's dependencies (certificate
+//! generation, JWT, TOML, HTTP):
+//! `qrelay = { version = "0.1", default-features = false, features = ["client"] }`.
 #![warn(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
 pub mod certs;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod http;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod transport;

@@ -1,13 +1,18 @@
 //! QUIC and TLS setup shared by the server and the client: the one `transport_config()`,
-//! rustls configs with the qrelay ALPN, and framed reading from quinn streams.
+//! rustls configs with the qrelay ALPN, and framed reading from quinn streams. The server half
+//! ([`EndpointKeys`], `server_config`, `bind_udp`) needs the `server` feature.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicClientConfig;
+#[cfg(feature = "server")]
+use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, RecvStream, TransportConfig, VarInt};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
+#[cfg(feature = "server")]
+use rustls::pki_types::PrivateKeyDer;
 use serde::de::DeserializeOwned;
 
 use crate::protocol::{ALPN, CodecError, decode_frame};
@@ -24,9 +29,13 @@ const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// HKDF salt of the [`EndpointKeys`]; the labels below make one key each out of the secret.
+#[cfg(feature = "server")]
 const ENDPOINT_KEYS_SALT: &[u8] = b"qrelay endpoint keys v1";
+#[cfg(feature = "server")]
 const RESET_LABEL: &[u8] = b"stateless reset";
+#[cfg(feature = "server")]
 const ADDRESS_VALIDATION_LABEL: &[u8] = b"address validation";
+#[cfg(feature = "server")]
 const CONNECTION_ID_LABEL: &[u8] = b"connection id";
 
 /// Which side a transport configuration is for.
@@ -96,6 +105,7 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
 /// the receive and send buffer sizes granted. With `reuse_port`, further sockets bound the same
 /// way share the address (`SO_REUSEPORT`; Unix only): Linux hashes each peer's address and port
 /// to one of them.
+#[cfg(feature = "server")]
 pub fn bind_udp(
     addr: std::net::SocketAddr,
     buffer_bytes: usize,
@@ -133,6 +143,7 @@ pub fn bind_udp(
 /// same keys the new process recognises the old connection IDs and answers with a stateless
 /// reset the client accepts, so it reconnects at its next packet (a keep-alive at the latest,
 /// every 5 s with default clients).
+#[cfg(feature = "server")]
 #[derive(Clone)]
 pub struct EndpointKeys {
     /// Signs stateless-reset tokens (HMAC-SHA256 of the connection ID).
@@ -145,12 +156,14 @@ pub struct EndpointKeys {
     connection_ids: u64,
 }
 
+#[cfg(feature = "server")]
 impl std::fmt::Debug for EndpointKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EndpointKeys(..)")
     }
 }
 
+#[cfg(feature = "server")]
 impl EndpointKeys {
     /// Derives the keys from `secret` with HKDF-SHA256, one label each: the secret itself is
     /// never used as a key, and none of the keys reveals another or the secret. Relays that
@@ -185,6 +198,7 @@ impl EndpointKeys {
 
 /// Builds the server's QUIC config from a certificate chain and key, with the address-
 /// validation key of `keys`.
+#[cfg(feature = "server")]
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -203,6 +217,12 @@ pub fn server_config(
         .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config =
         quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.address_validation.clone()));
+    // Connection migration stays on (quinn's default, set here because clients rely on it):
+    // a client whose address changes (Wi-Fi to mobile data, a NAT rebinding, the client
+    // library's `Client::rebind`) keeps its connection, rooms, lanes and barrage. quinn checks
+    // the new path (PATH_CHALLENGE) and, until it answers, sends there no more than three times
+    // what it received from it.
+    config.migration(true);
     config.transport_config(Arc::new(transport_config(Side::Server, idle_timeout)));
     Ok(config)
 }
@@ -283,15 +303,17 @@ impl FrameReader {
 }
 
 /// An HKDF output length, for keys ring has no type for.
+#[cfg(feature = "server")]
 struct OutputLen(usize);
 
+#[cfg(feature = "server")]
 impl ring::hkdf::KeyType for OutputLen {
     fn len(&self) -> usize {
         self.0
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
 

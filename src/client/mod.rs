@@ -10,6 +10,8 @@
 //! - `control`: the control-stream reader (replies, token warnings);
 //! - `lanes`: one reader task per room lane (user updates, broadcasts, commands, close);
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
+//! - `socket`: the client's own UDP socket, watched for failures, and moving to a new one
+//!   without a reconnect ([`Client::rebind`], [`RebindError`]);
 //! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
 //!   broadcast ID delivered), lanes, members, barrage sender resolution, and the barrage
 //!   held until a lane names its room or sender.
@@ -28,6 +30,7 @@ mod lanes;
 mod reconnect;
 mod rooms;
 mod shared;
+mod socket;
 mod stats;
 
 use std::net::SocketAddr;
@@ -36,6 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
+use tracing::Instrument;
 
 use crate::protocol::{
     ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, Outcome, Request, User, check_payload,
@@ -45,12 +49,14 @@ use crate::transport::client_config;
 
 use connection::{Connection, lock};
 use shared::Shared;
+use socket::OwnSocket;
 
 pub use error::ClientError;
 pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, ReceivedBarrage};
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
 };
+pub use socket::RebindError;
 pub use stats::ClientStats;
 
 /// Default for [`ClientConfig::idle_timeout`].
@@ -132,18 +138,25 @@ impl ClientConfig {
 /// it reconnects, logins and sends fail at once with [`ClientError::Disconnected`] (code
 /// `DISCONNECTED`): retry after [`ConnectionState::Reconnected`]. [`Client::logout_room`]
 /// and [`Client::renew_token`] still work then (they act on what is logged in again).
+///
+/// **Network changes.** A client made by [`Client::connect`] owns its UDP socket and moves
+/// its connection to a new socket without reconnecting (QUIC connection migration: rooms,
+/// lanes, barrage and requests in flight carry on, and no event reports it): when the
+/// application calls [`Client::rebind`] (on the platform's news of a network change, e.g.
+/// Wi-Fi to mobile data), and by itself when the socket fails (a send or receive error that
+/// means its address or network is gone; at most once a second, counted in
+/// [`ClientStats::rebinds`]). A client on a shared endpoint ([`Client::connect_with`]) does
+/// neither: the endpoint's owner rebinds it.
 #[derive(Debug, Clone)]
 pub struct Client {
     handle: Arc<Handle>,
 }
 
-/// Closes the client when the last [`Client`] goes away (the reader tasks and the
-/// supervisor hold only `Shared`, so they do not keep the client alive).
+/// Closes the client when the last [`Client`] goes away (the reader tasks, the supervisor
+/// and the socket watcher hold only `Shared`, so they do not keep the client alive).
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    /// Whether the endpoint was bound for this client alone ([`Client::connect`]).
-    owns_endpoint: bool,
 }
 
 impl Drop for Handle {
@@ -167,9 +180,9 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
         let bind = connection::bind_address(config.server);
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
-        establish(endpoint, true, config).await
+        let (endpoint, own_socket) =
+            OwnSocket::endpoint(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        establish(endpoint, Some(own_socket), config).await
     }
 
     /// Like [`Client::connect`], but on an endpoint the caller created, so that many
@@ -188,7 +201,7 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
-        establish(endpoint.clone(), false, config).await
+        establish(endpoint.clone(), None, config).await
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
@@ -340,6 +353,54 @@ impl Client {
         self.shared().current().map(|connection| connection.quic.clone())
     }
 
+    /// Moves the client to a new UDP socket without reconnecting (QUIC connection migration),
+    /// bound to the unspecified address of the current socket's family and a new port: the
+    /// system sends through whichever network is up now. Returns the new local address.
+    ///
+    /// The relay validates the new path and answers there; rooms, lanes, barrage and requests
+    /// in flight carry on with no event, no re-login and no gap (packets lost in the move are
+    /// sent again; barrage is best effort as always). Call it when the platform reports a
+    /// network change; a socket that fails is replaced without a call. While reconnecting, the
+    /// next attempt goes out from the new socket. On failure the client keeps its socket.
+    ///
+    /// Only for a client with its own endpoint ([`Client::connect`]): on an endpoint shared
+    /// through [`Client::connect_with`] this fails with [`RebindError::SharedEndpoint`], as
+    /// it would move every connection on that endpoint (its owner can, with
+    /// `quinn::Endpoint::rebind`).
+    ///
+    /// ```no_run
+    /// # fn on_network_change(client: &qrelay::client::Client) -> Result<(), qrelay::client::RebindError> {
+    /// let local = client.rebind()?;
+    /// println!("now on {local}, same connection");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rebind(&self) -> Result<SocketAddr, RebindError> {
+        self.rebind_to(socket::unspecified_like(self.local_addr().ok()))
+    }
+
+    /// [`Client::rebind`] to a socket bound to `local` (e.g. the address of the interface to
+    /// use; port 0 picks a free port). A socket that fails later is replaced by one on the
+    /// unspecified address, which the system routes.
+    pub fn rebind_to(&self, local: SocketAddr) -> Result<SocketAddr, RebindError> {
+        let Some(own_socket) = &self.shared().own_socket else {
+            return Err(RebindError::SharedEndpoint);
+        };
+        if self.shared().closed().is_some() {
+            return Err(RebindError::Closed);
+        }
+        let new = own_socket.rebind(&self.shared().endpoint, local)?;
+        stats::Stats::add(&self.shared().stats.rebinds, 1);
+        tracing::info!(user = %self.user().id, %new, "moved to a new UDP socket");
+        Ok(new)
+    }
+
+    /// The local address of the client's UDP socket (of the shared endpoint with
+    /// [`Client::connect_with`]).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared().endpoint.local_addr()
+    }
+
     /// Closes the connection (code `NORMAL`), or stops reconnecting, and waits briefly for
     /// the close to be sent. Waiting requests fail with [`ClientError::Disconnected`];
     /// [`Events`] ends with [`Event::Disconnected`].
@@ -348,7 +409,7 @@ impl Client {
     /// endpoint's owner waits for it to go idle.
     pub async fn close(&self) {
         self.shared().close(close::NORMAL, "client closed");
-        if self.handle.owns_endpoint {
+        if self.shared().own_socket.is_some() {
             let endpoint = &self.shared().endpoint;
             let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
         }
@@ -375,10 +436,11 @@ impl Client {
     }
 }
 
-/// Connects through `endpoint` and starts the readers and the reconnect supervisor.
+/// Connects through `endpoint` and starts the readers, the reconnect supervisor and, on the
+/// client's own endpoint (`own_socket`), the socket watcher.
 async fn establish(
     endpoint: quinn::Endpoint,
-    owns_endpoint: bool,
+    own_socket: Option<Arc<OwnSocket>>,
     config: ClientConfig,
 ) -> Result<(Client, Events), ClientError> {
     let quic = client_config(&config.roots, config.idle_timeout)
@@ -395,10 +457,14 @@ async fn establish(
     let span =
         tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
     span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
-    let shared = Arc::new(Shared::new(config, endpoint, quic, Arc::clone(&connection)));
+    let shared = Arc::new(Shared::new(config, endpoint, own_socket, quic, Arc::clone(&connection)));
+    if let Some(own_socket) = &shared.own_socket {
+        let watcher = socket::watch(Arc::clone(&shared), Arc::clone(own_socket));
+        tokio::spawn(watcher.instrument(span.clone()));
+    }
     let (events_tx, events) = Events::channel();
     reconnect::start(Arc::clone(&shared), connection, recv, events_tx);
-    Ok((Client { handle: Arc::new(Handle { shared, owns_endpoint }) }, events))
+    Ok((Client { handle: Arc::new(Handle { shared }) }, events))
 }
 
 /// The check [`Client::connect`] makes on its user before connecting (`INVALID_USER_ID`,
@@ -480,5 +546,6 @@ fn unexpected(outcome: Outcome) -> ClientError {
     }
 }
 
-#[cfg(test)]
+// The stand-in server of these tests uses the relay's certificates and QUIC config.
+#[cfg(all(test, feature = "server"))]
 mod tests;

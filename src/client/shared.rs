@@ -1,6 +1,6 @@
 //! What the [`super::Client`] handles, the reader tasks and the reconnect supervisor share
 //! for the client's whole life: the current connection (swapped on reconnect), the rooms,
-//! the counters.
+//! the counters, the client's own socket.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use super::ClientConfig;
 use super::connection::{Connection, lock};
 use super::error::ClientError;
 use super::rooms::{LaneId, Rooms};
+use super::socket::OwnSocket;
 use super::stats::Stats;
 
 /// The client-wide state.
@@ -22,6 +23,9 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     /// The UDP endpoint every connection of this client uses (kept across reconnects).
     pub(crate) endpoint: quinn::Endpoint,
+    /// The endpoint's socket when the client owns the endpoint ([`super::Client::connect`]),
+    /// to move it to a new one; `None` on a shared endpoint.
+    pub(crate) own_socket: Option<Arc<OwnSocket>>,
     /// The QUIC client configuration (TLS roots, transport parameters).
     pub(crate) quic: quinn::ClientConfig,
     /// The current connection, or why there is none.
@@ -62,6 +66,7 @@ impl Shared {
     pub(crate) fn new(
         config: ClientConfig,
         endpoint: quinn::Endpoint,
+        own_socket: Option<Arc<OwnSocket>>,
         quic: quinn::ClientConfig,
         connection: Arc<Connection>,
     ) -> Self {
@@ -69,6 +74,7 @@ impl Shared {
         Shared {
             config,
             endpoint,
+            own_socket,
             quic,
             link: Mutex::new(Link { state: LinkState::Up(connection), closed: None }),
             closing: Notify::new(),
@@ -96,7 +102,8 @@ impl Shared {
     }
 
     /// Closes the client: the current connection with `code`, or, while reconnecting, the
-    /// supervisor stops. The first close's code and reason are kept for the last event.
+    /// supervisor stops; so does the socket watcher. The first close's code and reason are
+    /// kept for the last event.
     pub(crate) fn close(&self, code: u32, reason: &str) {
         let mut link = lock(&self.link);
         link.closed.get_or_insert_with(|| (code, reason.to_owned()));
@@ -106,6 +113,9 @@ impl Shared {
         drop(link);
         // Stored as a permit if the supervisor is not waiting right now.
         self.closing.notify_one();
+        if let Some(own_socket) = &self.own_socket {
+            own_socket.stop();
+        }
     }
 
     /// The code and reason of [`Shared::close`], once it was called.

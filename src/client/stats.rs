@@ -24,6 +24,9 @@ pub struct ClientStats {
     pub broadcast_duplicates: u64,
     /// Successful automatic reconnects.
     pub reconnects: u64,
+    /// Moves to a new UDP socket without a reconnect: by [`super::Client::rebind`], or
+    /// because the socket failed.
+    pub rebinds: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -36,6 +39,7 @@ pub(crate) struct Stats {
     pub(crate) late_replies: AtomicU64,
     pub(crate) broadcast_duplicates: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) rebinds: AtomicU64,
 }
 
 impl Stats {
@@ -55,6 +59,7 @@ impl Stats {
             late_replies: get(&self.late_replies),
             broadcast_duplicates: get(&self.broadcast_duplicates),
             reconnects: get(&self.reconnects),
+            rebinds: get(&self.rebinds),
         }
     }
 }

@@ -713,3 +713,34 @@ fn handles_can_move_between_threads() {
     send::<Event>();
     send_sync::<ClientError>();
 }
+
+#[tokio::test]
+async fn a_socket_that_fails_is_replaced_without_a_reconnect() {
+    // Reconnect is off: a lost connection would end the client.
+    let (client, mut events, conn) = pair(DEFAULT_REQUEST_TIMEOUT).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    let old = client.local_addr().expect("local address");
+    let connection = client.connection().expect("connected").stable_id();
+
+    // Every send on the socket fails from now on (EPIPE), as when its address goes away.
+    client.shared().own_socket.as_ref().expect("own socket").break_for_sending();
+    let send = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_broadcast_message("lobby", "moved").await })
+    };
+    // The request's first packet is lost with the old socket; it arrives from the new one.
+    let frame = peer.request().await;
+    assert_eq!(
+        frame.body,
+        Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"moved") }
+    );
+    peer.reply(frame.request, Outcome::Sent { message_id: 1 }).await;
+    assert_eq!(within(send).await.expect("join"), Ok(1));
+
+    let new = client.local_addr().expect("local address");
+    assert_ne!(new.port(), old.port());
+    assert_eq!(conn.remote_address().port(), new.port(), "the server follows the client");
+    assert_eq!(client.connection().expect("connected").stable_id(), connection);
+    assert_eq!((client.stats().rebinds, client.stats().reconnects), (1, 0));
+    assert!(events.try_next().is_none(), "no event");
+}
