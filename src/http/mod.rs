@@ -2,7 +2,8 @@
 //! webhook sender. It calls the same room operations as the QUIC connection task (router and
 //! room methods), never reaching into lanes or room state.
 //!
-//! - `router`: the one axum router ([`router`]) and the listener loop ([`serve`]).
+//! - this file: the one axum router (`router`), the listener loop (`serve`), health and the
+//!   API-key check.
 //! - [`api`]: the `/v1` routes (rooms, messages, kicks, tokens), behind the API key.
 //! - [`error`]: [`error::ApiError`], the JSON refusal with its documented code.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
