@@ -35,6 +35,7 @@ async fn client(
 /// Short timeouts and backoff, so that the tests' outages end soon.
 fn quick(config: &mut ClientConfig) {
     config.request_timeout = Duration::from_secs(1);
+    config.connect_timeout = Duration::from_secs(1);
     config.reconnect.initial_backoff = Duration::from_millis(50);
     config.reconnect.max_backoff = Duration::from_millis(300);
 }
@@ -213,6 +214,7 @@ async fn reconnecting_gives_up_after_its_bound() {
     let relay = TestRelay::start(test_config()).await;
     let (bob, mut events) = client(&relay, "bob", &["lobby"], |config| {
         config.request_timeout = Duration::from_millis(300);
+        config.connect_timeout = Duration::from_millis(300);
         config.reconnect = ReconnectPolicy {
             enabled: true,
             initial_backoff: Duration::from_millis(20),

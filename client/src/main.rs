@@ -222,6 +222,7 @@ async fn connect(common: &Common) -> Result<Session, ClientError> {
     let token = token(common, &user.id)?;
     let mut config = ClientConfig::new(common.server, &common.server_name, roots, user);
     config.request_timeout = Duration::from_secs_f64(common.timeout);
+    config.connect_timeout = config.request_timeout;
     config.reconnect.enabled = !common.no_reconnect;
     config.reconnect.max_elapsed = Duration::from_secs_f64(common.reconnect_for);
     let (client, events) = Client::connect(config).await.map_err(|e| explain(e, common))?;

@@ -4,14 +4,23 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, User};
+use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, MAX_BATCH, User};
 
-/// Events buffered between the connection's reader tasks and [`Events::next`]. When the
-/// consumer falls this far behind, the lane readers wait (and, through QUIC flow control,
-/// so does the server's writer for this client): backpressure, not loss. A consumer that
-/// stays behind until the server's lane queue overflows is dropped from the room as too slow;
-/// the client then logs in again and the missed broadcasts are replayed ([`Event::Recovered`]).
+use super::rooms::HELD_BARRAGE_PER_ROOM;
+
+/// Default for [`super::ClientConfig::event_queue`]: events buffered between the
+/// connection's reader tasks and [`Events::next`]. When the consumer falls this far behind,
+/// the lane readers wait (and, through QUIC flow control, so does the server's writer for this
+/// client): backpressure, not loss. A consumer that stays behind until the server's lane queue
+/// overflows is dropped from the room as too slow; the client then logs in again and the
+/// missed broadcasts are replayed ([`Event::Recovered`]).
 pub const EVENT_QUEUE: usize = 256;
+
+/// The smallest [`super::ClientConfig::event_queue`]: one lane frame can become up to 8
+/// events at once (a member-list difference after a re-login, the event itself, and up to
+/// 256 held barrage messages in lists of 50), which must fit in the queue together.
+pub const MIN_EVENT_QUEUE: usize = 8;
+const _: () = assert!(MIN_EVENT_QUEUE >= 2 + HELD_BARRAGE_PER_ROOM.div_ceil(MAX_BATCH));
 
 /// One thing that happened on the connection, in the order of its room's lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,18 +171,21 @@ pub struct ReceivedBarrage {
 
 /// The stream of [`Event`]s of one connection.
 ///
-/// The queue is bounded ([`EVENT_QUEUE`]): a consumer that stops reading makes the room
-/// lanes wait, which is intended. Barrage datagrams that arrive meanwhile are dropped by
-/// QUIC's small datagram buffer. Dropping `Events` is allowed: events are then discarded.
+/// The queue is bounded ([`super::ClientConfig::event_queue`], default [`EVENT_QUEUE`]): a
+/// consumer that stops reading makes the room lanes wait, which is intended (see
+/// [`super::ClientConfig::event_queue`] for what follows). Barrage datagrams that arrive
+/// meanwhile are dropped by QUIC's small datagram buffer. Dropping `Events` is allowed:
+/// events are then discarded.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
 }
 
 impl Events {
-    /// A channel pair: the sender for the reader tasks, the `Events` for the application.
-    pub(crate) fn channel() -> (mpsc::Sender<Event>, Events) {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    /// A channel pair of `capacity` events (at least [`MIN_EVENT_QUEUE`]): the sender for the
+    /// reader tasks, the `Events` for the application.
+    pub(crate) fn channel(capacity: usize) -> (mpsc::Sender<Event>, Events) {
+        let (tx, rx) = mpsc::channel(capacity.max(MIN_EVENT_QUEUE));
         (tx, Events { rx })
     }
 

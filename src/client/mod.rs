@@ -47,7 +47,7 @@ use connection::{Connection, lock};
 use shared::Shared;
 
 pub use error::ClientError;
-pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, ReceivedBarrage};
+pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, MIN_EVENT_QUEUE, ReceivedBarrage};
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
 };
@@ -57,6 +57,8 @@ pub use stats::ClientStats;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`ClientConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClientConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Client::close`] waits for the close to reach the server.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -74,9 +76,32 @@ pub struct ClientConfig {
     /// The connection is dropped after this long without any packet; keep-alives are sent
     /// every third of it.
     pub idle_timeout: Duration,
-    /// How long a request (and the QUIC handshake) may take before it fails with
-    /// [`ClientError::Timeout`] (or [`ClientError::NoAnswer`]).
+    /// How long the QUIC handshake and the opening of the control stream may take (default
+    /// 5 s): a relay that does not answer within it fails [`Client::connect`] with
+    /// [`ClientError::NoAnswer`], and ends one reconnect attempt.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for its result (default 5 s), counted from the call,
+    /// before it fails with [`ClientError::Timeout`]. Independent of
+    /// [`ClientConfig::connect_timeout`], so a generous send timeout does not make a dead
+    /// relay slow to report.
     pub request_timeout: Duration,
+    /// How many events wait between the client's readers and [`Events::next`] (default
+    /// [`EVENT_QUEUE`], 256; at least [`MIN_EVENT_QUEUE`], a smaller value is raised to it).
+    ///
+    /// When the application falls this far behind:
+    /// - the room lanes wait (backpressure, not loss): QUIC flow control then holds the
+    ///   relay's writer for this client, and a client that stays behind until the relay's
+    ///   lane queue for it overflows is dropped from the room as too slow (`SLOW_RECEIVER`);
+    ///   with automatic reconnect on, the client logs in again at once and the missed
+    ///   broadcasts are replayed ([`Event::Recovered`]), so none is lost;
+    /// - barrage datagrams wait in QUIC's datagram receive buffer (64 KiB), which drops the
+    ///   oldest when full;
+    /// - token warnings never wait (they are queued later).
+    ///
+    /// A larger queue absorbs longer pauses of the application at the cost of memory (an
+    /// event holds up to 50 messages of up to 1 KiB each) and of older events when it
+    /// catches up.
+    pub event_queue: usize,
     /// Whether and how to reconnect after a lost connection (on by default).
     pub reconnect: ReconnectPolicy,
     /// Whether the client keeps the member list of each room (on by default). That costs
@@ -115,7 +140,9 @@ impl ClientConfig {
             roots,
             user,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            event_queue: EVENT_QUEUE,
             reconnect: ReconnectPolicy::default(),
             track_members: true,
         }
@@ -388,7 +415,7 @@ async fn establish(
         quic.clone(),
         config.server,
         &config.server_name,
-        config.request_timeout,
+        config.connect_timeout,
         config.request_timeout,
     )
     .await?;
@@ -396,7 +423,7 @@ async fn establish(
         tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
     span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
     let shared = Arc::new(Shared::new(config, endpoint, quic, Arc::clone(&connection)));
-    let (events_tx, events) = Events::channel();
+    let (events_tx, events) = Events::channel(shared.config.event_queue);
     reconnect::start(Arc::clone(&shared), connection, recv, events_tx);
     Ok((Client { handle: Arc::new(Handle { shared, owns_endpoint }) }, events))
 }

@@ -56,7 +56,8 @@ pub struct ReconnectPolicy {
     /// The longest wait between attempts (default 5 s).
     pub max_backoff: Duration,
     /// Give up when the connection was lost this long ago (default 2 min): no attempt starts
-    /// after it, and an attempt's handshake ends by it (and within the request timeout).
+    /// after it, and an attempt's handshake ends by it (and within
+    /// [`super::ClientConfig::connect_timeout`]).
     pub max_elapsed: Duration,
 }
 
@@ -208,7 +209,7 @@ async fn reconnect(
         let _ =
             events.send(Event::ConnectionState(ConnectionState::Reconnecting { attempt })).await;
         let timeout =
-            shared.config.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            shared.config.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let opened = tokio::select! {
             opened = async {
                 tokio::time::sleep(wait).await;

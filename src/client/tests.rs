@@ -404,11 +404,47 @@ async fn connect_to_nothing_fails_in_time() {
         vec![DevPki::generate().expect("pki").ca().expect("ca")],
         user("alice"),
     );
-    config.request_timeout = Duration::from_millis(300);
+    // The handshake is bounded by the connect timeout alone, however long requests may wait.
+    config.connect_timeout = Duration::from_millis(300);
+    config.request_timeout = Duration::from_secs(3600);
     let server = config.server;
     let result = within(Client::connect(config)).await.map(drop);
     let waited = Duration::from_millis(300);
     assert_eq!(result, Err(ClientError::NoAnswer { server, waited }));
+}
+
+#[tokio::test]
+async fn a_full_event_queue_makes_the_lane_wait_and_loses_nothing() {
+    let (client, mut events, conn, _server) = pair_with(|config| {
+        config.event_queue = MIN_EVENT_QUEUE;
+        config.reconnect = ReconnectPolicy::disabled();
+    })
+    .await;
+    let (_peer, mut lane) = login(&client, &conn, "lobby", 7, true).await;
+    let sent = 3 * MIN_EVENT_QUEUE as u64;
+    for id in 1..=sent {
+        send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message(id, "bob")])).await;
+    }
+    // Give the lane reader time to fill the queue; it then waits for the application.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids = Vec::new();
+    // Nothing else runs on this (current-thread) runtime meanwhile: this is what was queued.
+    while let Some(event) = events.try_next() {
+        ids.extend(broadcast_list(event));
+    }
+    assert_eq!(ids.len(), MIN_EVENT_QUEUE, "the queue holds event_queue events");
+    while ids.len() < sent as usize {
+        ids.extend(broadcast_list(within(events.next()).await.expect("event")));
+    }
+    assert_eq!(ids, (1..=sent).collect::<Vec<_>>(), "every broadcast, in order");
+    client.close().await;
+}
+
+fn broadcast_list(event: Event) -> Vec<u64> {
+    match event {
+        Event::Broadcasts { messages, .. } => messages.iter().map(|m| m.id).collect(),
+        other => panic!("expected broadcasts, got {other:?}"),
+    }
 }
 
 #[tokio::test]

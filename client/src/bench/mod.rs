@@ -143,6 +143,7 @@ pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<Exi
         let mut client =
             ClientConfig::new(common.server, &common.server_name, roots, placeholder());
         client.request_timeout = Duration::from_secs_f64(common.timeout);
+        client.connect_timeout = client.request_timeout;
         // A lost connection is a result to report, not something to paper over.
         client.reconnect = ReconnectPolicy::disabled();
         let token: Minter = match &common.token {
