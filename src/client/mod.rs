@@ -25,6 +25,7 @@ mod datagrams;
 mod error;
 mod event;
 mod lanes;
+mod pending;
 mod reconnect;
 mod rooms;
 mod shared;
@@ -43,11 +44,12 @@ use crate::protocol::{
 };
 use crate::transport::client_config;
 
-use connection::{Connection, lock};
+use connection::{Connection, Exchange, lock};
 use shared::Shared;
 
 pub use error::ClientError;
 pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, MIN_EVENT_QUEUE, ReceivedBarrage};
+pub use pending::Pending;
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
 };
@@ -271,57 +273,94 @@ impl Client {
     }
 
     /// Sends a reliable broadcast to every other member of `room`; returns its message ID
-    /// (the room's sequence number).
+    /// (the room's sequence number). To have several in flight, see
+    /// [`Client::start_broadcast_message`].
     pub async fn send_broadcast_message(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
+        self.start_broadcast_message(room, payload).await
+    }
+
+    /// Sends a broadcast like [`Client::send_broadcast_message`], but returns at once: the
+    /// request has gone out (after every request started before it), and its result, the
+    /// message ID, can be awaited later ([`Pending`]). Broadcasts started one after another
+    /// get increasing IDs in call order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: qrelay::client::Client) -> Result<(), qrelay::client::ClientError> {
+    /// let pending: Vec<_> =
+    ///     (0..10).map(|i| client.start_broadcast_message("lobby", format!("#{i}"))).collect();
+    /// for sent in pending {
+    ///     println!("message ID {}", sent.await?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_broadcast_message(&self, room: &str, payload: impl Into<Bytes>) -> Pending<u64> {
         let payload = payload.into();
-        validate_room(room)?;
-        validate_payload(&payload)?;
-        let request = Request::Broadcast { room: room.to_owned(), payload };
-        sent(self.shared().connection()?.request(request).await?)
+        let sent = validate_room(room)
+            .and_then(|()| validate_payload(&payload))
+            .and_then(|()| self.shared().connection())
+            .and_then(|connection| {
+                connection.start(Request::Broadcast { room: room.to_owned(), payload })
+            });
+        Pending::new(sent, sent_id)
     }
 
     /// Sends a barrage message as a QUIC datagram; returns its message ID.
     ///
     /// Best effort: if the datagram or its reply is lost this fails with
     /// [`ClientError::Timeout`] after the request timeout (the message may still have been
-    /// delivered). Needs a login to `room` on this connection (for the room number).
+    /// delivered). Needs a login to `room` on this connection (for the room number). To have
+    /// several in flight, see [`Client::start_barrage_message`].
     pub async fn send_barrage_message(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
+        self.start_barrage_message(room, payload).await
+    }
+
+    /// Sends a barrage message like [`Client::send_barrage_message`], but returns at once
+    /// with its result to await later ([`Pending`]): the datagram has been handed to QUIC.
+    pub fn start_barrage_message(&self, room: &str, payload: impl Into<Bytes>) -> Pending<u64> {
         let payload = payload.into();
-        validate_room(room)?;
-        validate_payload(&payload)?;
-        let connection = self.shared().connection()?;
-        let room_number = lock(&self.shared().rooms)
-            .room_number(room)
-            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))?;
-        sent(connection.barrage(room_number, payload).await?)
+        Pending::new(self.barrage_exchange(room, payload), sent_id)
     }
 
     /// Sends a reliable custom command to the listed user IDs in `room` (an empty list means
-    /// every other member); returns its message ID.
+    /// every other member); returns its message ID. To have several in flight, see
+    /// [`Client::start_custom_command`].
     pub async fn send_custom_command(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
         to: &[&str],
     ) -> Result<u64, ClientError> {
+        self.start_custom_command(room, payload, to).await
+    }
+
+    /// Sends a custom command like [`Client::send_custom_command`], but returns at once: the
+    /// request has gone out (after every request started before it), and its result can be
+    /// awaited later ([`Pending`]).
+    pub fn start_custom_command(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+        to: &[&str],
+    ) -> Pending<u64> {
         let payload = payload.into();
-        validate_room(room)?;
-        validate_payload(&payload)?;
-        validate_targets(to)?;
-        let request = Request::Command {
-            room: room.to_owned(),
-            to: to.iter().map(|id| (*id).to_owned()).collect(),
-            payload,
-        };
-        sent(self.shared().connection()?.request(request).await?)
+        let sent = validate_room(room)
+            .and_then(|()| validate_payload(&payload))
+            .and_then(|()| validate_targets(to))
+            .and_then(|()| self.shared().connection())
+            .and_then(|connection| {
+                let to = to.iter().map(|id| (*id).to_owned()).collect();
+                connection.start(Request::Command { room: room.to_owned(), to, payload })
+            });
+        Pending::new(sent, sent_id)
     }
 
     /// Replaces the connection's token (before or after it expires) without reconnecting.
@@ -379,6 +418,17 @@ impl Client {
             let endpoint = &self.shared().endpoint;
             let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
         }
+    }
+
+    /// Checks a barrage and sends its datagram on the current connection.
+    fn barrage_exchange(&self, room: &str, payload: Bytes) -> Result<Exchange, ClientError> {
+        validate_room(room)?;
+        validate_payload(&payload)?;
+        let connection = self.shared().connection()?;
+        let room_number = lock(&self.shared().rooms)
+            .room_number(room)
+            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))?;
+        connection.barrage(room_number, payload)
     }
 
     /// The current connection; while reconnecting, applies `offline` to the rooms instead
@@ -492,7 +542,7 @@ pub fn validate_targets(to: &[&str]) -> Result<(), ClientError> {
 }
 
 /// The message ID of a `Sent` outcome.
-fn sent(outcome: Outcome) -> Result<u64, ClientError> {
+fn sent_id(outcome: Outcome) -> Result<u64, ClientError> {
     match outcome {
         Outcome::Sent { message_id } => Ok(message_id),
         other => Err(unexpected(other)),

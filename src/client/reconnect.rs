@@ -109,7 +109,7 @@ pub(crate) fn start(
 /// server closed its lane because this client fell behind).
 pub(crate) async fn relogin(
     shared: &Shared,
-    connection: &Connection,
+    connection: &Arc<Connection>,
     room: &str,
     events: &mpsc::Sender<Event>,
 ) {
@@ -284,26 +284,22 @@ async fn restore(
     events: &mpsc::Sender<Event>,
 ) -> Restored {
     let logins = lock(&shared.rooms).relogins();
-    let write = async {
-        let mut sent = Vec::with_capacity(logins.len());
-        for (room, login) in logins {
-            sent.push((room, connection.send(login).await?));
+    let mut sent = Vec::with_capacity(logins.len());
+    for (room, login) in logins {
+        // Waited for (each within the request timeout) only once the readers run.
+        match connection.start_untimed(login) {
+            Ok(exchange) => sent.push((room, exchange)),
+            Err(e) => return Restored::Lost(e.detail()),
         }
-        Ok::<_, ClientError>(sent)
-    };
-    let sent = match tokio::time::timeout(shared.config.request_timeout, write).await {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(e)) => return Restored::Lost(e.detail()),
-        Err(_) => return Restored::Lost("the logins could not be written in time".into()),
-    };
+    }
     if !shared.install(Arc::clone(connection)) {
         return Restored::Closed;
     }
     tracing::info!(conn = connection.quic.stable_id(), rooms = sent.len(), "reconnected");
     let _ = events.send(Event::ConnectionState(ConnectionState::Reconnected)).await;
     let readers = start_readers(shared, connection, recv, events);
-    for (room, sent) in sent {
-        let outcome = tokio::time::timeout(shared.config.request_timeout, sent.outcome())
+    for (room, exchange) in sent {
+        let outcome = tokio::time::timeout(shared.config.request_timeout, exchange)
             .await
             .unwrap_or(Err(ClientError::Timeout));
         relogged(shared, &room, outcome, events).await;

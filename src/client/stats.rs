@@ -17,7 +17,8 @@ pub struct ClientStats {
     pub barrage_unknown_sender: u64,
     /// Datagrams dropped because they did not decode.
     pub datagrams_malformed: u64,
-    /// Replies that matched no waiting request (it had timed out).
+    /// Replies that matched no waiting request: it had timed out, or its [`super::Pending`]
+    /// result had been dropped.
     pub late_replies: u64,
     /// Broadcasts dropped because the application already had them (a replay after a
     /// re-login overlapping what arrived before) or because this client sent them.

@@ -395,6 +395,61 @@ async fn dropping_the_last_handle_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn started_sends_go_out_in_call_order_and_match_replies_in_any_order() {
+    let (client, _events, conn) = pair(Duration::from_millis(500)).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    let first = client.start_broadcast_message("lobby", "one");
+    let second = client.start_custom_command("lobby", "two", &["bob"]);
+    let third = client.start_broadcast_message("lobby", "three");
+    let invalid = client.start_broadcast_message("lobby", "");
+    // Nothing was awaited: the three requests are on the wire, in call order.
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        frames.push(peer.request().await);
+    }
+    let payloads: Vec<_> = frames
+        .iter()
+        .map(|frame| match &frame.body {
+            Request::Broadcast { payload, .. } | Request::Command { payload, .. } => {
+                payload.clone()
+            }
+            other => panic!("unexpected request {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, ["one", "two", "three"].map(|p| Bytes::from_static(p.as_bytes())));
+    // Replies in reverse order reach the right sends.
+    for (frame, id) in frames.iter().rev().zip([30, 20, 10]) {
+        peer.reply(frame.request, Outcome::Sent { message_id: id }).await;
+    }
+    assert_eq!(within(third).await, Ok(30));
+    assert_eq!(within(first).await, Ok(10));
+    assert_eq!(within(second).await, Ok(20));
+    // A local check fails at once, with nothing sent.
+    assert_eq!(within(invalid).await.map_err(|e| e.code()), Err(ErrorCode::PAYLOAD_EMPTY));
+
+    // The timeout runs from the call, not from the await; a dropped send still goes out.
+    let late = client.start_broadcast_message("lobby", "late");
+    drop(client.start_broadcast_message("lobby", "dropped"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Its deadline has passed: the result is there long before a new 500 ms would be.
+    let result = tokio::time::timeout(Duration::from_millis(250), late).await;
+    assert_eq!(result, Ok(Err(ClientError::Timeout)));
+    let late = peer.request().await;
+    let dropped = peer.request().await;
+    assert!(matches!(dropped.body, Request::Broadcast { ref payload, .. } if payload == "dropped"));
+    peer.reply(late.request, Outcome::Sent { message_id: 40 }).await;
+    peer.reply(dropped.request, Outcome::Sent { message_id: 41 }).await;
+    // Neither reply has a taker any more: both are counted as late.
+    let counted = within(async {
+        while client.stats().late_replies < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    counted.await;
+    client.close().await;
+}
+
+#[tokio::test]
 async fn connect_to_nothing_fails_in_time() {
     // A bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -745,6 +800,7 @@ fn handles_can_move_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<Client>();
+    send_sync::<Pending<u64>>();
     send::<Events>();
     send::<Event>();
     send_sync::<ClientError>();

@@ -1,0 +1,78 @@
+//! The client library against a real relay, as an application uses it: pipelined sends.
+
+mod common;
+
+use qrelay::client::{Client, ClientConfig, Event, Events};
+use qrelay::protocol::User;
+
+use common::{TestRelay, test_config, within};
+
+/// A client of `relay` as `user`, logged in to `rooms`, with its config changed by `adjust`.
+async fn client(
+    relay: &TestRelay,
+    user: &str,
+    rooms: &[&str],
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (Client, Events) {
+    let user = User { id: user.into(), name: user.to_uppercase() };
+    let mut config = ClientConfig::new(relay.addr, "localhost", vec![relay.ca.clone()], user);
+    adjust(&mut config);
+    let (client, events) = within(Client::connect(config)).await.expect("connect");
+    for room in rooms {
+        within(client.login_room(room, &relay.token(&client.user().id))).await.expect("login");
+    }
+    (client, events)
+}
+
+/// Waits until `events` has named `user` as a member (so that what it sends next reaches us).
+async fn wait_for_member(events: &mut Events, user: &str) {
+    loop {
+        match within(events.next()).await {
+            Some(Event::UsersJoined { users, .. }) if users.iter().any(|u| u.id == user) => return,
+            Some(_) => continue,
+            None => panic!("events ended before {user} joined"),
+        }
+    }
+}
+
+/// The next broadcasts (IDs and payloads), skipping other events.
+async fn next_broadcasts(events: &mut Events) -> Vec<(u64, String)> {
+    loop {
+        match within(events.next()).await {
+            Some(Event::Broadcasts { messages, .. }) => {
+                return messages
+                    .into_iter()
+                    .map(|m| (m.id, String::from_utf8_lossy(&m.payload).into_owned()))
+                    .collect();
+            }
+            Some(_) => continue,
+            None => panic!("events ended"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pipelined_broadcasts_get_ids_in_call_order() {
+    let relay = TestRelay::start(test_config()).await;
+    let (bob, mut bob_events) = client(&relay, "bob", &["lobby"], |_| {}).await;
+    let (alice, _alice_events) = client(&relay, "alice", &["lobby"], |_| {}).await;
+    wait_for_member(&mut bob_events, "alice").await;
+
+    const N: u64 = 200;
+    // Every send is on its way before the first result is awaited.
+    let pending: Vec<_> =
+        (1..=N).map(|i| alice.start_broadcast_message("lobby", format!("#{i}"))).collect();
+    let mut ids = Vec::new();
+    for sent in pending {
+        ids.push(within(sent).await.expect("sent"));
+    }
+    assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "the relay numbered them in call order");
+    let mut received = Vec::new();
+    while received.len() < N as usize {
+        received.extend(next_broadcasts(&mut bob_events).await);
+    }
+    let expected: Vec<_> = (1..=N).map(|i| (i, format!("#{i}"))).collect();
+    assert_eq!(received, expected);
+    alice.close().await;
+    bob.close().await;
+}
