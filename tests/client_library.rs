@@ -1,4 +1,5 @@
-//! The client library against a real relay, as an application uses it: pipelined sends.
+//! The client library against a real relay, as an application uses it: pipelined sends,
+//! barrage without a reply.
 
 mod common;
 
@@ -73,6 +74,35 @@ async fn pipelined_broadcasts_get_ids_in_call_order() {
     }
     let expected: Vec<_> = (1..=N).map(|i| (i, format!("#{i}"))).collect();
     assert_eq!(received, expected);
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn barrage_without_reply_is_delivered() {
+    let relay = TestRelay::start(test_config()).await;
+    let (bob, mut bob_events) = client(&relay, "bob", &["lobby"], |_| {}).await;
+    let (alice, _alice_events) = client(&relay, "alice", &["lobby"], |_| {}).await;
+    wait_for_member(&mut bob_events, "alice").await;
+
+    alice.send_barrage_message_no_reply("lobby", "👍").expect("sent");
+    let acknowledged = within(alice.send_barrage_message("lobby", "🎉")).await.expect("sent");
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        match within(bob_events.next()).await {
+            Some(Event::Barrages { messages, .. }) => received.extend(messages),
+            Some(_) => continue,
+            None => panic!("events ended"),
+        }
+    }
+    // Datagrams may be reordered on the way: match by payload.
+    let id_of = |text: &str| received.iter().find(|m| m.payload == text.as_bytes()).map(|m| m.id);
+    assert_eq!(id_of("🎉"), Some(acknowledged));
+    let unacknowledged = id_of("👍").expect("the barrage without reply arrived");
+    assert_ne!(unacknowledged, acknowledged, "one per-room sequence for both forms");
+    assert!(received.iter().all(|m| m.from.as_ref().is_some_and(|u| u.id == "alice")));
+    // No reply came for it: the only reply was the acknowledged one's.
+    assert_eq!(alice.stats().late_replies, 0);
     alice.close().await;
     bob.close().await;
 }

@@ -188,6 +188,15 @@ impl Connection {
         Ok(exchange)
     }
 
+    /// Sends a barrage datagram that asks for no reply.
+    pub(crate) fn barrage_no_reply(
+        &self,
+        room_number: u32,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
+        self.send_datagram(&ClientDatagram::BarrageNoReply { room_number, payload })
+    }
+
     /// Hands one encoded datagram to QUIC.
     fn send_datagram(&self, datagram: &ClientDatagram) -> Result<(), ClientError> {
         let datagram = encode_body(datagram).map_err(encode_error)?;

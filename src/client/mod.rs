@@ -330,6 +330,39 @@ impl Client {
         Pending::new(self.barrage_exchange(room, payload), sent_id)
     }
 
+    /// Sends a barrage message as a QUIC datagram and asks the relay for no reply: returns
+    /// once the datagram is handed to QUIC (nothing to await), and costs no request ID, no
+    /// timer and no reply on the control stream.
+    ///
+    /// The message has no ID for the sender, and nothing tells whether it arrived: a
+    /// datagram lost on the way, and a refusal by the relay (`ROOM_RATE_LIMITED`,
+    /// `TOKEN_EXPIRED`…, which the relay counts), go unnoticed. What fails here is what the
+    /// client knows at once: an invalid room or payload, [`ClientError::NotLoggedIn`],
+    /// [`ClientError::Disconnected`], [`ClientError::DatagramUnavailable`]. For live comments
+    /// and reactions, where a lost message is not worth a retry; for the message ID or a
+    /// refusal, use [`Client::send_barrage_message`]. A relay from before this addition to the
+    /// protocol drops the datagram (docs/PROTOCOL.md, "Changelog").
+    ///
+    /// ```no_run
+    /// # fn demo(client: qrelay::client::Client) -> Result<(), qrelay::client::ClientError> {
+    /// for reaction in ["👍", "🎉", "❤️"] {
+    ///     client.send_barrage_message_no_reply("lobby", reaction)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_barrage_message_no_reply(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let payload = payload.into();
+        validate_room(room)?;
+        validate_payload(&payload)?;
+        let connection = self.shared().connection()?;
+        connection.barrage_no_reply(self.room_number(room)?, payload)
+    }
+
     /// Sends a reliable custom command to the listed user IDs in `room` (an empty list means
     /// every other member); returns its message ID. To have several in flight, see
     /// [`Client::start_custom_command`].
@@ -425,10 +458,14 @@ impl Client {
         validate_room(room)?;
         validate_payload(&payload)?;
         let connection = self.shared().connection()?;
-        let room_number = lock(&self.shared().rooms)
+        connection.barrage(self.room_number(room)?, payload)
+    }
+
+    /// The number of `room` on the current connection, for barrage.
+    fn room_number(&self, room: &str) -> Result<u32, ClientError> {
+        lock(&self.shared().rooms)
             .room_number(room)
-            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))?;
-        connection.barrage(room_number, payload)
+            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))
     }
 
     /// The current connection; while reconnecting, applies `offline` to the rooms instead

@@ -211,10 +211,24 @@ async fn login_lane_events_broadcast_and_barrage() {
             let client = client.clone();
             tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
         };
-        let ClientDatagram::Barrage { room_number, request, payload } = peer.datagram().await;
+        let ClientDatagram::Barrage { room_number, request, payload } = peer.datagram().await
+        else {
+            panic!("expected an acknowledged barrage");
+        };
         assert_eq!((room_number, payload.as_ref()), (7, &b"zap"[..]));
         peer.reply(request, Outcome::Sent { message_id: 99 }).await;
         assert_eq!(within(send).await.expect("join"), Ok(99));
+
+        // Barrage out without a reply: nothing to await, no request ID.
+        assert_eq!(client.send_barrage_message_no_reply("lobby", "pow"), Ok(()));
+        assert_eq!(
+            peer.datagram().await,
+            ClientDatagram::BarrageNoReply { room_number: 7, payload: Bytes::from_static(b"pow") }
+        );
+        assert_eq!(
+            client.send_barrage_message_no_reply("elsewhere", "pow"),
+            Err(ClientError::NotLoggedIn("elsewhere".into()))
+        );
 
         // Barrage in: the sender's session is resolved to bob.
         for id in [5, 6] {
@@ -334,7 +348,9 @@ async fn lost_barrage_times_out_and_late_reply_is_counted() {
         let client = client.clone();
         tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
     };
-    let ClientDatagram::Barrage { request, .. } = peer.datagram().await;
+    let ClientDatagram::Barrage { request, .. } = peer.datagram().await else {
+        panic!("expected an acknowledged barrage");
+    };
     let result = within(send).await.expect("join");
     assert_eq!(result, Err(ClientError::Timeout));
     assert_eq!(ClientError::Timeout.code(), ErrorCode::TIMEOUT);
