@@ -1,7 +1,9 @@
 //! The client library against a real relay, as an application uses it: pipelined sends,
-//! barrage without a reply.
+//! barrage without a reply, fresh barrage only.
 
 mod common;
+
+use std::time::Duration;
 
 use qrelay::client::{Client, ClientConfig, Event, Events};
 use qrelay::protocol::User;
@@ -103,6 +105,63 @@ async fn barrage_without_reply_is_delivered() {
     assert!(received.iter().all(|m| m.from.as_ref().is_some_and(|u| u.id == "alice")));
     // No reply came for it: the only reply was the acknowledged one's.
     assert_eq!(alice.stats().late_replies, 0);
+    alice.close().await;
+    bob.close().await;
+}
+
+/// The payloads of the next barrage event, skipping other events.
+async fn next_barrage(events: &mut Events) -> Vec<String> {
+    loop {
+        match within(events.next()).await {
+            Some(Event::Barrages { messages, .. }) => {
+                let text = |m: &qrelay::client::ReceivedBarrage| {
+                    String::from_utf8_lossy(&m.payload).into_owned()
+                };
+                return messages.iter().map(text).collect();
+            }
+            Some(_) => continue,
+            None => panic!("events ended"),
+        }
+    }
+}
+
+/// Waits until `client` has received `n` barrage messages in all.
+async fn received_barrage(client: &Client, n: u64) {
+    within(async {
+        while client.stats().barrage_received < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_stalls_gets_no_stale_barrage_and_counts_the_drops() {
+    let relay = TestRelay::start(test_config()).await;
+    let max_age = Duration::from_millis(400);
+    let (bob, mut bob_events) =
+        client(&relay, "bob", &["lobby"], |config| config.barrage_max_age = Some(max_age)).await;
+    let (alice, _alice_events) = client(&relay, "alice", &["lobby"], |_| {}).await;
+    wait_for_member(&mut bob_events, "alice").await;
+
+    within(alice.send_barrage_message("lobby", "before")).await.expect("sent");
+    assert_eq!(next_barrage(&mut bob_events).await, ["before"]);
+
+    // bob stops reading events; what arrives meanwhile waits in his event queue.
+    const STALE: u64 = 10;
+    for i in 0..STALE {
+        within(alice.send_barrage_message("lobby", format!("stale {i}"))).await.expect("sent");
+    }
+    received_barrage(&bob, 1 + STALE).await;
+    tokio::time::sleep(max_age * 3).await;
+    within(alice.send_barrage_message("lobby", "after")).await.expect("sent");
+    received_barrage(&bob, 2 + STALE).await;
+
+    // Reading again, bob gets only what is younger than the max age.
+    assert_eq!(next_barrage(&mut bob_events).await, ["after"]);
+    assert_eq!(bob_events.try_next(), None);
+    let stats = bob.stats();
+    assert_eq!((stats.barrage_received, stats.barrage_stale), (2 + STALE, STALE));
     alice.close().await;
     bob.close().await;
 }

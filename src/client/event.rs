@@ -1,12 +1,18 @@
 //! What a client receives: room events, token warnings, connection state changes and the
 //! end of the client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, MAX_BATCH, User};
 
+use super::connection::lock;
 use super::rooms::HELD_BARRAGE_PER_ROOM;
+use super::shared::Shared;
+use super::stats::Stats;
 
 /// Default for [`super::ClientConfig::event_queue`]: events buffered between the
 /// connection's reader tasks and [`Events::next`]. When the consumer falls this far behind,
@@ -174,28 +180,61 @@ pub struct ReceivedBarrage {
 /// The queue is bounded ([`super::ClientConfig::event_queue`], default [`EVENT_QUEUE`]): a
 /// consumer that stops reading makes the room lanes wait, which is intended (see
 /// [`super::ClientConfig::event_queue`] for what follows). Barrage datagrams that arrive
-/// meanwhile are dropped by QUIC's small datagram buffer. Dropping `Events` is allowed:
-/// events are then discarded.
+/// meanwhile are dropped by QUIC's small datagram buffer, and barrage that is older than
+/// [`super::ClientConfig::barrage_max_age`] when it is read is dropped here. Dropping `Events`
+/// is allowed: events are then discarded.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    /// The client's configuration, relay clock and counters (for the age rule).
+    shared: Arc<Shared>,
 }
 
 impl Events {
-    /// A channel pair of `capacity` events (at least [`MIN_EVENT_QUEUE`]): the sender for the
-    /// reader tasks, the `Events` for the application.
-    pub(crate) fn channel(capacity: usize) -> (mpsc::Sender<Event>, Events) {
-        let (tx, rx) = mpsc::channel(capacity.max(MIN_EVENT_QUEUE));
-        (tx, Events { rx })
+    /// A channel pair of [`super::ClientConfig::event_queue`] events (at least
+    /// [`MIN_EVENT_QUEUE`]): the sender for the reader tasks, the `Events` for the
+    /// application.
+    pub(crate) fn channel(shared: Arc<Shared>) -> (mpsc::Sender<Event>, Events) {
+        let (tx, rx) = mpsc::channel(shared.config.event_queue.max(MIN_EVENT_QUEUE));
+        (tx, Events { rx, shared })
     }
 
     /// The next event, or `None` after [`Event::Disconnected`] has been delivered.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        loop {
+            let event = self.rx.recv().await?;
+            if let Some(event) = self.fresh(event) {
+                return Some(event);
+            }
+        }
     }
 
     /// The next event if one is ready now, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        loop {
+            let event = self.rx.try_recv().ok()?;
+            if let Some(event) = self.fresh(event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Applies [`super::ClientConfig::barrage_max_age`] to a `Barrages` event: drops (and
+    /// counts) the messages that are too old now, and the event if none is left.
+    fn fresh(&self, event: Event) -> Option<Event> {
+        let Some(max_age) = self.shared.config.barrage_max_age else { return Some(event) };
+        let Event::Barrages { room, mut messages } = event else { return Some(event) };
+        let now = self.shared.local_ms(Instant::now());
+        let before = messages.len();
+        {
+            let clock = lock(&self.shared.relay_clock);
+            messages.retain(|m| !clock.is_stale(max_age, now, m.sent_at_ms));
+        }
+        let stale = before - messages.len();
+        if stale > 0 {
+            Stats::add(&self.shared.stats.barrage_stale, stale as u64);
+            tracing::debug!(room, stale, "barrage older than barrage_max_age dropped");
+        }
+        (!messages.is_empty()).then_some(Event::Barrages { room, messages })
     }
 }

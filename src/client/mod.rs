@@ -24,6 +24,7 @@ mod control;
 mod datagrams;
 mod error;
 mod event;
+mod freshness;
 mod lanes;
 mod pending;
 mod reconnect;
@@ -42,13 +43,14 @@ use crate::protocol::{
     ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, Outcome, Request, User, check_payload,
     check_room_id, check_user_id, check_user_name, close,
 };
-use crate::transport::client_config;
+use crate::transport::client_config_with;
 
 use connection::{Connection, Exchange, lock};
 use shared::Shared;
 
 pub use error::ClientError;
 pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, MIN_EVENT_QUEUE, ReceivedBarrage};
+pub use freshness::DEFAULT_BARRAGE_MAX_AGE;
 pub use pending::Pending;
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
@@ -96,14 +98,40 @@ pub struct ClientConfig {
     ///   lane queue for it overflows is dropped from the room as too slow (`SLOW_RECEIVER`);
     ///   with automatic reconnect on, the client logs in again at once and the missed
     ///   broadcasts are replayed ([`Event::Recovered`]), so none is lost;
-    /// - barrage datagrams wait in QUIC's datagram receive buffer (64 KiB), which drops the
-    ///   oldest when full;
+    /// - barrage datagrams wait in QUIC's datagram receive buffer, which drops the oldest
+    ///   when full, and barrage older than [`ClientConfig::barrage_max_age`] is dropped when
+    ///   the application reads it (and counted: [`ClientStats::barrage_stale`]);
     /// - token warnings never wait (they are queued later).
     ///
     /// A larger queue absorbs longer pauses of the application at the cost of memory (an
     /// event holds up to 50 messages of up to 1 KiB each) and of older events when it
     /// catches up.
     pub event_queue: usize,
+    /// Deliver only barrage younger than this (default [`DEFAULT_BARRAGE_MAX_AGE`], 500 ms;
+    /// `None`: any age). Barrage is live: a comment that reaches the application seconds
+    /// late, after waiting in buffers while the application or the network fell behind, is
+    /// worse than none.
+    ///
+    /// - **The rule.** [`Events::next`] drops every barrage message older than this when it
+    ///   hands out its `Barrages` event (dropping the event if none is left), and counts it in
+    ///   [`ClientStats::barrage_stale`]. So it holds however long the message waited in the
+    ///   event queue: an application that did not read events for longer than this gets no
+    ///   barrage from before its pause.
+    /// - **The age** is on the relay's clock: now, as the relay's clock reads it, minus the
+    ///   message's `sent_at_ms`. The client estimates the relay's clock from the
+    ///   `sent_at_ms` of the barrage it receives, with no clock synchronisation: its offset
+    ///   from this client's clock is the smallest `receive time − sent_at_ms` of the last
+    ///   minute (that is the offset plus the smallest delay on the way). An age is therefore
+    ///   how much longer than the fastest recent barrage a message has been on its way (the
+    ///   time it waited in queues and buffers), short of the true age by that smallest delay
+    ///   (well under 1 ms on a LAN). A relay clock that steps back by more than the max age
+    ///   makes barrage look old for up to a minute.
+    /// - **The buffer.** The QUIC datagram receive buffer is sized to hold what the relay's
+    ///   default limits let arrive within this age (115 kB/s: 20 barrage/s in each of 5
+    ///   rooms; at least 19 KiB, at most 1 MiB; 64 KiB with `None`): 57.5 kB for the default.
+    ///   When it is full QUIC drops the oldest datagram, so little that is already too old
+    ///   waits there.
+    pub barrage_max_age: Option<Duration>,
     /// Whether and how to reconnect after a lost connection (on by default).
     pub reconnect: ReconnectPolicy,
     /// Whether the client keeps the member list of each room (on by default). That costs
@@ -145,6 +173,7 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             event_queue: EVENT_QUEUE,
+            barrage_max_age: Some(DEFAULT_BARRAGE_MAX_AGE),
             reconnect: ReconnectPolicy::default(),
             track_members: true,
         }
@@ -495,7 +524,8 @@ async fn establish(
     owns_endpoint: bool,
     config: ClientConfig,
 ) -> Result<(Client, Events), ClientError> {
-    let quic = client_config(&config.roots, config.idle_timeout)
+    let datagram_buffer = freshness::datagram_buffer(config.barrage_max_age);
+    let quic = client_config_with(&config.roots, config.idle_timeout, datagram_buffer)
         .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
     let (connection, recv) = Connection::open(
         &endpoint,
@@ -510,7 +540,7 @@ async fn establish(
         tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
     span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
     let shared = Arc::new(Shared::new(config, endpoint, quic, Arc::clone(&connection)));
-    let (events_tx, events) = Events::channel(shared.config.event_queue);
+    let (events_tx, events) = Events::channel(Arc::clone(&shared));
     reconnect::start(Arc::clone(&shared), connection, recv, events_tx);
     Ok((Client { handle: Arc::new(Handle { shared, owns_endpoint }) }, events))
 }

@@ -347,6 +347,8 @@ fn start_readers(
         conn = connection.quic.stable_id(),
         user = %shared.config.user.id
     );
+    // Another connection may be to another relay, with another clock.
+    lock(&shared.relay_clock).reset();
     let (shared, connection) = (Arc::clone(shared), Arc::clone(connection));
     vec![
         tokio::spawn(
