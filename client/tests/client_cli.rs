@@ -664,7 +664,10 @@ async fn cli_listen_keeps_running_through_a_restart_and_exits_when_it_gives_up()
 #[tokio::test]
 async fn a_fresh_senders_first_barrage_reaches_the_listener() {
     const SENDERS: usize = 30;
-    let relay = Relay::start_on_thread();
+    let mut relay = Relay::start_on_thread();
+    // bob reads his events only once every sender is done, seconds after the first barrage:
+    // keep barrage of any age (by default what is older than 500 ms when read is dropped).
+    relay.config.barrage_max_age = None;
     let (bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
     for i in 0..SENDERS {
         let (sender, _events) = relay.client(&format!("s{i}"), &["lobby"]).await;
