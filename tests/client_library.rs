@@ -1,11 +1,11 @@
 //! The client library against a real relay, as an application uses it: pipelined sends,
-//! barrage without a reply, fresh barrage only.
+//! barrage without a reply, fresh barrage only, host names and lists of relay addresses.
 
 mod common;
 
 use std::time::Duration;
 
-use qrelay::client::{Client, ClientConfig, Event, Events};
+use qrelay::client::{Client, ClientConfig, ConnectionState, Event, Events, ServerList};
 use qrelay::protocol::User;
 
 use common::{TestRelay, test_config, within};
@@ -164,4 +164,63 @@ async fn a_receiver_that_stalls_gets_no_stale_barrage_and_counts_the_drops() {
     assert_eq!((stats.barrage_received, stats.barrage_stale), (2 + STALE, STALE));
     alice.close().await;
     bob.close().await;
+}
+
+#[tokio::test]
+async fn a_host_name_and_a_list_of_addresses_connect() {
+    let relay = TestRelay::start(test_config()).await;
+    let by_name: ServerList = format!("localhost:{}", relay.addr.port()).parse().expect("list");
+    let (alice, _events) = client(&relay, "alice", &["lobby"], |config| {
+        config.server = by_name;
+    })
+    .await;
+    assert_eq!(within(alice.send_broadcast_message("lobby", "hi")).await, Ok(1));
+    alice.close().await;
+
+    // A dead address first: it gets the connect timeout, then the next one is tried.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let list = format!("{},localhost:{}", silent.local_addr().expect("addr"), relay.addr.port());
+    let (bob, _events) = client(&relay, "bob", &["lobby"], |config| {
+        config.server = list.parse().expect("list");
+        config.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    assert_eq!(within(bob.send_broadcast_message("lobby", "hi")).await, Ok(2));
+    bob.close().await;
+}
+
+/// Waits for the `Reconnected` event, skipping others.
+async fn reconnected(events: &mut Events) {
+    loop {
+        match within(events.next()).await {
+            Some(Event::ConnectionState(ConnectionState::Reconnected)) => return,
+            Some(Event::ConnectionState(ConnectionState::Failed { reason })) => panic!("{reason}"),
+            Some(_) => continue,
+            None => panic!("events ended"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_connection_moves_on_to_the_next_relay() {
+    let a = TestRelay::start(test_config()).await;
+    let b = TestRelay::start(test_config()).await;
+    let list = format!("{},{}", a.addr, b.addr);
+    let (alice, mut events) = client(&a, "alice", &["lobby"], |config| {
+        config.server = list.parse().expect("list");
+        config.roots.push(b.ca.clone());
+        config.reconnect.initial_backoff = Duration::from_millis(20);
+    })
+    .await;
+    let connected_to = |client: &Client| client.connection().map(|c| c.remote_address());
+    assert_eq!(connected_to(&alice), Some(a.addr));
+    // Both relays keep running: only the order of the list decides where the client goes.
+    for next in [b.addr, a.addr] {
+        alice.connection().expect("connected").close(0u32.into(), b"network lost");
+        reconnected(&mut events).await;
+        assert_eq!(connected_to(&alice), Some(next));
+        let id = within(alice.send_broadcast_message("lobby", "still here")).await;
+        assert!(id.is_ok(), "logged in again on {next}: {id:?}");
+    }
+    alice.close().await;
 }

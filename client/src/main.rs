@@ -6,7 +6,6 @@ mod bench;
 mod chat;
 mod render;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
 use qrelay::client::{
-    Client, ClientConfig, ClientError, Event, Events, validate_payload, validate_room,
+    Client, ClientConfig, ClientError, Event, Events, ServerList, validate_payload, validate_room,
     validate_targets, validate_user,
 };
 use qrelay::protocol::{ErrorCode, User};
@@ -41,9 +40,10 @@ struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 struct Common {
-    /// The relay's UDP address.
+    /// The relay's UDP address, HOST:PORT or IP:PORT; several, separated by commas, are
+    /// tried in order.
     #[arg(long, global = true, default_value = "127.0.0.1:4433")]
-    server: SocketAddr,
+    server: ServerList,
     /// The name the server certificate must be valid for.
     #[arg(long, global = true, default_value = "localhost")]
     server_name: String,
@@ -220,7 +220,7 @@ async fn connect(common: &Common) -> Result<Session, ClientError> {
         ))
     })?;
     let token = token(common, &user.id)?;
-    let mut config = ClientConfig::new(common.server, &common.server_name, roots, user);
+    let mut config = ClientConfig::new(common.server.clone(), &common.server_name, roots, user);
     config.request_timeout = Duration::from_secs_f64(common.timeout);
     config.connect_timeout = config.request_timeout;
     config.reconnect.enabled = !common.no_reconnect;

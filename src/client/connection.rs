@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::{ConnectionError, RecvStream, SendDatagramError, SendStream, VarInt, WriteError};
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::protocol::{
     ClientDatagram, CodecError, Outcome, Reply, Request, RequestFrame, close, encode_body,
@@ -108,6 +108,8 @@ pub(crate) struct Ended {
     /// Whether this library closed it ([`super::Client::close`], the last handle dropped,
     /// or a protocol violation by the server): such a close is final.
     pub(crate) by_client: bool,
+    /// The relay address it was connected to (a reconnect tries the next one first).
+    pub(crate) server: SocketAddr,
 }
 
 impl Connection {
@@ -146,6 +148,49 @@ impl Connection {
             local_close: Mutex::new(None),
         };
         Ok((Arc::new(connection), recv))
+    }
+
+    /// Connects to the first of `addrs` that answers, in order, each within
+    /// `connect_timeout` (and all by `deadline`, if given). When every one fails, the error
+    /// is the first that is not [`ClientError::NoAnswer`] (a refused handshake or an untrusted
+    /// certificate says more), else the last address's `NoAnswer`.
+    pub(crate) async fn open_any(
+        endpoint: &quinn::Endpoint,
+        quic: &quinn::ClientConfig,
+        addrs: &[SocketAddr],
+        server_name: &str,
+        connect_timeout: Duration,
+        deadline: Option<Instant>,
+        request_timeout: Duration,
+    ) -> Result<(Arc<Connection>, RecvStream), ClientError> {
+        let mut failure: Option<ClientError> = None;
+        for &server in addrs {
+            let left =
+                deadline.map_or(connect_timeout, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                break;
+            }
+            let timeout = connect_timeout.min(left);
+            match Connection::open(
+                endpoint,
+                quic.clone(),
+                server,
+                server_name,
+                timeout,
+                request_timeout,
+            )
+            .await
+            {
+                Ok(opened) => return Ok(opened),
+                Err(error) => {
+                    tracing::debug!(%server, %error, "relay address failed");
+                    if failure.as_ref().is_none_or(|f| matches!(f, ClientError::NoAnswer { .. })) {
+                        failure = Some(error);
+                    }
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| ClientError::Connect("no relay address to try".into())))
     }
 
     /// Sends a request and waits for its reply, at most the request timeout. Cancelling the
@@ -267,7 +312,8 @@ impl Connection {
             None => reason.clone(),
         };
         self.fail_all(summary.clone());
-        Ended { event: Event::Disconnected { code, reason }, reason: summary, by_client }
+        let server = self.quic.remote_address();
+        Ended { event: Event::Disconnected { code, reason }, reason: summary, by_client, server }
     }
 
     /// Allocates a request ID and the channel its reply will come on (an exchange without
@@ -355,10 +401,11 @@ impl ControlWriter {
     }
 }
 
-/// The local address a client endpoint binds to reach `server`: any address, any port, of
-/// the same IP family.
-pub(crate) fn bind_address(server: SocketAddr) -> SocketAddr {
-    if server.is_ipv6() {
+/// The local address a client endpoint binds to reach `servers`: any address, any port, of
+/// IPv4 when every server is IPv4, else of IPv6 (quinn makes it dual-stack where the system
+/// allows, so it reaches IPv4 servers too).
+pub(crate) fn bind_address(servers: &[SocketAddr]) -> SocketAddr {
+    if servers.iter().any(SocketAddr::is_ipv6) {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()

@@ -4,12 +4,17 @@
 //! [`Client`] handle for requests and an [`Events`] stream for what arrives. Inside:
 //! - `shared`: what lives as long as the client: the current connection (swapped on
 //!   reconnect), the rooms, the counters;
+//! - `servers`: [`ServerList`], the relay addresses and host names, resolved and tried in
+//!   order;
 //! - `connection`: one QUIC connection: opening it, request/reply matching, closing;
+//! - `pending`: [`Pending`], the result of a send that has gone out, to await later;
 //! - `reconnect`: the supervisor task: watches the connection, reconnects with backoff and
 //!   logs back in to every room with recovery; [`ReconnectPolicy`];
 //! - `control`: the control-stream reader (replies, token warnings);
 //! - `lanes`: one reader task per room lane (user updates, broadcasts, commands, close);
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
+//! - `freshness`: the relay's clock estimated from barrage timestamps, for
+//!   [`ClientConfig::barrage_max_age`];
 //! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
 //!   broadcast ID delivered), lanes, members, barrage sender resolution, and the barrage
 //!   held until a lane names its room or sender.
@@ -29,6 +34,7 @@ mod lanes;
 mod pending;
 mod reconnect;
 mod rooms;
+mod servers;
 mod shared;
 mod stats;
 
@@ -55,6 +61,7 @@ pub use pending::Pending;
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
 };
+pub use servers::{ServerList, ServerListError};
 pub use stats::ClientStats;
 
 /// Default for [`ClientConfig::idle_timeout`].
@@ -69,8 +76,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The relay's UDP address.
-    pub server: SocketAddr,
+    /// Where the relay is: an address or a host name with its port, or several, tried in
+    /// order ([`ServerList`]; e.g. `"localhost:4433".parse()?`, or a `SocketAddr`). After a
+    /// lost connection the client starts with the address after the one it lost.
+    pub server: ServerList,
     /// The name the server certificate must be valid for (TLS SNI), e.g. `localhost`.
     pub server_name: String,
     /// CA certificates to trust.
@@ -157,15 +166,29 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A configuration with the default timeouts and automatic reconnect.
+    /// A configuration with the default timeouts and automatic reconnect. `server` is a
+    /// `SocketAddr` or a [`ServerList`]:
+    ///
+    /// ```no_run
+    /// use qrelay::client::{ClientConfig, ServerList};
+    /// use qrelay::protocol::User;
+    ///
+    /// # fn demo() -> anyhow::Result<()> {
+    /// let roots = qrelay::certs::load_certs("certs/ca.pem".as_ref())?;
+    /// let user = User { id: "alice".into(), name: "Alice".into() };
+    /// let relays: ServerList = "relay-a.example.com:4433,relay-b.example.com:4433".parse()?;
+    /// let config = ClientConfig::new(relays, "relay.example.com", roots, user);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(
-        server: SocketAddr,
+        server: impl Into<ServerList>,
         server_name: impl Into<String>,
         roots: Vec<CertificateDer<'static>>,
         user: User,
     ) -> Self {
         Self {
-            server,
+            server: server.into(),
             server_name: server_name.into(),
             roots,
             user,
@@ -211,8 +234,9 @@ impl Drop for Handle {
 }
 
 impl Client {
-    /// Connects, opens the control stream and starts the reader tasks and the reconnect
-    /// supervisor. A failure to connect here is returned, not retried.
+    /// Resolves [`ClientConfig::server`], connects to the first address that answers, opens
+    /// the control stream and starts the reader tasks and the reconnect supervisor. A failure
+    /// to connect here is returned, not retried.
     ///
     /// The server closes a connection that sends nothing on its control stream within 10 s
     /// of the handshake (close code `NO_CONTROL_STREAM`), and one that is in no room for 10 s
@@ -224,10 +248,11 @@ impl Client {
     /// connections from one process, share endpoints with [`Client::connect_with`].
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
-        let bind = connection::bind_address(config.server);
+        let addrs = resolve(&config).await?;
+        let bind = connection::bind_address(&addrs);
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
-        establish(endpoint, true, config).await
+        establish(endpoint, true, config, &addrs).await
     }
 
     /// Like [`Client::connect`], but on an endpoint the caller created, so that many
@@ -246,7 +271,8 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
-        establish(endpoint.clone(), false, config).await
+        let addrs = resolve(&config).await?;
+        establish(endpoint.clone(), false, config, &addrs).await
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
@@ -518,27 +544,44 @@ impl Client {
     }
 }
 
-/// Connects through `endpoint` and starts the readers and the reconnect supervisor.
+/// The addresses of [`ClientConfig::server`], resolved within the connect timeout.
+async fn resolve(config: &ClientConfig) -> Result<Vec<SocketAddr>, ClientError> {
+    tokio::time::timeout(config.connect_timeout, config.server.resolve()).await.unwrap_or_else(
+        |_| {
+            Err(ClientError::Connect(format!(
+                "cannot resolve {} within {}",
+                config.server,
+                humantime::format_duration(config.connect_timeout)
+            )))
+        },
+    )
+}
+
+/// Connects through `endpoint` to the first of `addrs` that answers and starts the readers
+/// and the reconnect supervisor.
 async fn establish(
     endpoint: quinn::Endpoint,
     owns_endpoint: bool,
     config: ClientConfig,
+    addrs: &[SocketAddr],
 ) -> Result<(Client, Events), ClientError> {
     let datagram_buffer = freshness::datagram_buffer(config.barrage_max_age);
     let quic = client_config_with(&config.roots, config.idle_timeout, datagram_buffer)
         .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
-    let (connection, recv) = Connection::open(
+    let (connection, recv) = Connection::open_any(
         &endpoint,
-        quic.clone(),
-        config.server,
+        &quic,
+        addrs,
         &config.server_name,
         config.connect_timeout,
+        None,
         config.request_timeout,
     )
     .await?;
     let span =
         tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
-    span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
+    let server = connection.quic.remote_address();
+    span.in_scope(|| tracing::debug!(%server, "connected"));
     let shared = Arc::new(Shared::new(config, endpoint, quic, Arc::clone(&connection)));
     let (events_tx, events) = Events::channel(Arc::clone(&shared));
     reconnect::start(Arc::clone(&shared), connection, recv, events_tx);

@@ -24,7 +24,7 @@ use super::error::ClientError;
 use super::event::{ConnectionState, Event};
 use super::shared::Shared;
 use super::stats::Stats;
-use super::{control, datagrams, lanes};
+use super::{control, datagrams, lanes, servers};
 
 /// Default for [`ReconnectPolicy::initial_backoff`].
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -208,17 +208,19 @@ async fn reconnect(
         }
         let _ =
             events.send(Event::ConnectionState(ConnectionState::Reconnecting { attempt })).await;
-        let timeout =
-            shared.config.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let opened = tokio::select! {
             opened = async {
                 tokio::time::sleep(wait).await;
-                Connection::open(
+                // Resolved anew each time (a DNS record may have changed), tried from the
+                // address after the one that was lost.
+                let addrs = super::resolve(&shared.config).await?;
+                Connection::open_any(
                     &shared.endpoint,
-                    shared.quic.clone(),
-                    shared.config.server,
+                    &shared.quic,
+                    &servers::after(&addrs, Some(lost.server)),
                     &shared.config.server_name,
-                    timeout,
+                    shared.config.connect_timeout,
+                    Some(deadline),
                     shared.config.request_timeout,
                 )
                 .await

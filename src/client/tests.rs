@@ -469,8 +469,9 @@ async fn started_sends_go_out_in_call_order_and_match_replies_in_any_order() {
 async fn connect_to_nothing_fails_in_time() {
     // A bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let server = silent.local_addr().expect("addr");
     let mut config = ClientConfig::new(
-        silent.local_addr().expect("addr"),
+        server,
         "localhost",
         vec![DevPki::generate().expect("pki").ca().expect("ca")],
         user("alice"),
@@ -478,7 +479,6 @@ async fn connect_to_nothing_fails_in_time() {
     // The handshake is bounded by the connect timeout alone, however long requests may wait.
     config.connect_timeout = Duration::from_millis(300);
     config.request_timeout = Duration::from_secs(3600);
-    let server = config.server;
     let result = within(Client::connect(config)).await.map(drop);
     let waited = Duration::from_millis(300);
     assert_eq!(result, Err(ClientError::NoAnswer { server, waited }));
