@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
     let [server, ca, user, token, room, rest @ ..] = args.as_slice() else {
         bail!(USAGE);
     };
-    let server = server.parse().with_context(|| format!("server address {server:?}"))?;
+    let server: qrelay::client::ServerList =
+        server.parse().with_context(|| format!("server address {server:?}"))?;
     let roots = CertificateDer::pem_file_iter(ca)
         .with_context(|| format!("cannot read {ca}"))?
         .collect::<Result<Vec<_>, _>>()

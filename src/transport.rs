@@ -25,6 +25,11 @@ const MAX_ACK_DELAY: Duration = Duration::from_millis(20);
 /// Longest interval between a client's keep-alives (see `transport_config`).
 const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 
+/// Incoming barrage a connection buffers until the application reads it (see
+/// `transport_config`); a client sizes its own to the age of barrage it keeps
+/// ([`client_config_with`]).
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -91,7 +96,7 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
         }
     }
     // Incoming barrage not yet read by the application; older datagrams are dropped past this.
-    config.datagram_receive_buffer_size(Some(64 * 1024));
+    config.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     // Outgoing barrage queued per connection: small, so a congested receiver gets barrage
     // dropped (quinn drops the oldest) instead of delivered seconds late.
     config.datagram_send_buffer_size(64 * 1024);
@@ -232,6 +237,18 @@ pub fn client_config(
     roots: &[CertificateDer<'static>],
     idle_timeout: Duration,
 ) -> Result<quinn::ClientConfig, rustls::Error> {
+    client_config_with(roots, idle_timeout, DATAGRAM_RECEIVE_BUFFER)
+}
+
+/// [`client_config`] with a datagram receive buffer of `datagram_receive_buffer` bytes
+/// instead of [`DATAGRAM_RECEIVE_BUFFER`] (at least one full datagram and quinn's 32 bytes
+/// of bookkeeping for it: quinn closes the connection on a datagram that does not fit the
+/// whole buffer).
+pub fn client_config_with(
+    roots: &[CertificateDer<'static>],
+    idle_timeout: Duration,
+    datagram_receive_buffer: usize,
+) -> Result<quinn::ClientConfig, rustls::Error> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone())?;
@@ -245,7 +262,9 @@ pub fn client_config(
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| rustls::Error::General(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(Side::Client, idle_timeout)));
+    let mut transport = transport_config(Side::Client, idle_timeout);
+    transport.datagram_receive_buffer_size(Some(datagram_receive_buffer));
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

@@ -106,9 +106,14 @@ fn lane_event() -> impl Strategy<Value = LaneEvent> {
 }
 
 fn client_datagram() -> impl Strategy<Value = ClientDatagram> {
-    (any::<u32>(), any::<u32>(), payload()).prop_map(|(room_number, request, payload)| {
-        ClientDatagram::Barrage { room_number, request, payload }
-    })
+    prop_oneof![
+        (any::<u32>(), any::<u32>(), payload()).prop_map(|(room_number, request, payload)| {
+            ClientDatagram::Barrage { room_number, request, payload }
+        }),
+        (any::<u32>(), payload()).prop_map(|(room_number, payload)| {
+            ClientDatagram::BarrageNoReply { room_number, payload }
+        }),
+    ]
 }
 
 fn server_datagram() -> impl Strategy<Value = ServerDatagram> {

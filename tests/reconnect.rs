@@ -35,6 +35,7 @@ async fn client(
 /// Short timeouts and backoff, so that the tests' outages end soon.
 fn quick(config: &mut ClientConfig) {
     config.request_timeout = Duration::from_secs(1);
+    config.connect_timeout = Duration::from_secs(1);
     config.reconnect.initial_backoff = Duration::from_millis(50);
     config.reconnect.max_backoff = Duration::from_millis(300);
 }
@@ -133,7 +134,7 @@ async fn a_receiver_cut_off_mid_stream_gets_every_broadcast_exactly_once() {
     let path = Cuttable::start(relay.addr).await;
     let (bob, mut bob_events) = client(&relay, "bob", &["lobby"], |config| {
         quick(config);
-        config.server = path.addr;
+        config.server = path.addr.into();
         config.idle_timeout = Duration::from_millis(500);
     })
     .await;
@@ -213,6 +214,7 @@ async fn reconnecting_gives_up_after_its_bound() {
     let relay = TestRelay::start(test_config()).await;
     let (bob, mut events) = client(&relay, "bob", &["lobby"], |config| {
         config.request_timeout = Duration::from_millis(300);
+        config.connect_timeout = Duration::from_millis(300);
         config.reconnect = ReconnectPolicy {
             enabled: true,
             initial_backoff: Duration::from_millis(20),
@@ -330,7 +332,7 @@ async fn barrage_to_a_receiver_whose_path_is_gone_is_dropped_and_counted_not_que
     let path = Cuttable::start(relay.addr).await;
     // bob sits behind a path that will go away; his long idle timeout keeps the connection.
     let (_bob, _bob_events) = client(&relay, "bob", &["lobby"], |config| {
-        config.server = path.addr;
+        config.server = path.addr.into();
         config.idle_timeout = Duration::from_secs(30);
     })
     .await;

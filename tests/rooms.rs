@@ -492,6 +492,50 @@ async fn barrage_travels_as_datagrams_both_ways() {
 }
 
 #[tokio::test]
+async fn barrage_without_reply_reaches_receivers_and_gets_no_reply() {
+    let relay = TestRelay::start(test_config()).await;
+    let mut alice = relay.raw_peer().await;
+    let (room_number, session) = match alice.login(&relay, "alice", "lobby").await {
+        Outcome::LoggedIn { room_number, session } => (room_number, session),
+        other => panic!("{other:?}"),
+    };
+    let (bob, _bob_lane) = relay.raw_member("bob", "lobby").await;
+    let no_reply = |payload: &'static [u8]| {
+        let datagram = qrelay::protocol::ClientDatagram::BarrageNoReply {
+            room_number,
+            payload: Bytes::from_static(payload),
+        };
+        qrelay::protocol::encode_body(&datagram).unwrap()
+    };
+
+    alice.conn.send_datagram(no_reply(b"wow")).unwrap();
+    let datagram = within(bob.conn.read_datagram()).await.unwrap();
+    let ServerDatagram::Barrage(message) = decode_datagram(&datagram).unwrap();
+    assert_eq!((message.room_number, message.sender), (room_number, session));
+    assert_eq!(message.payload, Bytes::from_static(b"wow"));
+    // A refused one (an empty payload) gets no reply either, and is counted.
+    alice.conn.send_datagram(no_reply(b"")).unwrap();
+    within(async {
+        while relay.handle.stats().requests_refused < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The relay handled both before this request: had it replied, the replies would come
+    // first. The next frame on the control stream answers the broadcast.
+    let mut frame = bytes::BytesMut::new();
+    let broadcast = Request::Broadcast { room: "lobby".into(), payload: Bytes::from_static(b"b") };
+    encode_frame(&RequestFrame { request: 77, body: broadcast }, &mut frame).unwrap();
+    alice.write_raw(&frame).await;
+    match within(alice.control.next::<ControlFrame>()).await.unwrap() {
+        Some(ControlFrame::Reply(reply)) => assert_eq!(reply.request, 77, "{reply:?}"),
+        other => panic!("expected the broadcast's reply, got {other:?}"),
+    }
+    let stats = relay.handle.stats();
+    assert_eq!((stats.barrages, stats.datagrams_received, stats.datagrams_sent), (1, 2, 1));
+}
+
+#[tokio::test]
 async fn closing_the_control_stream_closes_the_connection_normally() {
     let relay = TestRelay::start(test_config()).await;
     let (mut peer, _lane) = relay.raw_member("alice", "lobby").await;

@@ -6,7 +6,6 @@ mod bench;
 mod chat;
 mod render;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,8 +14,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use qrelay::auth::TokenKey;
 use qrelay::certs::load_certs;
 use qrelay::client::{
-    Client, ClientConfig, ClientError, ConnectionState, Event, Events, validate_payload,
-    validate_room, validate_targets, validate_user,
+    Client, ClientConfig, ClientError, ConnectionState, Event, Events, ServerList,
+    validate_payload, validate_room, validate_targets, validate_user,
 };
 use qrelay::protocol::{ErrorCode, User};
 use serde::Serialize;
@@ -49,15 +48,16 @@ const NOT_FOR_BENCH: [&str; 4] = ["user", "name", "no_reconnect", "reconnect_for
 /// Options every subcommand takes, before or after its name.
 #[derive(Debug, Args)]
 struct Common {
-    /// The relay's UDP address.
+    /// The relay's UDP address, HOST:PORT or IP:PORT; several, separated by commas, are
+    /// tried in order.
     #[arg(
         long,
         global = true,
         default_value = "127.0.0.1:4433",
-        value_name = "ADDR",
+        value_name = "ADDR[,ADDR...]",
         help_heading = CONNECTION_OPTIONS
     )]
-    server: SocketAddr,
+    server: ServerList,
     /// The name the server certificate must be valid for.
     #[arg(
         long,
@@ -310,8 +310,9 @@ async fn connect(common: &Common) -> Result<Session, Failure> {
         ))
     })?;
     let token = token(common, &user.id)?;
-    let mut config = ClientConfig::new(common.server, &common.server_name, roots, user);
+    let mut config = ClientConfig::new(common.server.clone(), &common.server_name, roots, user);
     config.request_timeout = Duration::from_secs_f64(common.timeout);
+    config.connect_timeout = config.request_timeout;
     config.reconnect.enabled = !common.no_reconnect;
     config.reconnect.max_elapsed = Duration::from_secs_f64(common.reconnect_for);
     let (client, events) = Client::connect(config).await.map_err(|e| explain(e, common))?;

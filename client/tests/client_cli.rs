@@ -92,7 +92,8 @@ impl Relay {
         self.handle.shutdown().await;
         let Relay { handle, config, tokens, dir, pki, _thread } = self;
         drop(handle);
-        let listen = ServerConfig { listen: config.server, ..server_config() };
+        let addr = config.server.to_string().parse().expect("one IP address");
+        let listen = ServerConfig { listen: addr, ..server_config() };
         // The old socket is released once the old connections' tasks have ended.
         let server = within(async {
             loop {
@@ -397,6 +398,39 @@ async fn cli_one_shot_commands() {
         relay.run("alice", &["--token", "bad", "broadcast", "--room", "lobby", "x"]).await;
     assert!(!ok);
     assert_eq!(failure(&line)[..4], ["broadcast", "lobby", "2001", "TOKEN_INVALID"]);
+}
+
+#[tokio::test]
+async fn cli_server_takes_a_host_name_and_a_list() {
+    let relay = Relay::start(|_| {}).await;
+    let (_bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
+    let port = relay.config.server.to_string().rsplit_once(':').expect("port").1.to_owned();
+    // A UDP port held by a socket that never answers, tried first.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent = silent.local_addr().expect("addr");
+    let ca = relay.path("ca.pem");
+    for (server, text) in
+        [(format!("localhost:{port}"), "by name"), (format!("{silent},localhost:{port}"), "second")]
+    {
+        let args = ["--timeout", "0.5", "broadcast", "--room", "lobby", text];
+        let (ok, line) = json_line(relay.cli_at("alice", &server, &ca).args(args)).await;
+        assert!(ok, "--server {server}: {line}");
+        match next_message(&mut bob_events).await {
+            Event::Broadcasts { messages, .. } => {
+                assert_eq!(messages[0].payload.as_ref(), text.as_bytes())
+            }
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+    // A malformed --server is a usage error that says what is expected.
+    let output = within(
+        relay.cli_at("alice", "localhost", &ca).args(["listen", "--room", "lobby"]).output(),
+    )
+    .await
+    .expect("run cli");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("expected HOST:PORT or IP:PORT"), "{stderr}");
 }
 
 /// A one-shot command's failure line (checked to be one): kind, room, code, error, detail.
@@ -792,7 +826,10 @@ async fn cli_listen_keeps_running_through_a_restart_and_exits_when_it_gives_up()
 #[tokio::test]
 async fn a_fresh_senders_first_barrage_reaches_the_listener() {
     const SENDERS: usize = 30;
-    let relay = Relay::start_on_thread();
+    let mut relay = Relay::start_on_thread();
+    // bob reads his events only once every sender is done, seconds after the first barrage:
+    // keep barrage of any age (by default what is older than 500 ms when read is dropped).
+    relay.config.barrage_max_age = None;
     let (bob, mut bob_events) = relay.client("bob", &["lobby"]).await;
     for i in 0..SENDERS {
         let (sender, _events) = relay.client(&format!("s{i}"), &["lobby"]).await;

@@ -2,16 +2,17 @@
 //! stream, and closing it. A client goes through several of these when it reconnects; what
 //! outlives them is in [`super::shared`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{ConnectionError, RecvStream, SendDatagramError, SendStream, VarInt, WriteError};
-use tokio::sync::{OwnedMutexGuard, oneshot};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::protocol::{
     ClientDatagram, CodecError, Outcome, Reply, Request, RequestFrame, close, encode_body,
@@ -27,52 +28,73 @@ use super::event::Event;
 pub(crate) struct Connection {
     /// The QUIC connection.
     pub(crate) quic: quinn::Connection,
-    /// How long a request waits for its reply.
+    /// How long a request waits for its reply, from the call.
     request_timeout: Duration,
-    /// The sending half of the control stream. A tokio mutex so that one frame is written
-    /// whole before the next starts (see [`Connection::write_frame`]).
-    control: Arc<tokio::sync::Mutex<SendStream>>,
+    /// The sending half of the control stream and the frames waiting for it (see
+    /// [`Connection::write_frame`]).
+    control: Mutex<ControlWriter>,
     /// Requests waiting for their reply.
-    pending: Mutex<Pending>,
+    waiting: Mutex<Waiting>,
     /// The code and reason this side closed the connection with, for the `Disconnected`
     /// event; set only by [`Connection::close`], so it also tells a close by this library
     /// (final) from a lost connection (reconnected).
     local_close: Mutex<Option<(u32, String)>>,
 }
 
+/// The sending half of the control stream, with the frames flow control holds back.
+#[derive(Debug)]
+struct ControlWriter {
+    /// The control stream.
+    stream: SendStream,
+    /// Frames not yet taken by the stream, in the order they were written (the first may be
+    /// partly taken). While it is not empty, a task of [`Connection::write_frame`] writes it.
+    queue: VecDeque<Bytes>,
+    /// Why writing failed, once it did: later frames fail at once.
+    failed: Option<ClientError>,
+}
+
 /// Requests waiting for their reply, by request ID.
 #[derive(Debug, Default)]
-struct Pending {
+struct Waiting {
     /// The next request ID to try (IDs wrap around; one still in use is skipped).
     next: u32,
     /// Where each reply goes.
-    waiting: HashMap<u32, oneshot::Sender<Outcome>>,
+    replies: HashMap<u32, oneshot::Sender<Outcome>>,
     /// Set once the connection is gone: why. New requests then fail at once.
     closed: Option<String>,
 }
 
-/// A request written on the control stream whose reply has not been read yet. Dropping it
-/// (reply, timeout or cancellation) removes the request from [`Pending`], so an abandoned
-/// request never leaks its entry.
-pub(crate) struct Sent<'a> {
-    connection: &'a Connection,
+/// A request that was sent (its frame queued on the control stream in call order, or its
+/// datagram handed to QUIC) and waits for its reply: a future of the outcome, failing with
+/// [`ClientError::Timeout`] at its deadline. Dropping it (reply, timeout or cancellation)
+/// removes the request from [`Waiting`], so an abandoned request never leaks its entry; a
+/// reply that comes after is counted as late.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    connection: Arc<Connection>,
     request: u32,
-    reply: Option<oneshot::Receiver<Outcome>>,
+    reply: oneshot::Receiver<Outcome>,
+    /// The request timeout, running from the send; `None`: the caller bounds the wait.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl Sent<'_> {
-    /// Waits for the reply (the caller bounds the wait).
-    pub(crate) async fn outcome(mut self) -> Result<Outcome, ClientError> {
-        match self.reply.take() {
-            Some(reply) => self.connection.reply(reply).await,
-            None => Err(ClientError::Protocol("reply already taken".into())),
+impl Future for Exchange {
+    type Output = Result<Outcome, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(reply) = Pin::new(&mut self.reply).poll(cx) {
+            return Poll::Ready(reply.map_err(|_| self.connection.disconnected()));
+        }
+        match self.deadline.as_mut().map(|deadline| deadline.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ClientError::Timeout)),
+            _ => Poll::Pending,
         }
     }
 }
 
-impl Drop for Sent<'_> {
+impl Drop for Exchange {
     fn drop(&mut self) {
-        lock(&self.connection.pending).waiting.remove(&self.request);
+        lock(&self.connection.waiting).replies.remove(&self.request);
     }
 }
 
@@ -86,6 +108,8 @@ pub(crate) struct Ended {
     /// Whether this library closed it ([`super::Client::close`], the last handle dropped,
     /// or a protocol violation by the server): such a close is final.
     pub(crate) by_client: bool,
+    /// The relay address it was connected to (a reconnect tries the next one first).
+    pub(crate) server: SocketAddr,
 }
 
 impl Connection {
@@ -115,57 +139,122 @@ impl Connection {
         let connection = Connection {
             quic: conn,
             request_timeout,
-            control: Arc::new(tokio::sync::Mutex::new(send)),
-            pending: Mutex::new(Pending::default()),
+            control: Mutex::new(ControlWriter {
+                stream: send,
+                queue: VecDeque::new(),
+                failed: None,
+            }),
+            waiting: Mutex::new(Waiting::default()),
             local_close: Mutex::new(None),
         };
         Ok((Arc::new(connection), recv))
     }
 
-    /// Sends a request on the control stream and waits for its reply, at most the request
-    /// timeout. Cancelling the returned future is safe: a frame is never left half-written.
-    pub(crate) async fn request(&self, body: Request) -> Result<Outcome, ClientError> {
-        let exchange = async { self.send(body).await?.outcome().await };
-        tokio::time::timeout(self.request_timeout, exchange)
+    /// Connects to the first of `addrs` that answers, in order, each within
+    /// `connect_timeout` (and all by `deadline`, if given). When every one fails, the error
+    /// is the first that is not [`ClientError::NoAnswer`] (a refused handshake or an untrusted
+    /// certificate says more), else the last address's `NoAnswer`.
+    pub(crate) async fn open_any(
+        endpoint: &quinn::Endpoint,
+        quic: &quinn::ClientConfig,
+        addrs: &[SocketAddr],
+        server_name: &str,
+        connect_timeout: Duration,
+        deadline: Option<Instant>,
+        request_timeout: Duration,
+    ) -> Result<(Arc<Connection>, RecvStream), ClientError> {
+        let mut failure: Option<ClientError> = None;
+        for &server in addrs {
+            let left =
+                deadline.map_or(connect_timeout, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                break;
+            }
+            let timeout = connect_timeout.min(left);
+            match Connection::open(
+                endpoint,
+                quic.clone(),
+                server,
+                server_name,
+                timeout,
+                request_timeout,
+            )
             .await
-            .unwrap_or(Err(ClientError::Timeout))
+            {
+                Ok(opened) => return Ok(opened),
+                Err(error) => {
+                    tracing::debug!(%server, %error, "relay address failed");
+                    if failure.as_ref().is_none_or(|f| matches!(f, ClientError::NoAnswer { .. })) {
+                        failure = Some(error);
+                    }
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| ClientError::Connect("no relay address to try".into())))
     }
 
-    /// Writes a request on the control stream without waiting for its reply: several
-    /// requests can be in flight, and the server handles them in the order written.
-    pub(crate) async fn send(&self, body: Request) -> Result<Sent<'_>, ClientError> {
-        let (request, reply) = self.register()?;
-        let sent = Sent { connection: self, request, reply: Some(reply) };
+    /// Sends a request and waits for its reply, at most the request timeout. Cancelling the
+    /// returned future is safe: the frame is written whole all the same.
+    pub(crate) async fn request(self: &Arc<Self>, body: Request) -> Result<Outcome, ClientError> {
+        self.start(body)?.await
+    }
+
+    /// Sends a request without waiting: its frame is queued on the control stream before
+    /// this returns, so requests go out (and the server handles them) in the order of the
+    /// calls. The returned exchange ends with the reply, or with [`ClientError::Timeout`]
+    /// once the request timeout has passed since this call.
+    pub(crate) fn start(self: &Arc<Self>, body: Request) -> Result<Exchange, ClientError> {
+        let mut exchange = self.start_untimed(body)?;
+        exchange.deadline = Some(Box::pin(tokio::time::sleep(self.request_timeout)));
+        Ok(exchange)
+    }
+
+    /// [`Connection::start`] without the request timeout: the caller bounds the wait.
+    pub(crate) fn start_untimed(self: &Arc<Self>, body: Request) -> Result<Exchange, ClientError> {
+        let exchange = self.register()?;
         let mut frame = BytesMut::new();
-        encode_frame(&RequestFrame { request, body }, &mut frame).map_err(encode_error)?;
-        self.write_frame(frame.freeze()).await?;
-        Ok(sent)
+        let request = RequestFrame { request: exchange.request, body };
+        encode_frame(&request, &mut frame).map_err(encode_error)?;
+        self.write_frame(frame.freeze())?;
+        Ok(exchange)
     }
 
-    /// Sends a barrage datagram and waits for its reply on the control stream. The datagram
-    /// or its reply can be lost: then this ends with [`ClientError::Timeout`].
-    pub(crate) async fn barrage(
+    /// Sends a barrage datagram whose reply comes on the control stream. The datagram or its
+    /// reply can be lost: the exchange then ends with [`ClientError::Timeout`].
+    pub(crate) fn barrage(
+        self: &Arc<Self>,
+        room_number: u32,
+        payload: Bytes,
+    ) -> Result<Exchange, ClientError> {
+        let mut exchange = self.register()?;
+        let datagram = ClientDatagram::Barrage { room_number, request: exchange.request, payload };
+        self.send_datagram(&datagram)?;
+        exchange.deadline = Some(Box::pin(tokio::time::sleep(self.request_timeout)));
+        Ok(exchange)
+    }
+
+    /// Sends a barrage datagram that asks for no reply.
+    pub(crate) fn barrage_no_reply(
         &self,
         room_number: u32,
         payload: Bytes,
-    ) -> Result<Outcome, ClientError> {
-        let (request, reply) = self.register()?;
-        let sent = Sent { connection: self, request, reply: Some(reply) };
-        let datagram = ClientDatagram::Barrage { room_number, request, payload };
-        let datagram = encode_body(&datagram).map_err(encode_error)?;
+    ) -> Result<(), ClientError> {
+        self.send_datagram(&ClientDatagram::BarrageNoReply { room_number, payload })
+    }
+
+    /// Hands one encoded datagram to QUIC.
+    fn send_datagram(&self, datagram: &ClientDatagram) -> Result<(), ClientError> {
+        let datagram = encode_body(datagram).map_err(encode_error)?;
         self.quic.send_datagram(datagram).map_err(|e| match e {
             SendDatagramError::ConnectionLost(e) => ClientError::Disconnected(e.to_string()),
             other => ClientError::DatagramUnavailable(other.to_string()),
-        })?;
-        tokio::time::timeout(self.request_timeout, sent.outcome())
-            .await
-            .unwrap_or(Err(ClientError::Timeout))
+        })
     }
 
     /// Hands a reply to the request waiting for it (the control reader calls this). Returns
     /// `false` when no request was waiting for it any more (a late reply).
     pub(crate) fn complete(&self, reply: Reply) -> bool {
-        let waiter = lock(&self.pending).waiting.remove(&reply.request);
+        let waiter = lock(&self.waiting).replies.remove(&reply.request);
         match waiter {
             // The waiter may be gone just now (timed out); the reply is then late.
             Some(waiter) => waiter.send(reply.outcome).is_ok(),
@@ -179,10 +268,10 @@ impl Connection {
     /// Fails every waiting request and every later one with [`ClientError::Disconnected`].
     /// The first reason given is kept.
     pub(crate) fn fail_all(&self, reason: String) {
-        let mut pending = lock(&self.pending);
-        pending.closed.get_or_insert(reason);
+        let mut waiting = lock(&self.waiting);
+        waiting.closed.get_or_insert(reason);
         // Dropping the senders wakes each waiter, which then reads `closed`.
-        pending.waiting.clear();
+        waiting.replies.clear();
     }
 
     /// Closes the connection with an application close code, remembering it for the
@@ -223,83 +312,104 @@ impl Connection {
             None => reason.clone(),
         };
         self.fail_all(summary.clone());
-        Ended { event: Event::Disconnected { code, reason }, reason: summary, by_client }
+        let server = self.quic.remote_address();
+        Ended { event: Event::Disconnected { code, reason }, reason: summary, by_client, server }
     }
 
-    /// Allocates a request ID and the channel its reply will come on.
-    fn register(&self) -> Result<(u32, oneshot::Receiver<Outcome>), ClientError> {
-        let mut pending = lock(&self.pending);
-        if let Some(reason) = &pending.closed {
+    /// Allocates a request ID and the channel its reply will come on (an exchange without
+    /// a deadline yet).
+    fn register(self: &Arc<Self>) -> Result<Exchange, ClientError> {
+        let mut waiting = lock(&self.waiting);
+        if let Some(reason) = &waiting.closed {
             return Err(ClientError::Disconnected(reason.clone()));
         }
-        let mut request = pending.next;
-        while pending.waiting.contains_key(&request) {
+        let mut request = waiting.next;
+        while waiting.replies.contains_key(&request) {
             request = request.wrapping_add(1);
         }
-        pending.next = request.wrapping_add(1);
-        let (tx, rx) = oneshot::channel();
-        pending.waiting.insert(request, tx);
-        Ok((request, rx))
+        waiting.next = request.wrapping_add(1);
+        let (tx, reply) = oneshot::channel();
+        waiting.replies.insert(request, tx);
+        Ok(Exchange { connection: Arc::clone(self), request, reply, deadline: None })
     }
 
-    /// Waits for a registered request's reply.
-    async fn reply(&self, reply: oneshot::Receiver<Outcome>) -> Result<Outcome, ClientError> {
-        match reply.await {
-            Ok(outcome) => Ok(outcome),
-            Err(_) => Err(ClientError::Disconnected(
-                lock(&self.pending).closed.clone().unwrap_or_else(|| "connection closed".into()),
-            )),
-        }
+    /// Why a request can get no reply: the connection is gone.
+    fn disconnected(&self) -> ClientError {
+        let reason = lock(&self.waiting).closed.clone();
+        ClientError::Disconnected(reason.unwrap_or_else(|| "connection closed".into()))
     }
 
-    /// Writes one whole frame on the control stream.
+    /// Writes one whole frame on the control stream, after every frame written before it,
+    /// without waiting.
     ///
-    /// Once the stream's lock is held nothing is awaited in the caller's future: the frame is
-    /// written at once, or, when flow control blocks, finished by a task that owns the lock.
-    /// So a caller that is cancelled (a timeout around a request) never leaves half a frame
-    /// on the stream, and the common case costs no task switch.
-    async fn write_frame(&self, frame: Bytes) -> Result<(), ClientError> {
-        let stream = Arc::clone(&self.control).lock_owned().await;
-        match write_now(stream, frame)? {
-            None => Ok(()),
-            Some((mut stream, rest)) => {
-                let task = tokio::spawn(async move { stream.write_all(&rest).await });
-                match task.await {
-                    Ok(result) => result.map_err(write_error),
-                    Err(e) => Err(ClientError::Disconnected(format!("writer failed: {e}"))),
-                }
+    /// The frame is written at once as far as flow control allows (the common case, which
+    /// costs no task switch); what it holds back is queued, and a task writes the queue in
+    /// order. So frames go out in the order of the calls, a caller never waits for the
+    /// network to send, and one that is cancelled never leaves half a frame on the stream.
+    /// Each queued frame belongs to a request that waits for its reply (bounded by the
+    /// request timeout), so the queue holds at most what the application has in flight.
+    fn write_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ClientError> {
+        let mut writer = lock(&self.control);
+        if let Some(error) = &writer.failed {
+            return Err(error.clone());
+        }
+        writer.queue.push_back(frame);
+        if writer.queue.len() > 1 {
+            return Ok(()); // the writing task takes it in turn
+        }
+        match writer.poll_write_queue(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let connection = Arc::clone(self);
+                tokio::spawn(async move {
+                    let written =
+                        std::future::poll_fn(|cx| lock(&connection.control).poll_write_queue(cx))
+                            .await;
+                    if let Err(error) = written {
+                        // Requests whose frames were queued can get no reply any more.
+                        connection.fail_all(error.detail());
+                    }
+                });
+                Ok(())
             }
         }
     }
 }
 
-/// The local address a client endpoint binds to reach `server`: any address, any port, of
-/// the same IP family.
-pub(crate) fn bind_address(server: SocketAddr) -> SocketAddr {
-    if server.is_ipv6() {
+impl ControlWriter {
+    /// Writes the queue to the stream until it is empty, flow control holds it back, or the
+    /// stream fails (then every queued frame is dropped and later writes fail).
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        while let Some(front) = self.queue.front_mut() {
+            match Pin::new(&mut self.stream).poll_write(cx, front) {
+                Poll::Ready(Ok(n)) => {
+                    front.advance(n);
+                    if front.is_empty() {
+                        self.queue.pop_front();
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    let error = write_error(e);
+                    self.failed = Some(error.clone());
+                    self.queue.clear();
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The local address a client endpoint binds to reach `servers`: any address, any port, of
+/// IPv4 when every server is IPv4, else of IPv6 (quinn makes it dual-stack where the system
+/// allows, so it reaches IPv4 servers too).
+pub(crate) fn bind_address(servers: &[SocketAddr]) -> SocketAddr {
+    if servers.iter().any(SocketAddr::is_ipv6) {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     }
-}
-
-/// Writes as much of `frame` as the stream takes without waiting. Returns the stream and
-/// the rest when flow control blocks.
-#[allow(clippy::type_complexity)]
-fn write_now(
-    mut stream: OwnedMutexGuard<SendStream>,
-    frame: Bytes,
-) -> Result<Option<(OwnedMutexGuard<SendStream>, Bytes)>, ClientError> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut written = 0;
-    while written < frame.len() {
-        match Pin::new(&mut *stream).poll_write(&mut cx, &frame[written..]) {
-            Poll::Ready(Ok(n)) => written += n,
-            Poll::Ready(Err(e)) => return Err(write_error(e)),
-            Poll::Pending => return Ok(Some((stream, frame.slice(written..)))),
-        }
-    }
-    Ok(None)
 }
 
 /// Locks a std mutex; a panic elsewhere while holding it does not make the state unusable

@@ -12,6 +12,7 @@ use crate::protocol::{MAX_BATCH, ServerDatagram, decode_datagram};
 
 use super::connection::{Connection, lock};
 use super::event::{Event, ReceivedBarrage};
+use super::freshness::RelayClock;
 use super::rooms::{Dropped, Rooms};
 use super::shared::Shared;
 use super::stats::Stats;
@@ -47,9 +48,12 @@ pub(crate) async fn read_datagrams(
                 _ => break,
             }
         }
+        let now = Instant::now();
         let batches = {
+            let mut clock = lock(&shared.relay_clock);
             let mut rooms = lock(&shared.rooms);
-            barrage_events(&mut rooms, batch, Instant::now(), &shared.stats)
+            let read = Read { at: now, local_ms: shared.local_ms(now) };
+            barrage_events(&mut rooms, &mut clock, batch, read, &shared.stats)
         };
         for event in batches {
             let _ = events.send(event).await;
@@ -88,16 +92,27 @@ fn ready_now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Turns datagrams received at `now` into one `Barrages` event per room (rooms in order of
-/// first appearance, messages in arrival order). Barrage whose room or sender is not known
-/// yet is held in `rooms`; held barrage that expired by `now`, overflow and what cannot be
-/// delivered are counted.
+/// When a batch of datagrams was read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Read {
+    /// For the held barrage's expiry.
+    pub(crate) at: Instant,
+    /// This client's clock then, for the relay clock's samples.
+    pub(crate) local_ms: u64,
+}
+
+/// Turns datagrams read at `read` into one `Barrages` event per room (rooms in order of
+/// first appearance, messages in arrival order), sampling the relay's clock from each
+/// barrage. Barrage whose room or sender is not known yet is held in `rooms`; held barrage
+/// that expired by then, overflow and what cannot be delivered are counted.
 pub(crate) fn barrage_events(
     rooms: &mut Rooms,
+    clock: &mut RelayClock,
     datagrams: Vec<Bytes>,
-    now: Instant,
+    read: Read,
     stats: &Stats,
 ) -> Vec<Event> {
+    let now = read.at;
     let mut dropped = Dropped::default();
     rooms.expire_held(now, &mut dropped);
     let mut by_room: Vec<(String, Vec<ReceivedBarrage>)> = Vec::new();
@@ -110,6 +125,7 @@ pub(crate) fn barrage_events(
                 continue;
             }
         };
+        clock.sample(read.local_ms, message.sent_at_ms);
         if let Some((room, message)) = rooms.receive_barrage(message, now, &mut dropped) {
             match by_room.iter_mut().find(|(r, _)| *r == room) {
                 Some((_, messages)) => messages.push(message),
@@ -160,6 +176,10 @@ mod tests {
         rooms
     }
 
+    fn read(at: Instant) -> Read {
+        Read { at, local_ms: 1_000 }
+    }
+
     fn ids(event: &Event) -> (String, Vec<u64>) {
         match event {
             Event::Barrages { room, messages } => {
@@ -174,10 +194,25 @@ mod tests {
         let stats = Stats::default();
         let batch =
             vec![datagram(10, 1, 1), datagram(20, 1, 2), datagram(10, 1, 3), datagram(10, 1, 4)];
-        let events = barrage_events(&mut rooms(), batch, Instant::now(), &stats);
+        let events = barrage_events(
+            &mut rooms(),
+            &mut RelayClock::default(),
+            batch,
+            read(Instant::now()),
+            &stats,
+        );
         let events: Vec<_> = events.iter().map(ids).collect();
         assert_eq!(events, vec![("a".into(), vec![1, 3, 4]), ("b".into(), vec![2])]);
         assert_eq!(stats.snapshot().barrage_received, 4);
+    }
+
+    #[test]
+    fn every_barrage_read_samples_the_relay_clock() {
+        let (stats, mut clock) = (Stats::default(), RelayClock::default());
+        // Sent at 5 ms on the relay's clock, read at 1000 ms on the client's; held ones too.
+        let batch = vec![datagram(10, 1, 1), datagram(10, 42, 2)];
+        barrage_events(&mut rooms(), &mut clock, batch, read(Instant::now()), &stats);
+        assert_eq!(clock.offset(), Some(995));
     }
 
     #[tokio::test(start_paused = true)]
@@ -192,7 +227,13 @@ mod tests {
             Bytes::from(vec![0; 2000]),     // oversize
             datagram(10, 1, 3),
         ];
-        let events = barrage_events(&mut rooms, batch, Instant::now(), &stats);
+        let events = barrage_events(
+            &mut rooms,
+            &mut RelayClock::default(),
+            batch,
+            read(Instant::now()),
+            &stats,
+        );
         assert_eq!(events.iter().map(ids).collect::<Vec<_>>(), vec![("a".into(), vec![3])]);
         let counted = stats.snapshot();
         assert_eq!(counted.barrage_unknown_room, 1);
@@ -203,7 +244,13 @@ mod tests {
         // The held one expires: the next batch (or the reader's timer) drops and counts it.
         assert_eq!(rooms.next_expiry(), Some(Instant::now() + HELD_BARRAGE_TTL));
         tokio::time::advance(HELD_BARRAGE_TTL).await;
-        let events = barrage_events(&mut rooms, vec![datagram(20, 1, 4)], Instant::now(), &stats);
+        let events = barrage_events(
+            &mut rooms,
+            &mut RelayClock::default(),
+            vec![datagram(20, 1, 4)],
+            read(Instant::now()),
+            &stats,
+        );
         assert_eq!(events.iter().map(ids).collect::<Vec<_>>(), vec![("b".into(), vec![4])]);
         assert_eq!(stats.snapshot().barrage_unknown_sender, 1);
         assert_eq!(rooms.next_expiry(), None);
@@ -214,9 +261,21 @@ mod tests {
         let stats = Stats::default();
         let mut rooms = rooms();
         let start = Instant::now();
-        barrage_events(&mut rooms, vec![datagram(10, 7, 1)], start, &stats);
+        barrage_events(
+            &mut rooms,
+            &mut RelayClock::default(),
+            vec![datagram(10, 7, 1)],
+            read(start),
+            &stats,
+        );
         tokio::time::advance(HELD_BARRAGE_TTL / 2).await;
-        barrage_events(&mut rooms, vec![datagram(20, 7, 2)], Instant::now(), &stats);
+        barrage_events(
+            &mut rooms,
+            &mut RelayClock::default(),
+            vec![datagram(20, 7, 2)],
+            read(Instant::now()),
+            &stats,
+        );
         // `until` sleeps to the first expiry; at it only the first message is dropped.
         until(rooms.next_expiry()).await;
         assert_eq!(Instant::now(), start + HELD_BARRAGE_TTL);

@@ -46,7 +46,7 @@ pub enum ClientError {
     /// blocked.
     #[error("no relay answered at {server} within {}", humantime::format_duration(*waited))]
     NoAnswer {
-        /// The address tried.
+        /// The address tried (of several, the last one; see [`super::ServerList`]).
         server: SocketAddr,
         /// How long the client waited.
         waited: Duration,

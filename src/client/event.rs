@@ -1,17 +1,32 @@
 //! What a client receives: room events, token warnings, connection state changes and the
 //! end of the client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, User};
+use crate::protocol::{BroadcastMessage, CommandMessage, ErrorCode, MAX_BATCH, User};
 
-/// Events buffered between the connection's reader tasks and [`Events::next`]. When the
-/// consumer falls this far behind, the lane readers wait (and, through QUIC flow control,
-/// so does the server's writer for this client): backpressure, not loss. A consumer that
-/// stays behind until the server's lane queue overflows is dropped from the room as too slow;
-/// the client then logs in again and the missed broadcasts are replayed ([`Event::Recovered`]).
+use super::connection::lock;
+use super::rooms::HELD_BARRAGE_PER_ROOM;
+use super::shared::Shared;
+use super::stats::Stats;
+
+/// Default for [`super::ClientConfig::event_queue`]: events buffered between the
+/// connection's reader tasks and [`Events::next`]. When the consumer falls this far behind,
+/// the lane readers wait (and, through QUIC flow control, so does the server's writer for this
+/// client): backpressure, not loss. A consumer that stays behind until the server's lane queue
+/// overflows is dropped from the room as too slow; the client then logs in again and the
+/// missed broadcasts are replayed ([`Event::Recovered`]).
 pub const EVENT_QUEUE: usize = 256;
+
+/// The smallest [`super::ClientConfig::event_queue`]: one lane frame can become up to 8
+/// events at once (a member-list difference after a re-login, the event itself, and up to
+/// 256 held barrage messages in lists of 50), which must fit in the queue together.
+pub const MIN_EVENT_QUEUE: usize = 8;
+const _: () = assert!(MIN_EVENT_QUEUE >= 2 + HELD_BARRAGE_PER_ROOM.div_ceil(MAX_BATCH));
 
 /// One thing that happened on the connection, in the order of its room's lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,28 +177,64 @@ pub struct ReceivedBarrage {
 
 /// The stream of [`Event`]s of one connection.
 ///
-/// The queue is bounded ([`EVENT_QUEUE`]): a consumer that stops reading makes the room
-/// lanes wait, which is intended. Barrage datagrams that arrive meanwhile are dropped by
-/// QUIC's small datagram buffer. Dropping `Events` is allowed: events are then discarded.
+/// The queue is bounded ([`super::ClientConfig::event_queue`], default [`EVENT_QUEUE`]): a
+/// consumer that stops reading makes the room lanes wait, which is intended (see
+/// [`super::ClientConfig::event_queue`] for what follows). Barrage datagrams that arrive
+/// meanwhile are dropped by QUIC's small datagram buffer, and barrage that is older than
+/// [`super::ClientConfig::barrage_max_age`] when it is read is dropped here. Dropping `Events`
+/// is allowed: events are then discarded.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    /// The client's configuration, relay clock and counters (for the age rule).
+    shared: Arc<Shared>,
 }
 
 impl Events {
-    /// A channel pair: the sender for the reader tasks, the `Events` for the application.
-    pub(crate) fn channel() -> (mpsc::Sender<Event>, Events) {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        (tx, Events { rx })
+    /// A channel pair of [`super::ClientConfig::event_queue`] events (at least
+    /// [`MIN_EVENT_QUEUE`]): the sender for the reader tasks, the `Events` for the
+    /// application.
+    pub(crate) fn channel(shared: Arc<Shared>) -> (mpsc::Sender<Event>, Events) {
+        let (tx, rx) = mpsc::channel(shared.config.event_queue.max(MIN_EVENT_QUEUE));
+        (tx, Events { rx, shared })
     }
 
     /// The next event, or `None` after [`Event::Disconnected`] has been delivered.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        loop {
+            let event = self.rx.recv().await?;
+            if let Some(event) = self.fresh(event) {
+                return Some(event);
+            }
+        }
     }
 
     /// The next event if one is ready now, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        loop {
+            let event = self.rx.try_recv().ok()?;
+            if let Some(event) = self.fresh(event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Applies [`super::ClientConfig::barrage_max_age`] to a `Barrages` event: drops (and
+    /// counts) the messages that are too old now, and the event if none is left.
+    fn fresh(&self, event: Event) -> Option<Event> {
+        let Some(max_age) = self.shared.config.barrage_max_age else { return Some(event) };
+        let Event::Barrages { room, mut messages } = event else { return Some(event) };
+        let now = self.shared.local_ms(Instant::now());
+        let before = messages.len();
+        {
+            let clock = lock(&self.shared.relay_clock);
+            messages.retain(|m| !clock.is_stale(max_age, now, m.sent_at_ms));
+        }
+        let stale = before - messages.len();
+        if stale > 0 {
+            Stats::add(&self.shared.stats.barrage_stale, stale as u64);
+            tracing::debug!(room, stale, "barrage older than barrage_max_age dropped");
+        }
+        (!messages.is_empty()).then_some(Event::Barrages { room, messages })
     }
 }

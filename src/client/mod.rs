@@ -4,7 +4,10 @@
 //! [`Client`] handle for requests and an [`Events`] stream for what arrives. Inside:
 //! - `shared`: what lives as long as the client: the current connection (swapped on
 //!   reconnect), the rooms, the counters;
+//! - `servers`: [`ServerList`], the relay addresses and host names, resolved and tried in
+//!   order;
 //! - `connection`: one QUIC connection: opening it, request/reply matching, closing;
+//! - `pending`: [`Pending`], the result of a send that has gone out, to await later;
 //! - `reconnect`: the supervisor task: watches the connection, reconnects with backoff and
 //!   logs back in to every room with recovery; [`ReconnectPolicy`];
 //! - `control`: the control-stream reader (replies, token warnings);
@@ -12,6 +15,8 @@
 //! - `datagrams`: the barrage datagram reader (batches of up to 50 per room);
 //! - `socket`: the client's own UDP socket, watched for failures, and moving to a new one
 //!   without a reconnect ([`Client::rebind`], [`RebindError`]);
+//! - `freshness`: the relay's clock estimated from barrage timestamps, for
+//!   [`ClientConfig::barrage_max_age`];
 //! - `rooms`: pure state: memberships with their recovery bookkeeping (epoch, last
 //!   broadcast ID delivered), lanes, members, barrage sender resolution, and the barrage
 //!   held until a lane names its room or sender.
@@ -26,9 +31,12 @@ mod control;
 mod datagrams;
 mod error;
 mod event;
+mod freshness;
 mod lanes;
+mod pending;
 mod reconnect;
 mod rooms;
+mod servers;
 mod shared;
 mod socket;
 mod stats;
@@ -45,17 +53,20 @@ use crate::protocol::{
     ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, Outcome, Request, User, check_payload,
     check_room_id, check_user_id, check_user_name, close,
 };
-use crate::transport::client_config;
+use crate::transport::client_config_with;
 
-use connection::{Connection, lock};
+use connection::{Connection, Exchange, lock};
 use shared::Shared;
 use socket::OwnSocket;
 
 pub use error::ClientError;
-pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, ReceivedBarrage};
+pub use event::{ConnectionState, EVENT_QUEUE, Event, Events, MIN_EVENT_QUEUE, ReceivedBarrage};
+pub use freshness::DEFAULT_BARRAGE_MAX_AGE;
+pub use pending::Pending;
 pub use reconnect::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_ELAPSED, ReconnectPolicy,
 };
+pub use servers::{ServerList, ServerListError};
 pub use socket::RebindError;
 pub use stats::ClientStats;
 
@@ -63,14 +74,18 @@ pub use stats::ClientStats;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`ClientConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClientConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Client::close`] waits for the close to reach the server.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The relay's UDP address.
-    pub server: SocketAddr,
+    /// Where the relay is: an address or a host name with its port, or several, tried in
+    /// order ([`ServerList`]; e.g. `"localhost:4433".parse()?`, or a `SocketAddr`). After a
+    /// lost connection the client starts with the address after the one it lost.
+    pub server: ServerList,
     /// The name the server certificate must be valid for (TLS SNI), e.g. `localhost`.
     pub server_name: String,
     /// CA certificates to trust.
@@ -80,9 +95,58 @@ pub struct ClientConfig {
     /// The connection is dropped after this long without any packet; keep-alives are sent
     /// every third of it.
     pub idle_timeout: Duration,
-    /// How long a request (and the QUIC handshake) may take before it fails with
-    /// [`ClientError::Timeout`] (or [`ClientError::NoAnswer`]).
+    /// How long the QUIC handshake and the opening of the control stream may take (default
+    /// 5 s): a relay that does not answer within it fails [`Client::connect`] with
+    /// [`ClientError::NoAnswer`], and ends one reconnect attempt.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for its result (default 5 s), counted from the call,
+    /// before it fails with [`ClientError::Timeout`]. Independent of
+    /// [`ClientConfig::connect_timeout`], so a generous send timeout does not make a dead
+    /// relay slow to report.
     pub request_timeout: Duration,
+    /// How many events wait between the client's readers and [`Events::next`] (default
+    /// [`EVENT_QUEUE`], 256; at least [`MIN_EVENT_QUEUE`], a smaller value is raised to it).
+    ///
+    /// When the application falls this far behind:
+    /// - the room lanes wait (backpressure, not loss): QUIC flow control then holds the
+    ///   relay's writer for this client, and a client that stays behind until the relay's
+    ///   lane queue for it overflows is dropped from the room as too slow (`SLOW_RECEIVER`);
+    ///   with automatic reconnect on, the client logs in again at once and the missed
+    ///   broadcasts are replayed ([`Event::Recovered`]), so none is lost;
+    /// - barrage datagrams wait in QUIC's datagram receive buffer, which drops the oldest
+    ///   when full, and barrage older than [`ClientConfig::barrage_max_age`] is dropped when
+    ///   the application reads it (and counted: [`ClientStats::barrage_stale`]);
+    /// - token warnings never wait (they are queued later).
+    ///
+    /// A larger queue absorbs longer pauses of the application at the cost of memory (an
+    /// event holds up to 50 messages of up to 1 KiB each) and of older events when it
+    /// catches up.
+    pub event_queue: usize,
+    /// Deliver only barrage younger than this (default [`DEFAULT_BARRAGE_MAX_AGE`], 500 ms;
+    /// `None`: any age). Barrage is live: a comment that reaches the application seconds
+    /// late, after waiting in buffers while the application or the network fell behind, is
+    /// worse than none.
+    ///
+    /// - **The rule.** [`Events::next`] drops every barrage message older than this when it
+    ///   hands out its `Barrages` event (dropping the event if none is left), and counts it in
+    ///   [`ClientStats::barrage_stale`]. So it holds however long the message waited in the
+    ///   event queue: an application that did not read events for longer than this gets no
+    ///   barrage from before its pause.
+    /// - **The age** is on the relay's clock: now, as the relay's clock reads it, minus the
+    ///   message's `sent_at_ms`. The client estimates the relay's clock from the
+    ///   `sent_at_ms` of the barrage it receives, with no clock synchronisation: its offset
+    ///   from this client's clock is the smallest `receive time − sent_at_ms` of the last
+    ///   minute (that is the offset plus the smallest delay on the way). An age is therefore
+    ///   how much longer than the fastest recent barrage a message has been on its way (the
+    ///   time it waited in queues and buffers), short of the true age by that smallest delay
+    ///   (well under 1 ms on a LAN). A relay clock that steps back by more than the max age
+    ///   makes barrage look old for up to a minute.
+    /// - **The buffer.** The QUIC datagram receive buffer is sized to hold what the relay's
+    ///   default limits let arrive within this age (115 kB/s: 20 barrage/s in each of 5
+    ///   rooms; at least 19 KiB, at most 1 MiB; 64 KiB with `None`): 57.5 kB for the default.
+    ///   When it is full QUIC drops the oldest datagram, so little that is already too old
+    ///   waits there.
+    pub barrage_max_age: Option<Duration>,
     /// Whether and how to reconnect after a lost connection (on by default).
     pub reconnect: ReconnectPolicy,
     /// Whether the client keeps the member list of each room (on by default). That costs
@@ -108,20 +172,37 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A configuration with the default timeouts and automatic reconnect.
+    /// A configuration with the default timeouts and automatic reconnect. `server` is a
+    /// `SocketAddr` or a [`ServerList`]:
+    ///
+    /// ```no_run
+    /// use qrelay::client::{ClientConfig, ServerList};
+    /// use qrelay::protocol::User;
+    ///
+    /// # fn demo() -> anyhow::Result<()> {
+    /// let roots = qrelay::certs::load_certs("certs/ca.pem".as_ref())?;
+    /// let user = User { id: "alice".into(), name: "Alice".into() };
+    /// let relays: ServerList = "relay-a.example.com:4433,relay-b.example.com:4433".parse()?;
+    /// let config = ClientConfig::new(relays, "relay.example.com", roots, user);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(
-        server: SocketAddr,
+        server: impl Into<ServerList>,
         server_name: impl Into<String>,
         roots: Vec<CertificateDer<'static>>,
         user: User,
     ) -> Self {
         Self {
-            server,
+            server: server.into(),
             server_name: server_name.into(),
             roots,
             user,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            event_queue: EVENT_QUEUE,
+            barrage_max_age: Some(DEFAULT_BARRAGE_MAX_AGE),
             reconnect: ReconnectPolicy::default(),
             track_members: true,
         }
@@ -166,8 +247,9 @@ impl Drop for Handle {
 }
 
 impl Client {
-    /// Connects, opens the control stream and starts the reader tasks and the reconnect
-    /// supervisor. A failure to connect here is returned, not retried.
+    /// Resolves [`ClientConfig::server`], connects to the first address that answers, opens
+    /// the control stream and starts the reader tasks and the reconnect supervisor. A failure
+    /// to connect here is returned, not retried.
     ///
     /// The server closes a connection that sends nothing on its control stream within 10 s
     /// of the handshake (close code `NO_CONTROL_STREAM`), and one that is in no room for 10 s
@@ -179,10 +261,11 @@ impl Client {
     /// connections from one process, share endpoints with [`Client::connect_with`].
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
-        let bind = connection::bind_address(config.server);
-        let (endpoint, own_socket) =
-            OwnSocket::endpoint(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-        establish(endpoint, Some(own_socket), config).await
+        let addrs = resolve(&config).await?;
+        let bind = connection::bind_address(&addrs);
+        let (endpoint, own_socket) = OwnSocket::endpoint(bind)
+            .map_err(|e| ClientError::Connect(format!("cannot bind {bind}: {e}")))?;
+        establish(endpoint, Some(own_socket), config, &addrs).await
     }
 
     /// Like [`Client::connect`], but on an endpoint the caller created, so that many
@@ -201,7 +284,8 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
         validate_user(&config.user)?;
-        establish(endpoint.clone(), None, config).await
+        let addrs = resolve(&config).await?;
+        establish(endpoint.clone(), None, config, &addrs).await
     }
 
     /// Logs in to `room` with a token granting it to this client's user. The room's events
@@ -257,57 +341,127 @@ impl Client {
     }
 
     /// Sends a reliable broadcast to every other member of `room`; returns its message ID
-    /// (the room's sequence number).
+    /// (the room's sequence number). To have several in flight, see
+    /// [`Client::start_broadcast_message`].
     pub async fn send_broadcast_message(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
+        self.start_broadcast_message(room, payload).await
+    }
+
+    /// Sends a broadcast like [`Client::send_broadcast_message`], but returns at once: the
+    /// request has gone out (after every request started before it), and its result, the
+    /// message ID, can be awaited later ([`Pending`]). Broadcasts started one after another
+    /// get increasing IDs in call order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: qrelay::client::Client) -> Result<(), qrelay::client::ClientError> {
+    /// let pending: Vec<_> =
+    ///     (0..10).map(|i| client.start_broadcast_message("lobby", format!("#{i}"))).collect();
+    /// for sent in pending {
+    ///     println!("message ID {}", sent.await?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_broadcast_message(&self, room: &str, payload: impl Into<Bytes>) -> Pending<u64> {
         let payload = payload.into();
-        validate_room(room)?;
-        validate_payload(&payload)?;
-        let request = Request::Broadcast { room: room.to_owned(), payload };
-        sent(self.shared().connection()?.request(request).await?)
+        let sent = validate_room(room)
+            .and_then(|()| validate_payload(&payload))
+            .and_then(|()| self.shared().connection())
+            .and_then(|connection| {
+                connection.start(Request::Broadcast { room: room.to_owned(), payload })
+            });
+        Pending::new(sent, sent_id)
     }
 
     /// Sends a barrage message as a QUIC datagram; returns its message ID.
     ///
     /// Best effort: if the datagram or its reply is lost this fails with
     /// [`ClientError::Timeout`] after the request timeout (the message may still have been
-    /// delivered). Needs a login to `room` on this connection (for the room number).
+    /// delivered). Needs a login to `room` on this connection (for the room number). To have
+    /// several in flight, see [`Client::start_barrage_message`].
     pub async fn send_barrage_message(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
+        self.start_barrage_message(room, payload).await
+    }
+
+    /// Sends a barrage message like [`Client::send_barrage_message`], but returns at once
+    /// with its result to await later ([`Pending`]): the datagram has been handed to QUIC.
+    pub fn start_barrage_message(&self, room: &str, payload: impl Into<Bytes>) -> Pending<u64> {
+        let payload = payload.into();
+        Pending::new(self.barrage_exchange(room, payload), sent_id)
+    }
+
+    /// Sends a barrage message as a QUIC datagram and asks the relay for no reply: returns
+    /// once the datagram is handed to QUIC (nothing to await), and costs no request ID, no
+    /// timer and no reply on the control stream.
+    ///
+    /// The message has no ID for the sender, and nothing tells whether it arrived: a
+    /// datagram lost on the way, and a refusal by the relay (`ROOM_RATE_LIMITED`,
+    /// `TOKEN_EXPIRED`…, which the relay counts), go unnoticed. What fails here is what the
+    /// client knows at once: an invalid room or payload, [`ClientError::NotLoggedIn`],
+    /// [`ClientError::Disconnected`], [`ClientError::DatagramUnavailable`]. For live comments
+    /// and reactions, where a lost message is not worth a retry; for the message ID or a
+    /// refusal, use [`Client::send_barrage_message`]. A relay from before this addition to the
+    /// protocol drops the datagram (docs/PROTOCOL.md, "Changelog").
+    ///
+    /// ```no_run
+    /// # fn demo(client: qrelay::client::Client) -> Result<(), qrelay::client::ClientError> {
+    /// for reaction in ["👍", "🎉", "❤️"] {
+    ///     client.send_barrage_message_no_reply("lobby", reaction)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_barrage_message_no_reply(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
         let payload = payload.into();
         validate_room(room)?;
         validate_payload(&payload)?;
         let connection = self.shared().connection()?;
-        let room_number = lock(&self.shared().rooms)
-            .room_number(room)
-            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))?;
-        sent(connection.barrage(room_number, payload).await?)
+        connection.barrage_no_reply(self.room_number(room)?, payload)
     }
 
     /// Sends a reliable custom command to the listed user IDs in `room` (an empty list means
-    /// every other member); returns its message ID.
+    /// every other member); returns its message ID. To have several in flight, see
+    /// [`Client::start_custom_command`].
     pub async fn send_custom_command(
         &self,
         room: &str,
         payload: impl Into<Bytes>,
         to: &[&str],
     ) -> Result<u64, ClientError> {
+        self.start_custom_command(room, payload, to).await
+    }
+
+    /// Sends a custom command like [`Client::send_custom_command`], but returns at once: the
+    /// request has gone out (after every request started before it), and its result can be
+    /// awaited later ([`Pending`]).
+    pub fn start_custom_command(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+        to: &[&str],
+    ) -> Pending<u64> {
         let payload = payload.into();
-        validate_room(room)?;
-        validate_payload(&payload)?;
-        validate_targets(to)?;
-        let request = Request::Command {
-            room: room.to_owned(),
-            to: to.iter().map(|id| (*id).to_owned()).collect(),
-            payload,
-        };
-        sent(self.shared().connection()?.request(request).await?)
+        let sent = validate_room(room)
+            .and_then(|()| validate_payload(&payload))
+            .and_then(|()| validate_targets(to))
+            .and_then(|()| self.shared().connection())
+            .and_then(|connection| {
+                let to = to.iter().map(|id| (*id).to_owned()).collect();
+                connection.start(Request::Command { room: room.to_owned(), to, payload })
+            });
+        Pending::new(sent, sent_id)
     }
 
     /// Replaces the connection's token (before or after it expires) without reconnecting.
@@ -415,6 +569,21 @@ impl Client {
         }
     }
 
+    /// Checks a barrage and sends its datagram on the current connection.
+    fn barrage_exchange(&self, room: &str, payload: Bytes) -> Result<Exchange, ClientError> {
+        validate_room(room)?;
+        validate_payload(&payload)?;
+        let connection = self.shared().connection()?;
+        connection.barrage(self.room_number(room)?, payload)
+    }
+
+    /// The number of `room` on the current connection, for barrage.
+    fn room_number(&self, room: &str) -> Result<u32, ClientError> {
+        lock(&self.shared().rooms)
+            .room_number(room)
+            .ok_or_else(|| ClientError::NotLoggedIn(room.to_owned()))
+    }
+
     /// The current connection; while reconnecting, applies `offline` to the rooms instead
     /// (it takes effect with the re-logins) and returns `None`. Fails once the client ended.
     fn connection_or(
@@ -436,33 +605,51 @@ impl Client {
     }
 }
 
-/// Connects through `endpoint` and starts the readers, the reconnect supervisor and, on the
-/// client's own endpoint (`own_socket`), the socket watcher.
+/// The addresses of [`ClientConfig::server`], resolved within the connect timeout.
+async fn resolve(config: &ClientConfig) -> Result<Vec<SocketAddr>, ClientError> {
+    tokio::time::timeout(config.connect_timeout, config.server.resolve()).await.unwrap_or_else(
+        |_| {
+            Err(ClientError::Connect(format!(
+                "cannot resolve {} within {}",
+                config.server,
+                humantime::format_duration(config.connect_timeout)
+            )))
+        },
+    )
+}
+
+/// Connects through `endpoint` to the first of `addrs` that answers and starts the readers,
+/// the reconnect supervisor and, on the client's own endpoint (`own_socket`), the socket
+/// watcher.
 async fn establish(
     endpoint: quinn::Endpoint,
     own_socket: Option<Arc<OwnSocket>>,
     config: ClientConfig,
+    addrs: &[SocketAddr],
 ) -> Result<(Client, Events), ClientError> {
-    let quic = client_config(&config.roots, config.idle_timeout)
+    let datagram_buffer = freshness::datagram_buffer(config.barrage_max_age);
+    let quic = client_config_with(&config.roots, config.idle_timeout, datagram_buffer)
         .map_err(|e| ClientError::Connect(format!("TLS configuration: {e}")))?;
-    let (connection, recv) = Connection::open(
+    let (connection, recv) = Connection::open_any(
         &endpoint,
-        quic.clone(),
-        config.server,
+        &quic,
+        addrs,
         &config.server_name,
-        config.request_timeout,
+        config.connect_timeout,
+        None,
         config.request_timeout,
     )
     .await?;
     let span =
         tracing::info_span!("conn", conn = connection.quic.stable_id(), user = %config.user.id);
-    span.in_scope(|| tracing::debug!(server = %config.server, "connected"));
+    let server = connection.quic.remote_address();
+    span.in_scope(|| tracing::debug!(%server, "connected"));
     let shared = Arc::new(Shared::new(config, endpoint, own_socket, quic, Arc::clone(&connection)));
     if let Some(own_socket) = &shared.own_socket {
         let watcher = socket::watch(Arc::clone(&shared), Arc::clone(own_socket));
         tokio::spawn(watcher.instrument(span.clone()));
     }
-    let (events_tx, events) = Events::channel();
+    let (events_tx, events) = Events::channel(Arc::clone(&shared));
     reconnect::start(Arc::clone(&shared), connection, recv, events_tx);
     Ok((Client { handle: Arc::new(Handle { shared }) }, events))
 }
@@ -531,7 +718,7 @@ pub fn validate_targets(to: &[&str]) -> Result<(), ClientError> {
 }
 
 /// The message ID of a `Sent` outcome.
-fn sent(outcome: Outcome) -> Result<u64, ClientError> {
+fn sent_id(outcome: Outcome) -> Result<u64, ClientError> {
     match outcome {
         Outcome::Sent { message_id } => Ok(message_id),
         other => Err(unexpected(other)),

@@ -24,7 +24,7 @@ use super::error::ClientError;
 use super::event::{ConnectionState, Event};
 use super::shared::Shared;
 use super::stats::Stats;
-use super::{control, datagrams, lanes};
+use super::{control, datagrams, lanes, servers};
 
 /// Default for [`ReconnectPolicy::initial_backoff`].
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -56,7 +56,8 @@ pub struct ReconnectPolicy {
     /// The longest wait between attempts (default 5 s).
     pub max_backoff: Duration,
     /// Give up when the connection was lost this long ago (default 2 min): no attempt starts
-    /// after it, and an attempt's handshake ends by it (and within the request timeout).
+    /// after it, and an attempt's handshake ends by it (and within
+    /// [`super::ClientConfig::connect_timeout`]).
     pub max_elapsed: Duration,
 }
 
@@ -108,7 +109,7 @@ pub(crate) fn start(
 /// server closed its lane because this client fell behind).
 pub(crate) async fn relogin(
     shared: &Shared,
-    connection: &Connection,
+    connection: &Arc<Connection>,
     room: &str,
     events: &mpsc::Sender<Event>,
 ) {
@@ -207,17 +208,19 @@ async fn reconnect(
         }
         let _ =
             events.send(Event::ConnectionState(ConnectionState::Reconnecting { attempt })).await;
-        let timeout =
-            shared.config.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let opened = tokio::select! {
             opened = async {
                 tokio::time::sleep(wait).await;
-                Connection::open(
+                // Resolved anew each time (a DNS record may have changed), tried from the
+                // address after the one that was lost.
+                let addrs = super::resolve(&shared.config).await?;
+                Connection::open_any(
                     &shared.endpoint,
-                    shared.quic.clone(),
-                    shared.config.server,
+                    &shared.quic,
+                    &servers::after(&addrs, Some(lost.server)),
                     &shared.config.server_name,
-                    timeout,
+                    shared.config.connect_timeout,
+                    Some(deadline),
                     shared.config.request_timeout,
                 )
                 .await
@@ -283,26 +286,22 @@ async fn restore(
     events: &mpsc::Sender<Event>,
 ) -> Restored {
     let logins = lock(&shared.rooms).relogins();
-    let write = async {
-        let mut sent = Vec::with_capacity(logins.len());
-        for (room, login) in logins {
-            sent.push((room, connection.send(login).await?));
+    let mut sent = Vec::with_capacity(logins.len());
+    for (room, login) in logins {
+        // Waited for (each within the request timeout) only once the readers run.
+        match connection.start_untimed(login) {
+            Ok(exchange) => sent.push((room, exchange)),
+            Err(e) => return Restored::Lost(e.detail()),
         }
-        Ok::<_, ClientError>(sent)
-    };
-    let sent = match tokio::time::timeout(shared.config.request_timeout, write).await {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(e)) => return Restored::Lost(e.detail()),
-        Err(_) => return Restored::Lost("the logins could not be written in time".into()),
-    };
+    }
     if !shared.install(Arc::clone(connection)) {
         return Restored::Closed;
     }
     tracing::info!(conn = connection.quic.stable_id(), rooms = sent.len(), "reconnected");
     let _ = events.send(Event::ConnectionState(ConnectionState::Reconnected)).await;
     let readers = start_readers(shared, connection, recv, events);
-    for (room, sent) in sent {
-        let outcome = tokio::time::timeout(shared.config.request_timeout, sent.outcome())
+    for (room, exchange) in sent {
+        let outcome = tokio::time::timeout(shared.config.request_timeout, exchange)
             .await
             .unwrap_or(Err(ClientError::Timeout));
         relogged(shared, &room, outcome, events).await;
@@ -350,6 +349,8 @@ fn start_readers(
         conn = connection.quic.stable_id(),
         user = %shared.config.user.id
     );
+    // Another connection may be to another relay, with another clock.
+    lock(&shared.relay_clock).reset();
     let (shared, connection) = (Arc::clone(shared), Arc::clone(connection));
     vec![
         tokio::spawn(

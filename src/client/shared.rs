@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::protocol::close;
 
 use super::ClientConfig;
 use super::connection::{Connection, lock};
 use super::error::ClientError;
+use super::freshness::RelayClock;
 use super::rooms::{LaneId, Rooms};
 use super::socket::OwnSocket;
 use super::stats::Stats;
@@ -38,6 +40,11 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// The last lane ID handed out (IDs are unique across connections).
     last_lane: AtomicU64,
+    /// The relay's clock as seen from the current connection's barrage, for
+    /// [`super::ClientConfig::barrage_max_age`].
+    pub(crate) relay_clock: Mutex<RelayClock>,
+    /// Time zero of this client's clock for [`RelayClock`] (monotonic).
+    started: Instant,
 }
 
 /// The current connection and whether the application closed the client.
@@ -81,7 +88,14 @@ impl Shared {
             rooms: Mutex::new(rooms),
             stats: Stats::default(),
             last_lane: AtomicU64::new(0),
+            relay_clock: Mutex::new(RelayClock::default()),
+            started: Instant::now(),
         }
+    }
+
+    /// This client's clock at `at`, in milliseconds since the client started.
+    pub(crate) fn local_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The connection to send a request on. Fails at once with

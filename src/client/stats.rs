@@ -5,8 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A snapshot of a client's counters (see [`super::Client::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Barrage messages delivered as events.
+    /// Barrage messages received and queued as events for the application (those then
+    /// dropped as too old, `barrage_stale`, included).
     pub barrage_received: u64,
+    /// Barrage messages dropped when the application read their event, being older than
+    /// [`super::ClientConfig::barrage_max_age`] (the application fell behind, or they waited
+    /// on the way).
+    pub barrage_stale: u64,
     /// Barrage datagrams dropped because no open room lane has their room number: not
     /// logged in (e.g. one that crossed a logout), or held for a login's lane header that did
     /// not come within 500 ms, or pushed out of the full hold (see [`super::Event::Barrages`]).
@@ -17,7 +22,8 @@ pub struct ClientStats {
     pub barrage_unknown_sender: u64,
     /// Datagrams dropped because they did not decode.
     pub datagrams_malformed: u64,
-    /// Replies that matched no waiting request (it had timed out).
+    /// Replies that matched no waiting request: it had timed out, or its [`super::Pending`]
+    /// result had been dropped.
     pub late_replies: u64,
     /// Broadcasts dropped because the application already had them (a replay after a
     /// re-login overlapping what arrived before) or because this client sent them.
@@ -33,6 +39,7 @@ pub struct ClientStats {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) barrage_received: AtomicU64,
+    pub(crate) barrage_stale: AtomicU64,
     pub(crate) barrage_unknown_room: AtomicU64,
     pub(crate) barrage_unknown_sender: AtomicU64,
     pub(crate) datagrams_malformed: AtomicU64,
@@ -53,6 +60,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClientStats {
             barrage_received: get(&self.barrage_received),
+            barrage_stale: get(&self.barrage_stale),
             barrage_unknown_room: get(&self.barrage_unknown_room),
             barrage_unknown_sender: get(&self.barrage_unknown_sender),
             datagrams_malformed: get(&self.datagrams_malformed),

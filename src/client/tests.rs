@@ -211,10 +211,24 @@ async fn login_lane_events_broadcast_and_barrage() {
             let client = client.clone();
             tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
         };
-        let ClientDatagram::Barrage { room_number, request, payload } = peer.datagram().await;
+        let ClientDatagram::Barrage { room_number, request, payload } = peer.datagram().await
+        else {
+            panic!("expected an acknowledged barrage");
+        };
         assert_eq!((room_number, payload.as_ref()), (7, &b"zap"[..]));
         peer.reply(request, Outcome::Sent { message_id: 99 }).await;
         assert_eq!(within(send).await.expect("join"), Ok(99));
+
+        // Barrage out without a reply: nothing to await, no request ID.
+        assert_eq!(client.send_barrage_message_no_reply("lobby", "pow"), Ok(()));
+        assert_eq!(
+            peer.datagram().await,
+            ClientDatagram::BarrageNoReply { room_number: 7, payload: Bytes::from_static(b"pow") }
+        );
+        assert_eq!(
+            client.send_barrage_message_no_reply("elsewhere", "pow"),
+            Err(ClientError::NotLoggedIn("elsewhere".into()))
+        );
 
         // Barrage in: the sender's session is resolved to bob.
         for id in [5, 6] {
@@ -334,7 +348,9 @@ async fn lost_barrage_times_out_and_late_reply_is_counted() {
         let client = client.clone();
         tokio::spawn(async move { client.send_barrage_message("lobby", "zap").await })
     };
-    let ClientDatagram::Barrage { request, .. } = peer.datagram().await;
+    let ClientDatagram::Barrage { request, .. } = peer.datagram().await else {
+        panic!("expected an acknowledged barrage");
+    };
     let result = within(send).await.expect("join");
     assert_eq!(result, Err(ClientError::Timeout));
     assert_eq!(ClientError::Timeout.code(), ErrorCode::TIMEOUT);
@@ -395,20 +411,111 @@ async fn dropping_the_last_handle_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn started_sends_go_out_in_call_order_and_match_replies_in_any_order() {
+    let (client, _events, conn) = pair(Duration::from_millis(500)).await;
+    let (mut peer, _lane) = login(&client, &conn, "lobby", 7, true).await;
+    let first = client.start_broadcast_message("lobby", "one");
+    let second = client.start_custom_command("lobby", "two", &["bob"]);
+    let third = client.start_broadcast_message("lobby", "three");
+    let invalid = client.start_broadcast_message("lobby", "");
+    // Nothing was awaited: the three requests are on the wire, in call order.
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        frames.push(peer.request().await);
+    }
+    let payloads: Vec<_> = frames
+        .iter()
+        .map(|frame| match &frame.body {
+            Request::Broadcast { payload, .. } | Request::Command { payload, .. } => {
+                payload.clone()
+            }
+            other => panic!("unexpected request {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, ["one", "two", "three"].map(|p| Bytes::from_static(p.as_bytes())));
+    // Replies in reverse order reach the right sends.
+    for (frame, id) in frames.iter().rev().zip([30, 20, 10]) {
+        peer.reply(frame.request, Outcome::Sent { message_id: id }).await;
+    }
+    assert_eq!(within(third).await, Ok(30));
+    assert_eq!(within(first).await, Ok(10));
+    assert_eq!(within(second).await, Ok(20));
+    // A local check fails at once, with nothing sent.
+    assert_eq!(within(invalid).await.map_err(|e| e.code()), Err(ErrorCode::PAYLOAD_EMPTY));
+
+    // The timeout runs from the call, not from the await; a dropped send still goes out.
+    let late = client.start_broadcast_message("lobby", "late");
+    drop(client.start_broadcast_message("lobby", "dropped"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Its deadline has passed: the result is there long before a new 500 ms would be.
+    let result = tokio::time::timeout(Duration::from_millis(250), late).await;
+    assert_eq!(result, Ok(Err(ClientError::Timeout)));
+    let late = peer.request().await;
+    let dropped = peer.request().await;
+    assert!(matches!(dropped.body, Request::Broadcast { ref payload, .. } if payload == "dropped"));
+    peer.reply(late.request, Outcome::Sent { message_id: 40 }).await;
+    peer.reply(dropped.request, Outcome::Sent { message_id: 41 }).await;
+    // Neither reply has a taker any more: both are counted as late.
+    let counted = within(async {
+        while client.stats().late_replies < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    counted.await;
+    client.close().await;
+}
+
+#[tokio::test]
 async fn connect_to_nothing_fails_in_time() {
     // A bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let server = silent.local_addr().expect("addr");
     let mut config = ClientConfig::new(
-        silent.local_addr().expect("addr"),
+        server,
         "localhost",
         vec![DevPki::generate().expect("pki").ca().expect("ca")],
         user("alice"),
     );
-    config.request_timeout = Duration::from_millis(300);
-    let server = config.server;
+    // The handshake is bounded by the connect timeout alone, however long requests may wait.
+    config.connect_timeout = Duration::from_millis(300);
+    config.request_timeout = Duration::from_secs(3600);
     let result = within(Client::connect(config)).await.map(drop);
     let waited = Duration::from_millis(300);
     assert_eq!(result, Err(ClientError::NoAnswer { server, waited }));
+}
+
+#[tokio::test]
+async fn a_full_event_queue_makes_the_lane_wait_and_loses_nothing() {
+    let (client, mut events, conn, _server) = pair_with(|config| {
+        config.event_queue = MIN_EVENT_QUEUE;
+        config.reconnect = ReconnectPolicy::disabled();
+    })
+    .await;
+    let (_peer, mut lane) = login(&client, &conn, "lobby", 7, true).await;
+    let sent = 3 * MIN_EVENT_QUEUE as u64;
+    for id in 1..=sent {
+        send_frame(&mut lane, &LaneEvent::Broadcasts(vec![message(id, "bob")])).await;
+    }
+    // Give the lane reader time to fill the queue; it then waits for the application.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids = Vec::new();
+    // Nothing else runs on this (current-thread) runtime meanwhile: this is what was queued.
+    while let Some(event) = events.try_next() {
+        ids.extend(broadcast_list(event));
+    }
+    assert_eq!(ids.len(), MIN_EVENT_QUEUE, "the queue holds event_queue events");
+    while ids.len() < sent as usize {
+        ids.extend(broadcast_list(within(events.next()).await.expect("event")));
+    }
+    assert_eq!(ids, (1..=sent).collect::<Vec<_>>(), "every broadcast, in order");
+    client.close().await;
+}
+
+fn broadcast_list(event: Event) -> Vec<u64> {
+    match event {
+        Event::Broadcasts { messages, .. } => messages.iter().map(|m| m.id).collect(),
+        other => panic!("expected broadcasts, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -709,6 +816,7 @@ fn handles_can_move_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<Client>();
+    send_sync::<Pending<u64>>();
     send::<Events>();
     send::<Event>();
     send_sync::<ClientError>();

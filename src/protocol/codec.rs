@@ -240,6 +240,15 @@ mod tests {
     fn datagrams_round_trip() {
         let up = ClientDatagram::Barrage { room_number: 1, request: 2, payload: max_payload() };
         assert_eq!(decode_datagram::<ClientDatagram>(&encode_body(&up).unwrap()), Ok(up));
+        for (room_number, payload) in [(1, max_payload()), (u32::MAX, Bytes::from_static(b"x"))] {
+            let up = ClientDatagram::BarrageNoReply { room_number, payload };
+            let body = encode_body(&up).unwrap();
+            assert_eq!(decode_datagram::<ClientDatagram>(&body), Ok(up));
+            // Truncated, it is refused (a datagram arrives whole or not at all).
+            for cut in 0..body.len() {
+                assert!(decode_datagram::<ClientDatagram>(&body[..cut]).is_err(), "cut at {cut}");
+            }
+        }
         let down = ServerDatagram::Barrage(BarrageMessage {
             room_number: 1,
             id: 2,
@@ -268,6 +277,9 @@ mod tests {
         };
         let len = encode_body(&up).unwrap().len();
         assert!(len <= MAX_DATAGRAM_BUDGET, "client barrage datagram is {len} bytes");
+        let up = ClientDatagram::BarrageNoReply { room_number: u32::MAX, payload: max_payload() };
+        let len = encode_body(&up).unwrap().len();
+        assert_eq!(len, 1033, "the size docs/PROTOCOL.md gives");
     }
 
     #[test]
@@ -408,6 +420,14 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
         };
         assert_eq!(hex(&encode_body(&up).unwrap()), "00 01 09 02 68 69");
+        // The acknowledged form as revision 1 clients write it still decodes.
+        assert_eq!(
+            decode_datagram::<ClientDatagram>(&[0x00, 0x01, 0x09, 0x02, 0x68, 0x69]),
+            Ok(up)
+        );
+        let no_reply =
+            ClientDatagram::BarrageNoReply { room_number: 1, payload: Bytes::from_static(b"hi") };
+        assert_eq!(hex(&encode_body(&no_reply).unwrap()), "01 01 02 68 69");
         let down = ServerDatagram::Barrage(BarrageMessage {
             room_number: 1,
             id: 5,

@@ -238,6 +238,15 @@ pub enum ClientDatagram {
         /// 1 to 1024 bytes.
         payload: Bytes,
     },
+    /// Send a barrage message without a reply: the server answers nothing, not even a
+    /// refusal (which it counts). An addition to `qrelay/1` (docs/PROTOCOL.md, "Changelog"):
+    /// a server from before it drops it as malformed.
+    BarrageNoReply {
+        /// The room's number from the login reply.
+        room_number: u32,
+        /// 1 to 1024 bytes.
+        payload: Bytes,
+    },
 }
 
 /// A datagram the server sends.

@@ -290,12 +290,17 @@ impl ConnState {
         outcome: Result<Outcome, Refusal>,
     ) -> ControlFrame {
         let outcome = outcome.unwrap_or_else(|(code, detail)| {
-            Counters::bump(&self.shared.counters.requests_refused);
-            self.shared.counters.refusals.record(kind, code);
-            debug!(request, %code, %detail, "refused");
+            self.refused(Some(request), kind, code, &detail);
             Outcome::Refused { code, detail }
         });
         ControlFrame::Reply(Reply { request, outcome })
+    }
+
+    /// Counts a refusal (of a request, or of a barrage that asked for no reply).
+    fn refused(&self, request: Option<u32>, kind: RequestKind, code: ErrorCode, detail: &str) {
+        Counters::bump(&self.shared.counters.requests_refused);
+        self.shared.counters.refusals.record(kind, code);
+        debug!(request, %code, %detail, "refused");
     }
 
     fn login(
@@ -422,18 +427,24 @@ impl ConnState {
         Ok(Outcome::Done)
     }
 
+    /// Handles one barrage datagram; returns its reply, if it asked for one
+    /// (`BarrageNoReply` gets none, not even a refusal, which is counted all the same).
     fn handle_datagram(&mut self, datagram: Bytes) -> Option<ControlFrame> {
         let counters = &self.shared.counters;
         Counters::bump(&counters.datagrams_received);
-        let ClientDatagram::Barrage { room_number, request, payload } =
-            match decode_datagram::<ClientDatagram>(&datagram) {
-                Ok(d) => d,
-                Err(e) => {
-                    Counters::bump(&counters.datagrams_malformed);
-                    debug!(error = %e, len = datagram.len(), "malformed datagram dropped");
-                    return None;
-                }
-            };
+        let (room_number, request, payload) = match decode_datagram::<ClientDatagram>(&datagram) {
+            Ok(ClientDatagram::Barrage { room_number, request, payload }) => {
+                (room_number, Some(request), payload)
+            }
+            Ok(ClientDatagram::BarrageNoReply { room_number, payload }) => {
+                (room_number, None, payload)
+            }
+            Err(e) => {
+                Counters::bump(&counters.datagrams_malformed);
+                debug!(error = %e, len = datagram.len(), "malformed datagram dropped");
+                return None;
+            }
+        };
         let outcome = self
             .rooms
             .values()
@@ -443,7 +454,15 @@ impl ConnState {
             .and_then(|room| self.sender_room(&room, &payload))
             .and_then(|(room, send)| room.barrage(&self.shared, send))
             .map(|message_id| Outcome::Sent { message_id });
-        Some(self.reply(request, RequestKind::Barrage, outcome))
+        match request {
+            Some(request) => Some(self.reply(request, RequestKind::Barrage, outcome)),
+            None => {
+                if let Err((code, detail)) = outcome {
+                    self.refused(None, RequestKind::Barrage, code, &detail);
+                }
+                None
+            }
+        }
     }
 
     /// The room to send in and the message, after every check a sender must pass.

@@ -24,6 +24,8 @@ pub type Minter = Arc<dyn Fn(&str) -> anyhow::Result<String> + Send + Sync>;
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct FleetPlan {
+    /// The relay's address (`client.server`, resolved).
+    pub server: SocketAddr,
     /// Relay address, TLS name, CA and timeouts; each connection sets its own user.
     pub client: ClientConfig,
     /// A login token for a user ID.
@@ -82,7 +84,7 @@ pub async fn connect(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Fleet> {
     let n = plan.users.len();
-    let bind: SocketAddr = if plan.client.server.is_ipv6() {
+    let bind: SocketAddr = if plan.server.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()

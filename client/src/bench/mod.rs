@@ -18,6 +18,7 @@ mod report;
 mod traffic;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,8 +148,9 @@ pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<Exi
             "no CA certificate to trust (pass --ca, or use --in-process to start a relay here)",
         )?;
         let mut client =
-            ClientConfig::new(common.server, &common.server_name, roots, placeholder());
+            ClientConfig::new(common.server.clone(), &common.server_name, roots, placeholder());
         client.request_timeout = Duration::from_secs_f64(common.timeout);
+        client.connect_timeout = client.request_timeout;
         // A lost connection is a result to report, not something to paper over.
         client.reconnect = ReconnectPolicy::disabled();
         let token: Minter = match &common.token {
@@ -216,7 +218,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     validate(args)?;
     let run_id = rand::random::<u32>();
     let in_process = matches!(target, Target::InProcess);
-    let (relay, client, token, pid) = match target {
+    let (relay, mut client, token, pid) = match target {
         Target::InProcess => {
             let (relay, client, token) = start_relay(args.connections)?;
             (Some(relay), client, token, None)
@@ -233,12 +235,15 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         (None, Some(pid)) => format!("pid {pid}"),
         (None, None) => report::NOT_MEASURED.to_string(),
     };
-    let server_port = client.server.port();
+    // Resolved once for every connection of the run.
+    let server = *client.server.resolve().await?.first().context("--server has no address")?;
+    client.server = server.into();
+    let server_port = server.port();
     let udp_before = procfs::udp_buffer_errors();
     let server_drops_before = procfs::udp_socket_drops(&[server_port]);
     let memory_before = pid.and_then(|pid| procfs::memory(Some(pid)));
 
-    let plan = Arc::new(fleet_plan(args, run_id, client, token));
+    let plan = Arc::new(fleet_plan(args, run_id, server, client, token));
     let live = Arc::new(Live::new(args.connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let connect_cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
@@ -440,7 +445,13 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
 }
 
 /// Users, rooms and sockets of a run.
-fn fleet_plan(args: &BenchArgs, run_id: u32, mut client: ClientConfig, token: Minter) -> FleetPlan {
+fn fleet_plan(
+    args: &BenchArgs,
+    run_id: u32,
+    server: SocketAddr,
+    mut client: ClientConfig,
+    token: Minter,
+) -> FleetPlan {
     // The tool tells senders apart by the stamp in the payload and only counts members: a
     // member list in every client would cost it memory for the square of a room's size
     // (10⁸ entries for 10,000 receivers in one room).
@@ -448,6 +459,7 @@ fn fleet_plan(args: &BenchArgs, run_id: u32, mut client: ClientConfig, token: Mi
     let n = args.connections;
     let room_of: Vec<usize> = (0..n).map(|i| i % args.rooms).collect();
     FleetPlan {
+        server,
         client,
         token,
         users: (0..n).map(|i| format!("b{run_id:08x}-{i}")).collect(),

@@ -4,17 +4,18 @@
 //! A payload carries its send time: nanoseconds since the run's shared `Instant` (every client
 //! is in this process), the sender's connection index and a marker, then padding.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use qrelay::client::{Client, ClientError, Event, Events};
+use qrelay::client::{Client, ClientError, Event, Events, Pending};
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// Bytes of the stamp at the start of every payload; the smallest payload the tool sends.
 pub const STAMP_LEN: usize = 16;
@@ -436,14 +437,15 @@ impl SendPlan {
 }
 
 /// Sends at `plan.rate` for `plan.duration`, without waiting for one result before the next
-/// send, then waits for every outstanding result.
+/// send (each send returns a [`Pending`] result at once), then waits for every outstanding
+/// result.
 pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> SenderTally {
     let mut tally = SenderTally { conn: plan.conn, ..SenderTally::default() };
     let interval = Duration::from_secs_f64(1.0 / plan.rate).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let plan = Arc::new(plan);
-    let mut in_flight = JoinSet::new();
+    // Sends whose result is not recorded yet, oldest first.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let start = Instant::now();
     let mut count: u64 = 0;
     'sending: loop {
@@ -455,11 +457,21 @@ pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> Send
         // Message k is due at k / rate: send every one that is due by now.
         let due = (elapsed.as_secs_f64() * plan.rate) as u64 + 1;
         while count < due {
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                // Results can come out of order (a lost barrage waits for its timeout): take
+                // every one that is in, and wait for the oldest only if none is.
+                in_flight.retain_mut(|send| match ready_now(&mut send.result) {
+                    Some(result) => {
+                        record(&mut tally, &live, send.kind, send.target, result);
+                        false
+                    }
+                    None => true,
+                });
+            }
             while in_flight.len() >= MAX_IN_FLIGHT {
-                match in_flight.join_next().await {
-                    Some(result) => record(&mut tally, &live, result),
-                    None => break,
-                }
+                let Some(oldest) = in_flight.pop_front() else { break };
+                let result = oldest.result.await;
+                record(&mut tally, &live, oldest.kind, oldest.target, result);
                 if start.elapsed() >= plan.duration {
                     break 'sending;
                 }
@@ -477,54 +489,74 @@ pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> Send
             };
             tally.kinds[kind.index()].sent += 1;
             live.sent[kind.index()].fetch_add(1, Ordering::Relaxed);
-            in_flight.spawn(send_one(client.clone(), plan.clone(), live.clone(), kind, target));
+            let result = start_one(&client, &plan, &live, kind, target);
+            in_flight.push_back(InFlight {
+                kind,
+                target: target.map(|t| plan.members[t].0),
+                result,
+            });
             count += 1;
         }
-        while let Some(result) = in_flight.try_join_next() {
-            record(&mut tally, &live, result);
+        // The results that are in, oldest first (they mostly come in send order).
+        while let Some(oldest) = in_flight.front_mut()
+            && let Some(result) = ready_now(&mut oldest.result)
+        {
+            record(&mut tally, &live, oldest.kind, oldest.target, result);
+            in_flight.pop_front();
         }
     }
-    while let Some(result) = in_flight.join_next().await {
-        record(&mut tally, &live, result);
+    for send in in_flight {
+        let result = send.result.await;
+        record(&mut tally, &live, send.kind, send.target, result);
     }
     tally
 }
 
-/// The outcome of one send: its kind, its target (connection index) and its result.
-type SendOutcome = (Kind, Option<usize>, Result<u64, ClientError>);
-
-async fn send_one(
-    client: Client,
-    plan: Arc<SendPlan>,
-    live: Arc<Live>,
+/// A send whose result has not been recorded yet.
+struct InFlight {
     kind: Kind,
+    /// The target connection of a command to one member.
     target: Option<usize>,
-) -> SendOutcome {
-    let payload = stamp(plan.payload, live.now_ns(), plan.conn as u32);
-    let room = plan.room.as_str();
-    let result = match kind {
-        Kind::Broadcast => client.send_broadcast_message(room, payload).await,
-        Kind::Barrage => client.send_barrage_message(room, payload).await,
-        Kind::Command => match target {
-            Some(t) => {
-                client.send_custom_command(room, payload, &[plan.members[t].1.as_str()]).await
-            }
-            None => client.send_custom_command(room, payload, &[]).await,
-        },
-    };
-    (kind, target.map(|t| plan.members[t].0), result)
+    /// The message ID, when it comes.
+    result: Pending<u64>,
 }
 
+/// Starts one send of `kind` (to member `target` for a command to one).
+fn start_one(
+    client: &Client,
+    plan: &SendPlan,
+    live: &Live,
+    kind: Kind,
+    target: Option<usize>,
+) -> Pending<u64> {
+    let payload = stamp(plan.payload, live.now_ns(), plan.conn as u32);
+    let room = plan.room.as_str();
+    match kind {
+        Kind::Broadcast => client.start_broadcast_message(room, payload),
+        Kind::Barrage => client.start_barrage_message(room, payload),
+        Kind::Command => match target {
+            Some(t) => client.start_custom_command(room, payload, &[plan.members[t].1.as_str()]),
+            None => client.start_custom_command(room, payload, &[]),
+        },
+    }
+}
+
+/// The result of `pending` if it is in now, without waiting.
+fn ready_now(pending: &mut Pending<u64>) -> Option<Result<u64, ClientError>> {
+    match Pin::new(pending).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
+    }
+}
+
+/// Counts the result of one send of `kind` (a command to connection `target`, if one).
 fn record(
     tally: &mut SenderTally,
     live: &Live,
-    result: Result<SendOutcome, tokio::task::JoinError>,
+    kind: Kind,
+    target: Option<usize>,
+    result: Result<u64, ClientError>,
 ) {
-    let Ok((kind, target, result)) = result else {
-        // A send task panicked or was cancelled: count it as an error of the first kind.
-        tally.kinds[0].errors += 1;
-        return;
-    };
     let sent = &mut tally.kinds[kind.index()];
     match result {
         Ok(_) => {

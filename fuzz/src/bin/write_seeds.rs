@@ -83,6 +83,7 @@ fn main() -> std::io::Result<()> {
     }
     write("lane_frames", 99, &lane)?;
     let up = ClientDatagram::Barrage { room_number: 1, request: 2, payload: payload.clone() };
+    let no_reply = ClientDatagram::BarrageNoReply { room_number: 1, payload: payload.clone() };
     let down = ServerDatagram::Barrage(BarrageMessage {
         room_number: 1,
         id: 2,
@@ -92,6 +93,7 @@ fn main() -> std::io::Result<()> {
     });
     write("datagrams", 0, &encode_body(&up).unwrap())?;
     write("datagrams", 1, &encode_body(&down).unwrap())?;
+    write("datagrams", 2, &encode_body(&no_reply).unwrap())?;
     Ok(())
 }
 
