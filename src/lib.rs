@@ -1,20 +1,19 @@
 //! qrelay: a QUIC relay for real-time room messaging.
 //!
-//! Map of the crate:
-//! - [`protocol`]: wire types, limits, result codes and the codec (no I/O).
-//! - [`transport`]: the one QUIC transport configuration, TLS setup and framed stream reading.
-//! - [`auth`]: login tokens (HS256 JWTs).
-//! - [`certs`]: the development CA, server certificate and token secret under `certs/`.
-//! - [`server`]: the relay (router, rooms, lanes, connections).
-//! - [`http`]: the HTTP adapter: server API, metrics, health, webhooks.
-//! - [`client`]: the client library: connect, log in to rooms, send, receive events.
+//! Map of the crate (the modules of a feature that is off are not built):
+//! - `protocol`: wire types, limits, result codes and the codec (no I/O).
+//! - `transport`: the one QUIC transport configuration, TLS setup and framed stream reading.
+//! - `auth`: login tokens (HS256 JWTs). Feature `server`.
+//! - `certs`: the development CA, server certificate and token secret under `certs/`. Feature
+//!   `server`.
+//! - `server`: the relay (router, rooms, lanes, connections). Feature `server`.
+//! - `http`: the HTTP adapter: server API, metrics, health, webhooks. Feature `server`.
+//! - `client`: the client library: connect, log in to rooms, send, receive events. Feature
+//!   `client`.
 //!
-//! Cargo features (both on by default):
-//! - `client`: [`client`];
-//! - `server`: [`server`], [`http`], [`auth`], [`certs`], the server half of [`transport`] and
-//!   the `qrelay` binary.
-//!
-//! [`protocol`] and the client half of [`transport`] are always built. An application that only
+//! Cargo features (both on by default): `client` builds `client`; `server` builds `server`,
+//! `http`, `auth`, `certs`, the server half of `transport` and the `qrelay` binary.
+//! `protocol` and the client half of `transport` are always built. An application that only
 //! talks to a relay builds the client alone, without the relay's dependencies (certificate
 //! generation, JWT, TOML, HTTP):
 //! `qrelay = { version = "0.1", default-features = false, features = ["client"] }`.

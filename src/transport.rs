@@ -1,6 +1,6 @@
 //! QUIC and TLS setup shared by the server and the client: the one `transport_config()`,
 //! rustls configs with the qrelay ALPN, and framed reading from quinn streams. The server half
-//! ([`EndpointKeys`], `server_config`, `bind_udp`) needs the `server` feature.
+//! (`EndpointKeys`, `server_config`, `bind_udp`) needs the `server` feature.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -44,7 +44,7 @@ pub enum ClientError {
     Connect(String),
     /// No relay answered the handshake in time: none runs at that address, or UDP to it is
     /// blocked.
-    #[error("no relay answered at {server} within {}", humantime::format_duration(*waited))]
+    #[error("no relay answered at {server} within {}", readable(*waited))]
     NoAnswer {
         /// The address tried (of several, the last one; see [`super::ServerList`]).
         server: SocketAddr,
@@ -103,9 +103,27 @@ impl ClientError {
     }
 }
 
+/// A duration as people read it: whole milliseconds below 10 s, whole seconds above
+/// (`2s 813ms`, not `2s 813ms 21us 949ns`).
+pub(crate) fn readable(duration: Duration) -> humantime::FormattedDuration {
+    let rounded = if duration >= Duration::from_secs(10) {
+        Duration::from_secs(duration.as_secs_f64().round() as u64)
+    } else {
+        Duration::from_millis(duration.as_secs_f64().mul_add(1000.0, 0.5) as u64)
+    };
+    humantime::format_duration(rounded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_read_them() {
+        assert_eq!(readable(Duration::from_nanos(2_813_021_949)).to_string(), "2s 813ms");
+        assert_eq!(readable(Duration::from_millis(12_600)).to_string(), "13s");
+        assert_eq!(readable(Duration::from_secs(120)).to_string(), "2m");
+    }
 
     #[test]
     fn client_side_failures_have_5xxx_codes() {

@@ -612,7 +612,7 @@ async fn resolve(config: &ClientConfig) -> Result<Vec<SocketAddr>, ClientError> 
             Err(ClientError::Connect(format!(
                 "cannot resolve {} within {}",
                 config.server,
-                humantime::format_duration(config.connect_timeout)
+                error::readable(config.connect_timeout)
             )))
         },
     )

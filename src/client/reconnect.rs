@@ -197,7 +197,7 @@ async fn reconnect(
         if Instant::now() + wait >= deadline {
             let reason = format!(
                 "no connection within {} after {} attempts; last error: {last_error}",
-                humantime::format_duration(policy.max_elapsed),
+                super::error::readable(policy.max_elapsed),
                 attempt - 1
             );
             tracing::warn!(%reason, "reconnecting gave up");
