@@ -34,16 +34,7 @@ fn http_api(c: &mut Criterion) {
             runtime.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let response = client
-                        .post(&url)
-                        .bearer_auth(API_KEY)
-                        .header("content-type", "application/json")
-                        .body(r#"{"payload":"hello from the backend"}"#)
-                        .send()
-                        .await
-                        .expect("request");
-                    assert!(response.status().is_success(), "{}", response.status());
-                    response.bytes().await.expect("body");
+                    broadcast(&client, &url).await;
                 }
                 start.elapsed()
             })
@@ -60,18 +51,7 @@ fn http_api(c: &mut Criterion) {
                     let mut sends = tokio::task::JoinSet::new();
                     for _ in 0..IN_FLIGHT {
                         let (client, url) = (client.clone(), url.clone());
-                        sends.spawn(async move {
-                            let response = client
-                                .post(&url)
-                                .bearer_auth(API_KEY)
-                                .header("content-type", "application/json")
-                                .body(r#"{"payload":"hello from the backend"}"#)
-                                .send()
-                                .await
-                                .expect("request");
-                            assert!(response.status().is_success(), "{}", response.status());
-                            response.bytes().await.expect("body")
-                        });
+                        sends.spawn(async move { broadcast(&client, &url).await });
                     }
                     while let Some(sent) = sends.join_next().await {
                         sent.expect("send task");
@@ -83,6 +63,20 @@ fn http_api(c: &mut Criterion) {
     });
     group.finish();
     runtime.block_on(relay.stop());
+}
+
+/// One API broadcast, answered with success.
+async fn broadcast(client: &reqwest::Client, url: &str) {
+    let response = client
+        .post(url)
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"payload":"hello from the backend"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.bytes().await.expect("body");
 }
 
 fn metrics(c: &mut Criterion) {
