@@ -61,6 +61,28 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     stop(&mut relay);
 }
 
+/// Runs `qrelay serve ARGS` in `dir` with logs off until its banner's first line, then stops it
+/// with SIGTERM (expecting a clean exit); the first line and the rest of the banner.
+fn banner_of(dir: &tempfile::TempDir, args: &[&str]) -> (String, String) {
+    let mut relay = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    // The rest of the banner is written at once; stopping the relay ends the output.
+    stop(&mut relay);
+    let mut banner = String::new();
+    stdout.read_to_string(&mut banner).unwrap();
+    (first, banner)
+}
+
 /// A plain HTTP/1.1 GET; the whole answer.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::Write;
@@ -93,22 +115,9 @@ fn stop(relay: &mut Child) {
 #[test]
 fn insecure_dev_auth_is_said_in_the_banner_whatever_the_log_level() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-http", "--insecure-dev-auth"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let (first, banner) =
+        banner_of(&dir, &["--listen", "127.0.0.1:0", "--no-http", "--insecure-dev-auth"]);
     assert!(first.starts_with("qrelay listening on UDP 127.0.0.1:"), "{first:?}");
-    // The rest of the banner is written at once; stopping the relay ends the output.
-    stop(&mut relay);
-    let mut banner = String::new();
-    stdout.read_to_string(&mut banner).unwrap();
     assert!(banner.contains("INSECURE DEV AUTH"), "{banner:?}");
 }
 
@@ -143,21 +152,8 @@ fn private_files_are_made_owner_only_when_regenerated_and_loose_ones_are_warned_
     loose("server.key", "old key");
     loose("token.secret", &"ab".repeat(32));
     loose("ca.key", "old CA key");
-    let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let (first, banner) = banner_of(&dir, &["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
     assert!(first.starts_with("qrelay listening on UDP"), "{first:?}");
-    stop(&mut relay);
-    let mut banner = String::new();
-    stdout.read_to_string(&mut banner).unwrap();
     assert_eq!(mode(&certs.join("server.key")), 0o600, "regenerated: owner only");
     assert!(!banner.contains("server.key"), "{banner}");
     let warning = |file: &str| banner.lines().find(|l| l.contains("WARNING") && l.contains(file));

@@ -258,16 +258,6 @@ async fn connect_with(
     within(endpoint.connect(relay.addr, "localhost").unwrap()).await.unwrap()
 }
 
-/// Waits (within a test step) until the relay's counters satisfy `done`.
-async fn until(relay: &TestRelay, done: impl Fn(&qrelay::server::Stats) -> bool) {
-    within(async {
-        while !done(&relay.handle.stats()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn lanes_that_never_get_a_stream_are_bounded_and_end_at_their_deadline() {
     let mut config = test_config();

@@ -6,7 +6,6 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -111,16 +110,6 @@ impl Receiver {
 /// A config whose room events go to `url`; rooms close as soon as they empty.
 fn webhook_config(url: &str) -> ServerConfig {
     ServerConfig { webhooks: vec![url.to_owned()], history_size: 0, ..test_config() }
-}
-
-/// Waits until `done` holds for the relay's counters.
-async fn until(relay: &TestRelay, done: impl Fn(&qrelay::server::Stats) -> bool) {
-    within(async {
-        while !done(&relay.handle.stats()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use crate::protocol::{
     ErrorCode, SYSTEM_USER_ID, SYSTEM_USER_NAME, User, check_room_id, check_user_id,
     check_user_name,
 };
-use crate::server::room::{Outside, Room, SERVER_SESSION, Send, check_message};
+use crate::server::room::{Outside, Room, SERVER_SESSION, Send, check_member_id, check_message};
 
 /// Longest validity of a token minted by `POST /v1/tokens`.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -240,14 +240,7 @@ async fn mint_token(
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> ApiResult<Token> {
     let Json(request) = body?;
-    check_user_id(&request.user)
-        .map_err(|code| ApiError::new(code, format!("user ID {:?} is not valid", request.user)))?;
-    if request.user == SYSTEM_USER_ID {
-        return Err(ApiError::new(
-            ErrorCode::INVALID_USER_ID,
-            format!("user ID {SYSTEM_USER_ID:?} is reserved for the server API's messages"),
-        ));
-    }
+    check_member_id(&request.user)?;
     for room in request.rooms.iter().flatten() {
         check_room(room)?;
     }

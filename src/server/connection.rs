@@ -14,14 +14,14 @@ use super::Shared;
 use super::admission::Admitted;
 use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
-use super::room::{Room, Send, check_message};
+use super::room::{Room, Send, check_member_id, check_message};
 use super::router::Login;
 use super::stats::{Counters, RequestKind};
 use crate::auth::{Claims, unix_seconds};
 use crate::protocol::{
     ClientDatagram, CodecError, ControlFrame, ErrorCode, LaneHeader, MAX_REQUEST_FRAME, MAX_TOKEN,
-    Outcome, Recover, Reply, Request, RequestFrame, SYSTEM_USER_ID, User, check_room_id,
-    check_user_id, check_user_name, close, decode_datagram, encode_frame,
+    Outcome, Recover, Reply, Request, RequestFrame, User, check_room_id, check_user_name, close,
+    decode_datagram, encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
 
@@ -311,13 +311,7 @@ impl ConnState {
         recover: Option<Recover>,
     ) -> Result<Outcome, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
-        check_user_id(&user.id).map_err(|c| (c, format!("user ID {:?} is not valid", user.id)))?;
-        if user.id == SYSTEM_USER_ID {
-            return Err((
-                ErrorCode::INVALID_USER_ID,
-                format!("user ID {SYSTEM_USER_ID:?} is reserved for the server API's messages"),
-            ));
-        }
+        check_member_id(&user.id)?;
         check_user_name(&user.name).map_err(|c| {
             let detail = "user name is empty, too long, or has control, format (bidi, \
                               zero-width) or line-separator characters";

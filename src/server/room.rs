@@ -1013,6 +1013,20 @@ pub fn check_message(payload: &[u8]) -> Result<(), (ErrorCode, String)> {
     })
 }
 
+/// Checks the user ID of a client (a login, or a token the server API mints): a valid user
+/// ID, and not [`crate::protocol::SYSTEM_USER_ID`], which only the server API sends as.
+pub fn check_member_id(id: &str) -> Result<(), (ErrorCode, String)> {
+    crate::protocol::check_user_id(id)
+        .map_err(|code| (code, format!("user ID {id:?} is not valid")))?;
+    if id == crate::protocol::SYSTEM_USER_ID {
+        return Err((
+            ErrorCode::INVALID_USER_ID,
+            format!("user ID {id:?} is reserved for the server API's messages"),
+        ));
+    }
+    Ok(())
+}
+
 /// A command's targets: valid user IDs, at most [`crate::protocol::MAX_COMMAND_TARGETS`],
 /// deduplicated, without the sender (as a broadcast skips its sender); a list that named only
 /// the sender is refused rather than turned into "everyone".

@@ -231,6 +231,16 @@ where
     .unwrap();
 }
 
+/// Waits (within a test step) until the relay's counters satisfy `done`.
+pub async fn until(relay: &TestRelay, done: impl Fn(&qrelay::server::Stats) -> bool) {
+    within(async {
+        while !done(&relay.handle.stats()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// The next broadcast batch on a lane, skipping user updates.
 pub async fn next_broadcasts(lane: &mut FrameReader) -> Vec<qrelay::protocol::BroadcastMessage> {
     loop {
