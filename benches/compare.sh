@@ -15,6 +15,7 @@
 #   size10 size100 size1000 size10000: a room of N receivers at 10 msg/s, the default
 #             broadcast limit of a room (one delivery per packet): how cost grows with the room
 #   1to1      1 -> 1, 5,000 msg/s
+# RELAY=PATH measures another relay binary (a before/after pair with the same tool).
 # Needs a release build (cargo build --release --workspace); installs redis-server and
 # nats-server with apt-get when they are missing.
 set -euo pipefail
@@ -24,8 +25,8 @@ OUT=${OUT:-/tmp/qrelay-compare}
 CERTS=${CERTS:-/tmp/qrelay-bench/certs}
 SYSTEMS=${SYSTEMS:-"qrelay redis nats"}
 PACING=${PACING:-even}
-RELAY=./target/release/qrelay
-TOOL=./target/release/qrelay-cli
+RELAY=${RELAY:-./target/release/qrelay}
+TOOL=${TOOL:-./target/release/qrelay-cli}
 QRELAY_PORT=47433 REDIS_PORT=46379 NATS_PORT=44222
 mkdir -p "$OUT"
 for bin in "$RELAY" "$TOOL"; do
