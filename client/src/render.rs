@@ -690,6 +690,8 @@ mod tests {
             "token_renewed",
             "users_joined",
             "users_left",
+            "room_members",
+            "member_count",
             "broadcast",
             "barrage",
             "command",

@@ -32,7 +32,9 @@ const _: () = assert!(MIN_EVENT_QUEUE >= 2 + HELD_BARRAGE_PER_ROOM.div_ceil(MAX_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Users joined a room. The first such event after a login lists the members who were
-    /// already there (not including this client); it is absent when the room was empty.
+    /// already there (not including this client); it is absent when the room was empty. A
+    /// large room reports neither joins nor leaves: see [`Event::RoomMembers`] and
+    /// [`Event::MemberCount`].
     UsersJoined {
         /// The room.
         room: String,

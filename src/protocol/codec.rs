@@ -431,6 +431,27 @@ mod tests {
             frame_hex(&LaneEvent::Broadcasts(vec![message])),
             "00 00 00 17 02 01 01 fd 00 68 e5 cf 8b 01 00 00 03 62 6f 62 03 42 6f 62 02 68 69"
         );
+        let fetch = |request, cursor| RequestFrame {
+            request,
+            body: Request::FetchMembers { room: "lobby".into(), cursor, limit: 50 },
+        };
+        assert_eq!(frame_hex(&fetch(4, 0)), "00 00 00 0a 04 05 05 6c 6f 62 62 79 00 32");
+        let cursor = 0x8000_0007_0000_0003;
+        assert_eq!(
+            frame_hex(&fetch(5, cursor)),
+            "00 00 00 12 05 05 05 6c 6f 62 62 79 fd 03 00 00 00 07 00 00 80 32"
+        );
+        let bob_member = Member { session: 3, user: User { id: "bob".into(), name: "Bob".into() } };
+        let page = MemberPage { count: 1001, members: vec![bob_member], next: cursor };
+        assert_eq!(
+            frame_hex(&reply(4, Outcome::Members(page.clone()))),
+            "00 00 00 19 00 04 04 fb e9 03 01 03 03 62 6f 62 03 42 6f 62 fd 03 00 00 00 07 00 00 80"
+        );
+        assert_eq!(
+            frame_hex(&LaneEvent::MemberPage(page)),
+            "00 00 00 17 07 fb e9 03 01 03 03 62 6f 62 03 42 6f 62 fd 03 00 00 00 07 00 00 80"
+        );
+        assert_eq!(frame_hex(&LaneEvent::MemberCount(1001)), "00 00 00 04 06 fb e9 03");
         let up = ClientDatagram::Barrage {
             room_number: 1,
             request: 9,
