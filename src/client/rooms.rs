@@ -955,6 +955,56 @@ mod tests {
     }
 
     #[test]
+    fn a_large_room_reports_its_count_and_first_page_and_names_barrage_senders_quietly() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "hall", 1, 1);
+        let page = crate::protocol::MemberPage {
+            count: 5000,
+            members: vec![member(3, "bob"), member(4, "carol")],
+            next: 99,
+        };
+        let out = rooms.lane_event(1, LaneEvent::MemberPage(page));
+        let first = Event::RoomMembers {
+            room: "hall".into(),
+            count: 5000,
+            users: vec![user("bob"), user("carol")],
+            next: 99,
+        };
+        assert_eq!(out.events, vec![first]);
+        assert_eq!(rooms.member_count("hall"), Some(5000));
+        // The first page names barrage senders.
+        assert!(rooms.resolve_barrage(&barrage(7, 4)).is_ok());
+        // A count is reported when it changes; a named speaker is not reported as a join.
+        let count = |n| Event::MemberCount { room: "hall".into(), count: n };
+        assert_eq!(rooms.lane_event(1, LaneEvent::MemberCount(5001)).events, vec![count(5001)]);
+        assert_eq!(rooms.lane_event(1, LaneEvent::MemberCount(5001)).events, vec![]);
+        let named = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(9, "dave")]));
+        assert_eq!(named.events, vec![]);
+        assert!(rooms.resolve_barrage(&barrage(7, 9)).is_ok());
+        assert_eq!(rooms.member_count("hall"), Some(5001));
+    }
+
+    #[test]
+    fn a_room_that_grows_large_switches_to_counts_and_a_relogin_reports_no_stale_leaves() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "hall", 1, 1);
+        rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
+        assert_eq!(rooms.member_count("hall"), Some(3));
+        let out = rooms.lane_event(1, LaneEvent::MemberCount(1200));
+        assert_eq!(out.events, vec![Event::MemberCount { room: "hall".into(), count: 1200 }]);
+        assert!(
+            rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])).events.is_empty()
+        );
+        // A re-login to the (still large) room: its page is no reason to report bob and carol
+        // as gone.
+        rooms.lane_lost(1);
+        rooms.lane_opened(2, LaneHeader { room: "hall".into(), room_number: 8, epoch: 1 });
+        let page = crate::protocol::MemberPage { count: 1199, members: vec![], next: 5 };
+        let out = rooms.lane_event(2, LaneEvent::MemberPage(page));
+        assert!(matches!(&out.events[..], [Event::RoomMembers { count: 1199, .. }]), "{out:?}");
+    }
+
+    #[test]
     fn lane_events_become_application_events() {
         let mut rooms = rooms(true);
         rooms.lane_opened(1, header("lobby", 7));
