@@ -168,6 +168,9 @@ pub struct ClientConfig {
     ///   [`Event::Recovered`] are the complete list, to replace any list the application kept.
     ///
     /// For load generators and bots that do not need to know who is in a room.
+    ///
+    /// In a large room ([`Event::RoomMembers`]) no full list is kept either way: only the
+    /// first page and the members the relay names before their first barrage.
     pub track_members: bool,
 }
 
