@@ -58,8 +58,9 @@ pub struct Room {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
-    /// The members' user IDs by session number: the order of member pages.
-    by_session: BTreeMap<u32, String>,
+    /// The members' user IDs by session number: the order of member pages (the ID is shared
+    /// with the member's entry, so this costs a tree node per member).
+    by_session: BTreeMap<u32, Arc<str>>,
     /// More than `large_room_above` members joined at some point: logins get a page of the
     /// member list and user updates are counts (see the module docs).
     large: bool,
@@ -370,7 +371,7 @@ impl Room {
         });
         // Insert first: should announcing the join remove a slow member, the newcomer (who
         // was just listed that member) hears that it left, too.
-        state.by_session.insert(session, user.id.clone());
+        state.by_session.insert(session, entry.author.clone());
         if state.large {
             state.members.insert(user.id.clone(), entry);
             // It gets the count it is in (an absolute count, so a later join overwriting it
@@ -884,7 +885,7 @@ impl RoomState {
             if members.len() == limit {
                 return (members, (u64::from(tag) << 32) | u64::from(last));
             }
-            if let Some(entry) = self.members.get(user_id) {
+            if let Some(entry) = self.members.get(&**user_id) {
                 members.push(entry.member());
                 last = session;
             }
