@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
+    /// Let the room write an event straight into the receiver's QUIC stream when its lane has
+    /// nothing queued (the usual case), instead of waking the lane's writer task: one task
+    /// wake-up and one queue hop fewer per receiver. Anything that cannot be written at once
+    /// goes to the lane's queue and bounds, as before. Default `true`; switch off to compare.
+    pub lane_direct_writes: bool,
     /// Bytes asked for the UDP socket's receive and send buffers (the kernel may grant less:
     /// Linux caps them at `net.core.rmem_max` / `wmem_max`). 0 keeps the system default.
     /// Default 0: larger buffers absorb handshake storms, but under overload they queue
@@ -158,6 +163,7 @@ impl Default for ServerConfig {
             max_rooms: 100_000,
             max_history_bytes: 256 * 1024 * 1024,
             segmentation_offload: true,
+            lane_direct_writes: true,
             udp_buffer_bytes: 0,
             endpoints: 1,
             history_size: 500,
