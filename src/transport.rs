@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 #[cfg(feature = "server")]
 use quinn::crypto::rustls::QuicServerConfig;
@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::{ALPN, CodecError, decode_frame};
+use crate::protocol::{ALPN, CodecError, decode_frame, decode_frame_in};
 
 /// Packets a client may receive before it must acknowledge (see `transport_config`).
 const ACK_ELICITING_THRESHOLD: u32 = 8;
@@ -286,6 +286,10 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct FrameReader {
     stream: RecvStream,
+    /// The unread rest of the last chunk received, while no frame is split across chunks:
+    /// frames are decoded from it in place (the usual case: a packet holds whole frames).
+    chunk: Bytes,
+    /// A frame split across chunks, assembled (copied) here.
     buf: BytesMut,
     max: usize,
 }
@@ -293,16 +297,18 @@ pub struct FrameReader {
 impl FrameReader {
     /// Wraps `stream`; frames longer than `max` are refused.
     pub fn new(stream: RecvStream, max: usize) -> Self {
-        Self { stream, buf: BytesMut::new(), max }
+        Self { stream, chunk: Bytes::new(), buf: BytesMut::new(), max }
     }
 
     /// The next frame, or `Ok(None)` when the stream finished cleanly between frames.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
         loop {
-            if let Some(frame) = decode_frame(&mut self.buf, self.max)? {
+            if let Some(frame) = self.next_buffered()? {
                 return Ok(Some(frame));
             }
             match self.stream.read_chunk(READ_CHUNK, true).await? {
+                // Nothing pending: the chunk is decoded in place.
+                Some(chunk) if self.buf.is_empty() => self.chunk = chunk.bytes,
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(ReadError::Truncated),
@@ -312,6 +318,18 @@ impl FrameReader {
 
     /// The next frame if a whole one is already buffered, without reading the stream.
     pub fn next_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        if !self.chunk.is_empty() {
+            if let Some(frame) = decode_frame_in(&mut self.chunk, self.max)? {
+                if self.chunk.is_empty() {
+                    // An empty slice still holds the packet's buffer: let it go.
+                    self.chunk = Bytes::new();
+                }
+                return Ok(Some(frame));
+            }
+            // A frame continues in the next chunk: assemble it in `buf`.
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
         Ok(decode_frame(&mut self.buf, self.max)?)
     }
 
