@@ -208,6 +208,10 @@ enum Action {
     /// report deliveries/s, latency percentiles, losses and the relay's CPU and memory. Exits
     /// non-zero if a reliable message was lost or duplicated.
     Bench(bench::BenchArgs),
+    /// The same load against Redis pub/sub or NATS core pub/sub (one channel or subject for
+    /// the room; evenly paced publishers, the other connections subscribe), for figures side
+    /// by side with the relay's. Exits non-zero if a delivery was lost.
+    PeerBench(bench::peer::PeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -247,6 +251,10 @@ async fn run(cli: Cli) -> ExitCode {
     let common = &cli.common;
     match cli.action {
         Action::Bench(args) => bench::main(common, args).await.unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }),
+        Action::PeerBench(args) => bench::peer::main(args).await.unwrap_or_else(|error| {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }),
