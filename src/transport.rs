@@ -22,6 +22,14 @@ const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Longest a client may delay an acknowledgement (see `transport_config`).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(20);
 
+/// Unacknowledged data the relay lets one connection have in flight (see `transport_config`):
+/// 64 KiB. Data beyond it waits at the relay, where later messages join it in fuller packets
+/// (coalescing under load), instead of queueing in front of a receiver that is behind: with
+/// 256 KiB, a load-tool receiver that kept up with 5,000 messages/s still saw them 0.3-0.7 s
+/// late (BENCHMARKS.md). It caps one connection at 64 KiB per round trip (640 KB/s at
+/// 100 ms), far above a room's message rates.
+pub const SERVER_SEND_WINDOW: u64 = 64 * 1024;
+
 /// Longest interval between a client's keep-alives (see `transport_config`).
 const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 
@@ -69,9 +77,10 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
             config.stream_receive_window(VarInt::from_u32(64 * 1024));
             // Connection-wide receive cap (quinn's default is unbounded).
             config.receive_window(VarInt::from_u32(128 * 1024));
-            // Unacknowledged lane data per connection (default 10 MB): bounds the memory a slow
-            // receiver can pin in the server; a fan-out relay holds one per client.
-            config.send_window(256 * 1024);
+            // Unacknowledged lane data per connection (quinn's default 10 MB): bounds the memory
+            // a slow receiver can pin in the server, and the data queued on the way to a
+            // receiver that is behind (the relay's `send_window_bytes` overrides it).
+            config.send_window(SERVER_SEND_WINDOW);
             // Ask clients (QUIC ACK-frequency extension; quinn supports it) to acknowledge every
             // 8th packet or after 20 ms instead of every other packet: in a fan-out to thousands
             // of receivers their ACKs, not the messages, flood the relay's socket and CPU.

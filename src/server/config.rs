@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// larger number is a mistake, not a machine.
 pub const MAX_ENDPOINTS: usize = 256;
 
+/// Smallest `send_window_bytes`: a dozen full packets, so a connection is never starved.
+pub const MIN_SEND_WINDOW: u64 = 16 * 1024;
+
 /// Everything a relay can be told. `Default` is the documented default of each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,6 +98,12 @@ pub struct ServerConfig {
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
+    /// Unacknowledged bytes the relay lets one connection have in flight (QUIC send window).
+    /// Beyond it, data waits at the relay, where later messages join it in fuller packets,
+    /// rather than queueing in front of a receiver that is behind; it also caps a connection's
+    /// throughput at this much per round trip. Default 65536 (BENCHMARKS.md compares 16 KiB to
+    /// 256 KiB); at least 16384.
+    pub send_window_bytes: u64,
     /// Let the room write an event straight into the receiver's QUIC stream when its lane has
     /// nothing queued (the usual case), instead of waking the lane's writer task: one task
     /// wake-up and one queue hop fewer per receiver. Anything that cannot be written at once
@@ -163,6 +172,7 @@ impl Default for ServerConfig {
             max_rooms: 100_000,
             max_history_bytes: 256 * 1024 * 1024,
             segmentation_offload: true,
+            send_window_bytes: crate::transport::SERVER_SEND_WINDOW,
             lane_direct_writes: true,
             udp_buffer_bytes: 0,
             endpoints: 1,
@@ -222,6 +232,9 @@ impl ServerConfig {
         }
         if !(1..=60_000).contains(&self.user_update_interval_ms) {
             return Err("user_update_interval_ms must be 1 to 60000".into());
+        }
+        if self.send_window_bytes < MIN_SEND_WINDOW {
+            return Err(format!("send_window_bytes must be at least {MIN_SEND_WINDOW}"));
         }
         if self.max_connections_per_address == 0 {
             return Err("max_connections_per_address must be above 0".into());
