@@ -422,6 +422,9 @@ mod tests {
         assert!(config.validate().is_err());
         let config = ServerConfig { endpoints: 0, ..ServerConfig::default() };
         assert!(config.validate().is_err());
+        let config =
+            ServerConfig { send_window_bytes: MIN_SEND_WINDOW - 1, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
         assert!(ServerConfig::default().validate().is_ok());
     }
 }
