@@ -296,6 +296,11 @@ impl Receiver {
             Event::UsersLeft { users, .. } => {
                 self.live.members[self.conn].fetch_sub(users.len(), Ordering::Relaxed);
             }
+            // A large room tells its count (this connection included), not who is there.
+            Event::RoomMembers { count, .. } | Event::MemberCount { count, .. } => {
+                let others = (count as usize).saturating_sub(1);
+                self.live.members[self.conn].store(others, Ordering::Relaxed);
+            }
             Event::RoomClosed { code, .. } => {
                 self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
             }
