@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 #[cfg(feature = "server")]
 use quinn::crypto::rustls::QuicServerConfig;
@@ -15,12 +15,20 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::{ALPN, CodecError, decode_frame};
+use crate::protocol::{ALPN, CodecError, decode_frame, decode_frame_in};
 
 /// Packets a client may receive before it must acknowledge (see `transport_config`).
 const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Longest a client may delay an acknowledgement (see `transport_config`).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Unacknowledged data the relay lets one connection have in flight (see `transport_config`):
+/// 64 KiB. Data beyond it waits at the relay, where later messages join it in fuller packets
+/// (coalescing under load), instead of queueing in front of a receiver that is behind: with
+/// 256 KiB, a load-tool receiver that kept up with 5,000 messages/s still saw them 0.3-0.7 s
+/// late (BENCHMARKS.md). It caps one connection at 64 KiB per round trip (640 KB/s at
+/// 100 ms), far above a room's message rates.
+pub const SERVER_SEND_WINDOW: u64 = 64 * 1024;
 
 /// Longest interval between a client's keep-alives (see `transport_config`).
 const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
@@ -69,9 +77,10 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
             config.stream_receive_window(VarInt::from_u32(64 * 1024));
             // Connection-wide receive cap (quinn's default is unbounded).
             config.receive_window(VarInt::from_u32(128 * 1024));
-            // Unacknowledged lane data per connection (default 10 MB): bounds the memory a slow
-            // receiver can pin in the server; a fan-out relay holds one per client.
-            config.send_window(256 * 1024);
+            // Unacknowledged lane data per connection (quinn's default 10 MB): bounds the memory
+            // a slow receiver can pin in the server, and the data queued on the way to a
+            // receiver that is behind (the relay's `send_window_bytes` overrides it).
+            config.send_window(SERVER_SEND_WINDOW);
             // Ask clients (QUIC ACK-frequency extension; quinn supports it) to acknowledge every
             // 8th packet or after 20 ms instead of every other packet: in a fan-out to thousands
             // of receivers their ACKs, not the messages, flood the relay's socket and CPU.
@@ -286,6 +295,10 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct FrameReader {
     stream: RecvStream,
+    /// The unread rest of the last chunk received, while no frame is split across chunks:
+    /// frames are decoded from it in place (the usual case: a packet holds whole frames).
+    chunk: Bytes,
+    /// A frame split across chunks, assembled (copied) here.
     buf: BytesMut,
     max: usize,
 }
@@ -293,16 +306,18 @@ pub struct FrameReader {
 impl FrameReader {
     /// Wraps `stream`; frames longer than `max` are refused.
     pub fn new(stream: RecvStream, max: usize) -> Self {
-        Self { stream, buf: BytesMut::new(), max }
+        Self { stream, chunk: Bytes::new(), buf: BytesMut::new(), max }
     }
 
     /// The next frame, or `Ok(None)` when the stream finished cleanly between frames.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
         loop {
-            if let Some(frame) = decode_frame(&mut self.buf, self.max)? {
+            if let Some(frame) = self.next_buffered()? {
                 return Ok(Some(frame));
             }
             match self.stream.read_chunk(READ_CHUNK, true).await? {
+                // Nothing pending: the chunk is decoded in place.
+                Some(chunk) if self.buf.is_empty() => self.chunk = chunk.bytes,
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(ReadError::Truncated),
@@ -312,6 +327,18 @@ impl FrameReader {
 
     /// The next frame if a whole one is already buffered, without reading the stream.
     pub fn next_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        if !self.chunk.is_empty() {
+            if let Some(frame) = decode_frame_in(&mut self.chunk, self.max)? {
+                if self.chunk.is_empty() {
+                    // An empty slice still holds the packet's buffer: let it go.
+                    self.chunk = Bytes::new();
+                }
+                return Ok(Some(frame));
+            }
+            // A frame continues in the next chunk: assemble it in `buf`.
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
         Ok(decode_frame(&mut self.buf, self.max)?)
     }
 

@@ -234,6 +234,50 @@ async fn a_lane_that_is_never_read_holds_at_most_its_byte_bound() {
     drop(bob_lanes);
 }
 
+/// Direct lane writes (the room writes into an idle lane's stream): a receiver that stops
+/// reading blocks its stream; what follows waits in the lane's queue behind what was written,
+/// within its bounds, and once the receiver reads again it gets every broadcast exactly once,
+/// in order, after which the lane goes back to direct writes.
+#[tokio::test]
+async fn a_lane_that_falls_behind_and_catches_up_gets_every_broadcast_in_order() {
+    let relay = TestRelay::start(test_config()).await;
+    let (mut alice, _alice_lane) = relay.raw_member("alice", "room").await;
+    let (_bob, mut bob_lane) = relay.raw_member("bob", "room").await;
+    // 600 KiB: more than bob's stream window (256 KiB) lets the relay write, less than that
+    // plus the lane's queue bound (512 KiB).
+    let sent = 600;
+    let mut queued_peak = 0;
+    for _ in 0..sent {
+        assert!(matches!(alice.broadcast("room", KIB).await, Outcome::Sent { .. }));
+        queued_peak = queued_peak.max(relay.handle.stats().lane_bytes);
+    }
+    let stats = relay.handle.stats();
+    assert!(stats.lane_direct_writes > 0, "no direct write");
+    assert!(queued_peak > 0, "nothing was ever queued behind the blocked stream");
+    assert_eq!(stats.slow_receivers, 0);
+    let mut ids = Vec::new();
+    while ids.len() < sent {
+        ids.extend(next_broadcasts(&mut bob_lane).await.iter().map(|m| m.id));
+    }
+    assert_eq!(ids, (1..=sent as u64).collect::<Vec<_>>());
+    // Drained: the writer parks the stream again and the next broadcast is written directly.
+    until(&relay, |stats| stats.lane_bytes == 0).await;
+    let direct = relay.handle.stats().lane_direct_writes;
+    let mut written = false;
+    for id in sent as u64 + 1..sent as u64 + 50 {
+        assert!(matches!(alice.broadcast("room", KIB).await, Outcome::Sent { .. }));
+        assert_eq!(
+            next_broadcasts(&mut bob_lane).await.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [id]
+        );
+        if relay.handle.stats().lane_direct_writes > direct {
+            written = true;
+            break;
+        }
+    }
+    assert!(written, "the lane never went back to direct writes");
+}
+
 /// A connection whose client grants the relay no unidirectional streams: its lanes can never
 /// open.
 async fn peer_without_lanes(relay: &TestRelay) -> RawPeer {

@@ -38,7 +38,7 @@ pub(crate) async fn scrape(State(state): State<HttpState>) -> Response {
 struct Relay(Arc<Shared>);
 
 /// Counters: (name without prefix, help, value).
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 26] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 27] {
     [
         (
             "connections_accepted",
@@ -95,6 +95,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 26] {
             "lanes_open_timed_out",
             "Lanes whose stream the client did not accept in time.",
             s.lanes_open_timed_out,
+        ),
+        (
+            "lane_direct_writes",
+            "Lane events written straight into the receiver's stream, without the lane's queue.",
+            s.lane_direct_writes,
         ),
         (
             "login_timeouts",

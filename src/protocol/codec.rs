@@ -79,13 +79,7 @@ pub fn decode_frame<T: DeserializeOwned>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<T>, CodecError> {
-    if buf.len() < FRAME_HEADER_LEN {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > max {
-        return Err(CodecError::TooLarge { len, max });
-    }
+    let Some(len) = body_len(buf, max)? else { return Ok(None) };
     if buf.len() < FRAME_HEADER_LEN + len {
         buf.reserve(FRAME_HEADER_LEN + len - buf.len());
         return Ok(None);
@@ -93,6 +87,33 @@ pub fn decode_frame<T: DeserializeOwned>(
     buf.advance(FRAME_HEADER_LEN);
     let body = buf.split_to(len);
     decode_body(&body).map(Some)
+}
+
+/// Takes one complete frame off the front of `bytes` (a chunk as received, decoded in place
+/// without copying it into a buffer first) and decodes it; `Ok(None)`, and `bytes`
+/// untouched, while the frame is incomplete. A length above `max` is refused.
+pub fn decode_frame_in<T: DeserializeOwned>(
+    bytes: &mut Bytes,
+    max: usize,
+) -> Result<Option<T>, CodecError> {
+    let Some(len) = body_len(bytes, max)? else { return Ok(None) };
+    let Some(body) = bytes.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    let frame = decode_body(body)?;
+    bytes.advance(FRAME_HEADER_LEN + len);
+    Ok(Some(frame))
+}
+
+/// The body length in a frame's header, once the header is there; a length above `max` is
+/// an error.
+fn body_len(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else { return Ok(None) };
+    let len = u32::from_be_bytes(*header) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge { len, max });
+    }
+    Ok(Some(len))
 }
 
 /// Decodes a whole body; leftover bytes are an error.
@@ -170,6 +191,24 @@ mod tests {
         let decoded: T = decode_frame(&mut buf, MAX_SERVER_FRAME).expect("decode").expect("whole");
         assert_eq!(decoded, msg);
         assert!(buf.is_empty());
+        // In place, from a received chunk: the same, and a prefix is left untouched.
+        for cut in 0..whole.len() {
+            let mut part = Bytes::copy_from_slice(&whole[..cut]);
+            assert_eq!(decode_frame_in::<T>(&mut part, MAX_SERVER_FRAME), Ok(None), "cut at {cut}");
+            assert_eq!(part.len(), cut);
+        }
+        let mut two = Bytes::from([&whole[..], &whole[..]].concat());
+        for _ in 0..2 {
+            let decoded: T =
+                decode_frame_in(&mut two, MAX_SERVER_FRAME).expect("decode").expect("whole");
+            assert_eq!(decoded, msg);
+        }
+        assert!(two.is_empty());
+        let mut short = Bytes::from(whole.to_vec());
+        assert!(matches!(
+            decode_frame_in::<T>(&mut short, whole.len() - FRAME_HEADER_LEN - 1),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     fn sample_requests() -> Vec<RequestFrame> {

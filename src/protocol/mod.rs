@@ -7,8 +7,8 @@ mod limits;
 mod messages;
 
 pub use codec::{
-    CodecError, FRAME_HEADER_LEN, decode_body, decode_datagram, decode_frame, encode_body,
-    encode_broadcast_batch, encode_frame,
+    CodecError, FRAME_HEADER_LEN, decode_body, decode_datagram, decode_frame, decode_frame_in,
+    encode_body, encode_broadcast_batch, encode_frame,
 };
 pub use codes::{ErrorCode, close};
 pub use limits::*;

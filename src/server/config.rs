@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// larger number is a mistake, not a machine.
 pub const MAX_ENDPOINTS: usize = 256;
 
+/// Smallest `send_window_bytes`: a dozen full packets, so a connection is never starved.
+pub const MIN_SEND_WINDOW: u64 = 16 * 1024;
+
 /// Everything a relay can be told. `Default` is the documented default of each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,6 +98,17 @@ pub struct ServerConfig {
     /// Let the kernel split one large send into packets (UDP GSO) where it can. Default `true`;
     /// switch off to compare, or on a path where GSO misbehaves.
     pub segmentation_offload: bool,
+    /// Unacknowledged bytes the relay lets one connection have in flight (QUIC send window).
+    /// Beyond it, data waits at the relay, where later messages join it in fuller packets,
+    /// rather than queueing in front of a receiver that is behind; it also caps a connection's
+    /// throughput at this much per round trip. Default 65536 (BENCHMARKS.md compares 16 KiB to
+    /// 256 KiB); at least 16384.
+    pub send_window_bytes: u64,
+    /// Let the room write an event straight into the receiver's QUIC stream when its lane has
+    /// nothing queued (the usual case), instead of waking the lane's writer task: one task
+    /// wake-up and one queue hop fewer per receiver. Anything that cannot be written at once
+    /// goes to the lane's queue and bounds, as before. Default `true`; switch off to compare.
+    pub lane_direct_writes: bool,
     /// Bytes asked for the UDP socket's receive and send buffers (the kernel may grant less:
     /// Linux caps them at `net.core.rmem_max` / `wmem_max`). 0 keeps the system default.
     /// Default 0: larger buffers absorb handshake storms, but under overload they queue
@@ -167,6 +181,8 @@ impl Default for ServerConfig {
             max_rooms: 100_000,
             max_history_bytes: 256 * 1024 * 1024,
             segmentation_offload: true,
+            send_window_bytes: crate::transport::SERVER_SEND_WINDOW,
+            lane_direct_writes: true,
             udp_buffer_bytes: 0,
             endpoints: 1,
             history_size: 500,
@@ -227,6 +243,9 @@ impl ServerConfig {
         }
         if !(1..=60_000).contains(&self.user_update_interval_ms) {
             return Err("user_update_interval_ms must be 1 to 60000".into());
+        }
+        if self.send_window_bytes < MIN_SEND_WINDOW {
+            return Err(format!("send_window_bytes must be at least {MIN_SEND_WINDOW}"));
         }
         if self.login_member_page > crate::protocol::MAX_MEMBER_PAGE {
             return Err(format!(
@@ -422,6 +441,9 @@ mod tests {
         let config = ServerConfig { max_connections_per_address: 0, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         let config = ServerConfig { endpoints: 0, ..ServerConfig::default() };
+        assert!(config.validate().is_err());
+        let config =
+            ServerConfig { send_window_bytes: MIN_SEND_WINDOW - 1, ..ServerConfig::default() };
         assert!(config.validate().is_err());
         assert!(ServerConfig::default().validate().is_ok());
     }

@@ -3,9 +3,19 @@
 //! consecutive broadcast bodies (a recovery replay) merged into batches of up to [`MAX_BATCH`].
 //! A lone frame (the usual case: one flush of the room's outbox, shared by every receiver) is
 //! handed to quinn as is, without a copy.
+//!
+//! Direct writes (`lane_direct_writes`, on by default): while a writer has nothing to write it
+//! parks its stream in the lane's [`Slot`], and the room writes a frame straight into it (quinn
+//! copies nothing and sends it with the connection's next packet) instead of queueing it and
+//! waking the writer. A write that cannot complete at once (flow control, congestion window,
+//! an error) unparks the stream and queues the rest: from then on every event goes through
+//! the queue, its bounds and the writer's stall timer, in order, until the writer has drained
+//! the queue and parks again. So the room never waits, and coalescing under load is unchanged:
+//! whatever quinn has not sent yet when the next frame comes goes out in the same packet.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -83,6 +93,22 @@ impl Queued {
     }
 }
 
+/// Where a lane's writer parks its stream while it has nothing to write.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The lane's stream, while the writer is not using it.
+    stream: Option<quinn::SendStream>,
+    /// Whether the room may write to `stream` directly: the writer parked it with its queue
+    /// empty. Cleared (by the room or the writer) as soon as anything is queued.
+    parked: bool,
+}
+
+/// Locks a lane's slot (a panic elsewhere cannot leave it inconsistent: every change is one
+/// assignment).
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The room's end of a lane.
 #[derive(Debug)]
 pub struct Lane {
@@ -91,6 +117,8 @@ pub struct Lane {
     tx: mpsc::Sender<(LaneItem, Instant)>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
     queued: Arc<Queued>,
+    /// The parked stream, when `lane_direct_writes` is on.
+    slot: Option<Arc<Mutex<Slot>>>,
     max_bytes: usize,
     max_conn_bytes: usize,
 }
@@ -119,15 +147,17 @@ impl Lane {
         let close = Arc::new(OnceLock::new());
         let queued = Arc::new(Queued { bytes: AtomicUsize::new(0), conn: conn.clone() });
         conn.unopened.fetch_add(1, Ordering::Relaxed);
+        let slot = config.lane_direct_writes.then(Arc::default);
         let lane = Lane {
             id: LAST_LANE.fetch_add(1, Ordering::Relaxed) + 1,
             tx,
             close: close.clone(),
             queued: queued.clone(),
+            slot: slot.clone(),
             max_bytes: config.lane_queue_bytes,
             max_conn_bytes: config.connection_queue_bytes,
         };
-        let queue = LaneQueue { rx, close, queued, shared: shared.clone(), opened: false };
+        let queue = LaneQueue { rx, close, queued, slot, shared: shared.clone(), opened: false };
         (lane, queue)
     }
 
@@ -142,7 +172,24 @@ impl Lane {
         if lane + len > self.max_bytes || conn + len > self.max_conn_bytes {
             return if self.tx.is_closed() { Err(PushError::Gone) } else { Err(PushError::Full) };
         }
-        self.send(item, at, len, counters)
+        let Some(slot) = &self.slot else { return self.send(item, at, len, counters) };
+        let mut slot = lock(slot);
+        let rest = match (slot.parked, &mut slot.stream, item) {
+            (true, Some(stream), LaneItem::Frame(frame)) => match write_now(stream, frame) {
+                None => {
+                    // Waited nowhere: it is in quinn's send buffer now.
+                    counters.lane_delay.record(Duration::ZERO);
+                    Counters::bump(&counters.lane_direct_writes);
+                    return Ok(());
+                }
+                Some(rest) => LaneItem::Frame(rest),
+            },
+            (_, _, item) => item,
+        };
+        // Queued from here on, in order behind `rest`, until the writer parks again.
+        slot.parked = false;
+        let len = rest.len();
+        self.send(rest, at, len, counters)
     }
 
     /// Queues one of the events a new lane starts with (member list, recovery replay): bounded
@@ -185,12 +232,32 @@ impl Lane {
     }
 }
 
+/// Writes `frame` into `stream` if it can be written at once, without waiting: `None` when
+/// all of it went in, else what is left of it (all of it when the stream is blocked or failed;
+/// the writer then meets the same condition and handles it).
+fn write_now(stream: &mut quinn::SendStream, frame: Bytes) -> Option<Bytes> {
+    let mut chunks = [frame];
+    let written = {
+        let mut write = std::pin::pin!(stream.write_chunks(&mut chunks));
+        write.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    };
+    let [rest] = chunks;
+    match written {
+        Poll::Ready(Ok(_)) if rest.is_empty() => None,
+        // A partial write leaves the unwritten tail in `rest`; a blocked (`Pending`) or failed
+        // one leaves all of it.
+        _ => Some(rest),
+    }
+}
+
 /// The writer's end of a lane. Dropping it gives back the bytes still queued.
 #[derive(Debug)]
 pub struct LaneQueue {
     rx: mpsc::Receiver<(LaneItem, Instant)>,
     close: Arc<OnceLock<(ErrorCode, String)>>,
     queued: Arc<Queued>,
+    /// The lane's [`Slot`], when `lane_direct_writes` is on.
+    slot: Option<Arc<Mutex<Slot>>>,
     shared: Arc<Shared>,
     /// Whether the lane no longer counts as unopened.
     opened: bool,
@@ -204,9 +271,42 @@ impl LaneQueue {
     }
 
     fn try_recv(&mut self) -> Option<LaneItem> {
-        let (item, _) = self.rx.try_recv().ok()?;
+        self.try_recv_at().map(|(item, _)| item)
+    }
+
+    fn try_recv_at(&mut self) -> Option<(LaneItem, Instant)> {
+        let (item, at) = self.rx.try_recv().ok()?;
         self.queued.sub(item.len(), &self.shared.counters);
-        Some(item)
+        Some((item, at))
+    }
+
+    /// Parks `send` for direct writes if nothing is queued; else returns the next event. Without
+    /// direct writes, just the next event if one is queued.
+    fn park_or_next(
+        &mut self,
+        send: &mut Option<quinn::SendStream>,
+    ) -> Option<(LaneItem, Instant)> {
+        let Some(slot) = self.slot.clone() else { return self.try_recv_at() };
+        // Under the slot's lock: the room decides "write or queue" under it too, so nothing
+        // is queued between this check and the parking.
+        let mut slot = lock(&slot);
+        let next = self.try_recv_at();
+        if next.is_none() {
+            slot.stream = send.take();
+            slot.parked = slot.stream.is_some();
+        }
+        next
+    }
+
+    /// Takes the stream back from the slot (the writer has something to write).
+    fn unpark(&self, send: &mut Option<quinn::SendStream>) {
+        if let Some(slot) = &self.slot {
+            let mut slot = lock(slot);
+            slot.parked = false;
+            if let Some(stream) = slot.stream.take() {
+                *send = Some(stream);
+            }
+        }
     }
 
     /// The lane has its stream, or will never get one.
@@ -220,6 +320,12 @@ impl LaneQueue {
 impl Drop for LaneQueue {
     fn drop(&mut self) {
         self.opened();
+        // The writer is gone: the room must not write to the stream any more.
+        if let Some(slot) = &self.slot {
+            let mut slot = lock(slot);
+            slot.parked = false;
+            slot.stream = None;
+        }
         self.rx.close();
         while self.try_recv().is_some() {}
     }
@@ -267,7 +373,7 @@ async fn write_lane(
     let open_timeout = Duration::from_millis(shared.config.lane_open_timeout_ms);
     let opened = tokio::time::timeout(open_timeout, conn.open_uni()).await;
     queue.opened();
-    let mut send = match opened {
+    let send = match opened {
         Ok(Ok(send)) => send,
         Ok(Err(_)) => return Err("connection lost before the lane opened"),
         Err(_) => {
@@ -278,22 +384,31 @@ async fn write_lane(
     // Completes when the client stops the stream (or the connection ends): the member is
     // removed at once, not at its next event.
     let mut stopped = std::pin::pin!(send.stopped());
+    // The stream, while the writer holds it (see [`Slot`]).
+    let mut send = Some(send);
     // Buffers grow on first use: an idle lane holds no write buffer.
     let mut buf = BytesMut::new();
     // The header goes out at once: a stream is invisible to the peer until data is written.
     if encode_frame(header, &mut buf).is_err() {
         return Err("lane header encoding");
     }
-    write_or_give_up(&mut send, buf.split().freeze(), stall).await?;
+    write_or_give_up(writing(&mut send)?, buf.split().freeze(), stall).await?;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let (first, queued_at) = tokio::select! {
-            biased;
-            item = queue.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-            _ = &mut stopped => return Err("the client stopped the lane"),
+        let (first, queued_at) = match queue.park_or_next(&mut send) {
+            Some(next) => next,
+            None => {
+                let next = tokio::select! {
+                    biased;
+                    item = queue.recv() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                    _ = &mut stopped => return Err("the client stopped the lane"),
+                };
+                queue.unpark(&mut send);
+                next
+            }
         };
         shared.counters.lane_delay.record(queued_at.elapsed());
         // A frame that is all there is to write goes to quinn without a copy; anything queued
@@ -327,12 +442,14 @@ async fn write_lane(
         // The filled part of `buf` goes to quinn as is (no copy); `buf` keeps spare capacity.
         let bytes = lone.unwrap_or_else(|| buf.split().freeze());
         trace!(room = %header.room, bytes = bytes.len(), "lane write");
-        write_or_give_up(&mut send, bytes, stall).await?;
+        write_or_give_up(writing(&mut send)?, bytes, stall).await?;
     }
+    queue.unpark(&mut send);
+    let send = writing(&mut send)?;
     if let Some((code, detail)) = queue.close.get() {
         let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
         if encode_frame(&event, &mut buf).is_ok() {
-            write_or_give_up(&mut send, buf.split().freeze(), stall).await?;
+            write_or_give_up(send, buf.split().freeze(), stall).await?;
         }
     }
     drop(queue);
@@ -343,6 +460,11 @@ async fn write_lane(
         let _ = tokio::time::timeout(FINISH_LINGER, stopped).await;
     }
     Ok(())
+}
+
+/// The stream the writer holds: it took it back from the slot before writing.
+fn writing(send: &mut Option<quinn::SendStream>) -> Result<&mut quinn::SendStream, &'static str> {
+    send.as_mut().ok_or("lane stream missing")
 }
 
 /// Writes `bytes`; `Err` when the stream failed, or when the peer took none of it for

@@ -40,6 +40,7 @@ pub use thread::RelayThread;
 use crate::auth::TokenKey;
 use crate::protocol::close;
 use crate::transport::EndpointKeys;
+use crate::transport::SERVER_SEND_WINDOW;
 use stats::Counters;
 
 /// Warnings clients can cause (protocol violations, connections refused at the limit),
@@ -167,12 +168,13 @@ impl Server {
             &identity.endpoint_keys,
             config.idle_timeout(),
         )?;
-        if !config.segmentation_offload {
+        if !config.segmentation_offload || config.send_window_bytes != SERVER_SEND_WINDOW {
             let mut transport = crate::transport::transport_config(
                 crate::transport::Side::Server,
                 config.idle_timeout(),
             );
-            transport.enable_segmentation_offload(false);
+            transport.enable_segmentation_offload(config.segmentation_offload);
+            transport.send_window(config.send_window_bytes);
             quic.transport_config(Arc::new(transport));
         }
         if config.insecure_dev_auth {

@@ -85,6 +85,9 @@ stats! {
     lane_bytes,
     /// Lanes whose stream the client did not accept within `lane_open_timeout_ms`.
     lanes_open_timed_out,
+    /// Lane events the room wrote straight into the receiver's stream (`lane_direct_writes`),
+    /// without the lane's queue and writer task.
+    lane_direct_writes,
     /// Rooms that exist now (rooms kept only for their history included).
     rooms_open,
     /// Bytes of broadcast history held by all rooms now.
