@@ -15,7 +15,12 @@
 #   size10 size100 size1000 size10000: a room of N receivers at 10 msg/s, the default
 #             broadcast limit of a room (one delivery per packet): how cost grows with the room
 #   1to1      1 -> 1, 5,000 msg/s
-# RELAY=PATH measures another relay binary (a before/after pair with the same tool).
+#
+# Environment: OUT (reports, /tmp/qrelay-compare), CERTS (the relay's development certificates,
+# /tmp/qrelay-bench/certs), SYSTEMS ("qrelay redis nats"), PACING (even or tick), RELAY and
+# TOOL (other binaries, e.g. a before/after pair of relays with the same tool), QRELAY_PORT,
+# REDIS_PORT, NATS_PORT (27433, 26379, 24222: below Linux's ephemeral range, so an outgoing
+# connection never holds them).
 # Needs a release build (cargo build --release --workspace); installs redis-server and
 # nats-server with apt-get when they are missing.
 set -euo pipefail
@@ -27,7 +32,7 @@ SYSTEMS=${SYSTEMS:-"qrelay redis nats"}
 PACING=${PACING:-even}
 RELAY=${RELAY:-./target/release/qrelay}
 TOOL=${TOOL:-./target/release/qrelay-cli}
-QRELAY_PORT=47433 REDIS_PORT=46379 NATS_PORT=44222
+QRELAY_PORT=${QRELAY_PORT:-27433} REDIS_PORT=${REDIS_PORT:-26379} NATS_PORT=${NATS_PORT:-24222}
 mkdir -p "$OUT"
 for bin in "$RELAY" "$TOOL"; do
     [[ -x $bin ]] || { echo "missing $bin: run cargo build --release --workspace" >&2; exit 1; }
@@ -55,6 +60,10 @@ declare -A CASES=(
     [1to1]="2 5000"
 )
 ORDER=(1to1 fan100 fan1000 fan10000 size10 size100 size1000 size10000)
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
 (($# > 0)) && ORDER=("$@")
 
 server_pid=
@@ -67,7 +76,8 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# `start SYSTEM LOG`: starts the server, sets server_pid, waits until it listens.
+# `start SYSTEM LOG`: starts the server, sets server_pid, waits until it listens; fails (and
+# stops it) if it does not.
 start() {
     case $1 in
         qrelay)
@@ -85,8 +95,9 @@ start() {
             server_pid=$!
             for _ in $(seq 100); do grep -q "Server is ready" "$2" && return; sleep 0.1; done ;;
     esac
-    echo "$1 did not start: see $2" >&2
-    exit 1
+    echo "   $1 did not start: see $2" >&2
+    stop_server
+    return 1
 }
 
 for case in "${ORDER[@]}"; do
@@ -96,7 +107,8 @@ for case in "${ORDER[@]}"; do
     common="--connections $connections --senders 1 --rate $rate --duration 10s --pacing $PACING"
     for system in $SYSTEMS; do
         log=$OUT/$case.$system.log
-        start "$system" "$log"
+        rm -f "$OUT/$case.$system.json"
+        start "$system" "$log" || continue
         echo "== $case $system ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg))"
         case $system in
             qrelay)

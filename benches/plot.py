@@ -17,6 +17,13 @@ import sys
 SYSTEMS = ["qrelay", "redis", "nats"]
 
 
+def systems(directory):
+    """The systems with reports in DIR: qrelay, redis, nats first, then others (a report named
+    CASE.qrelay-before.json is a qrelay report under another name)."""
+    found = {p.name.split(".")[1] for p in pathlib.Path(directory).glob("*.*.json")}
+    return [s for s in SYSTEMS if s in found] + sorted(found - set(SYSTEMS))
+
+
 def load(directory, case, system):
     """The figures of one run, the same keys whichever tool wrote it; None if absent."""
     path = pathlib.Path(directory) / f"{case}.{system}.json"
@@ -24,11 +31,12 @@ def load(directory, case, system):
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if system == "qrelay":
+    if system.startswith("qrelay"):
         kind = report["kinds"][0]
         server = report["server"]
         return {
             "receivers": report["scenario"]["connections"] - report["scenario"]["senders"],
+            "pacing": report["scenario"].get("pacing", "tick"),
             "rate": report["scenario"]["rate"],
             "latency": kind["latency"],
             "expected": kind["delivery"]["expected"],
@@ -39,6 +47,7 @@ def load(directory, case, system):
         }
     return {
         "receivers": report["connections"] - report["senders"],
+        "pacing": report["pacing"],
         "rate": report["rate"],
         "latency": report["latency"],
         "expected": report["expected"],
@@ -58,7 +67,7 @@ def table(directory, cases):
           "| server CPU per delivery | tool CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case in cases:
-        for system in SYSTEMS:
+        for system in systems(directory):
             run = load(directory, case, system)
             if run is None:
                 continue
@@ -86,12 +95,14 @@ def plots(directory, outdir):
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     series = {}
-    for system in SYSTEMS:
+    for system in systems(directory):
         runs = [load(directory, case, system) for case in cases]
         runs = [r for r in runs if r is not None]
         if runs:
             series[system] = runs
 
+    pacing = "/".join(sorted({r["pacing"] for runs in series.values() for r in runs}))
+    rates = "/".join(sorted({f"{r['rate']:g}" for runs in series.values() for r in runs}))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for system, runs in series.items():
         x = [r["receivers"] for r in runs]
@@ -103,7 +114,7 @@ def plots(directory, outdir):
     ax.set_yscale("log")
     ax.set_xlabel("receivers in the room")
     ax.set_ylabel("send → receive latency (ms)")
-    ax.set_title("Latency by room size, 10 messages/s, evenly paced")
+    ax.set_title(f"Latency by room size, {rates} messages/s, {pacing} pacing")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -116,7 +127,7 @@ def plots(directory, outdir):
     ax.set_xscale("log")
     ax.set_xlabel("receivers in the room")
     ax.set_ylabel("server CPU per delivery (µs)")
-    ax.set_title("Server CPU per delivery by room size, 10 messages/s")
+    ax.set_title(f"Server CPU per delivery by room size, {rates} messages/s, {pacing} pacing")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend()

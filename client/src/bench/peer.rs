@@ -34,6 +34,8 @@ const MAX_CONNECTIONS: usize = super::MAX_CONNECTIONS;
 const ROOM: &str = "qrelay-peer-bench";
 /// Longest latency recorded (longer ones count as this).
 const HISTOGRAM_MAX: Duration = Duration::from_secs(60);
+/// Longest wait for a Redis reply or connection.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the subscriptions to be in place before sending.
 const SUBSCRIBE_WAIT: Duration = Duration::from_millis(300);
 
@@ -295,13 +297,20 @@ async fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
 async fn connect(system: System, url: &str) -> anyhow::Result<Publisher> {
     let cannot = || format!("cannot connect to {url}");
     Ok(match system {
-        System::Redis => Publisher::Redis(
-            redis::Client::open(url)
-                .context("bad --url")?
-                .get_multiplexed_async_connection()
-                .await
-                .with_context(cannot)?,
-        ),
+        System::Redis => {
+            // The crate's defaults (500 ms per reply, 1 s to connect) would fail a run on a
+            // busy machine; the run's own drain bounds it instead.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(REDIS_TIMEOUT))
+                .set_connection_timeout(Some(REDIS_TIMEOUT));
+            Publisher::Redis(
+                redis::Client::open(url)
+                    .context("bad --url")?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .with_context(cannot)?,
+            )
+        }
         System::Nats => Publisher::Nats(async_nats::connect(url).await.with_context(cannot)?),
     })
 }

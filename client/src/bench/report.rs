@@ -331,6 +331,13 @@ impl Report {
     /// The report for people.
     pub fn human(&self) -> String {
         let mut out = String::new();
+        // The options that shape the traffic, so that two reports can be told apart.
+        let shown = ["connections", "rooms", "senders", "kinds", "rate", "pacing", "payload"];
+        let scenario: Vec<String> = shown
+            .iter()
+            .filter_map(|key| Some(format!("{key} {}", plain(self.scenario.get(*key)?))))
+            .collect();
+        let _ = writeln!(out, "scenario: {}", scenario.join(", "));
         let c = &self.connect;
         let _ = writeln!(
             out,
@@ -442,12 +449,12 @@ impl Report {
         if let (Some(before), Some(loaded)) = (s.memory_before, s.memory_loaded) {
             let _ = writeln!(
                 out,
-                "server memory: {} KiB before, {} KiB loaded ({} per connection), peak {} KiB",
+                "server memory: {} KiB before, {} KiB loaded ({}), peak {} KiB",
                 before.rss_kib,
                 loaded.rss_kib,
                 s.kib_per_connection.map_or_else(
-                    || "n/a below 100 connections".to_string(),
-                    |v| format!("{v:.1} KiB")
+                    || "per connection: n/a below 100 connections".to_string(),
+                    |v| format!("{v:.1} KiB per connection")
                 ),
                 s.memory_after.map_or(loaded.peak_kib, |m| m.peak_kib)
             );
@@ -511,6 +518,15 @@ pub fn cpu_per_delivery_us(cpu: Duration, deliveries: u64) -> Option<f64> {
 
 fn ms(us: f64) -> String {
     if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.1} µs") }
+}
+
+/// A JSON value as people read it: strings without quotes, lists joined with commas.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
 }
 
 fn opt<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
