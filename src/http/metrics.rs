@@ -38,7 +38,7 @@ pub(crate) async fn scrape(State(state): State<HttpState>) -> Response {
 struct Relay(Arc<Shared>);
 
 /// Counters: (name without prefix, help, value).
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 26] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 28] {
     [
         (
             "connections_accepted",
@@ -105,6 +105,16 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 26] {
             "control_stalls",
             "Connections closed for not reading their control stream.",
             s.control_stalls,
+        ),
+        (
+            "webtransport_sessions",
+            "Browser connections that became a WebTransport session.",
+            s.webtransport_sessions,
+        ),
+        (
+            "webtransport_refused",
+            "Browser connections closed before they became a WebTransport session.",
+            s.webtransport_refused,
         ),
         ("webhooks_sent", "Webhook deliveries answered with 2xx.", s.webhooks_sent),
         ("webhooks_failed", "Webhook deliveries given up after their retries.", s.webhooks_failed),

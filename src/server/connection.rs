@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use quinn::{SendStream, VarInt};
+use quinn::SendStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
@@ -14,6 +14,7 @@ use super::Shared;
 use super::admission::Admitted;
 use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
+use super::peer::Peer;
 use super::room::{Room, Send, check_member_id, check_message};
 use super::router::Login;
 use super::stats::{Counters, RequestKind};
@@ -24,10 +25,12 @@ use crate::protocol::{
     decode_datagram, encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
+use crate::webtransport::{self, session::StreamError};
 
 type Refusal = (ErrorCode, String);
 
-/// Serves one incoming connection until it closes. `admitted` holds its place in the
+/// Serves one incoming connection until it closes: a native client, or a browser's
+/// WebTransport session (ALPN `h3`), with the same logic. `admitted` holds its place in the
 /// connection limits (handshakes in progress count too) and gives it back when this returns.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -48,11 +51,29 @@ pub async fn serve(
         }
     };
     let session = shared.next_session();
-    let span = info_span!("conn", conn = session, %remote);
+    let browser = alpn(&conn).as_deref() == Some(webtransport::ALPN_H3);
+    let span = info_span!("conn", conn = session, %remote, browser);
+    let peer = if browser {
+        let timeout = Duration::from_millis(shared.config.control_stream_timeout_ms);
+        match webtransport::session::accept(conn.clone(), timeout).instrument(span.clone()).await {
+            Ok(session) => {
+                Counters::bump(&shared.counters.webtransport_sessions);
+                Peer::WebTransport(Arc::new(session))
+            }
+            Err(e) => {
+                Counters::bump(&shared.counters.webtransport_refused);
+                span.in_scope(|| debug!(error = %e, "not a WebTransport session: closing"));
+                conn.close(close::PROTOCOL_VIOLATION.into(), b"not a qrelay WebTransport session");
+                return;
+            }
+        }
+    } else {
+        Peer::Quic(conn)
+    };
     Counters::bump(&shared.counters.connections_accepted);
     let mut state = ConnState {
         shared: shared.clone(),
-        conn: conn.clone(),
+        peer,
         session,
         user: None,
         claims: None,
@@ -66,9 +87,16 @@ pub async fn serve(
     span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
 }
 
+/// The protocol the connection's TLS handshake settled on.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?;
+    data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
 struct ConnState {
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    /// The client's connection (native QUIC or WebTransport).
+    peer: Peer,
     session: u32,
     /// The user this connection logged in as (fixed by the first login).
     user: Option<User>,
@@ -90,21 +118,31 @@ impl ConnState {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         let timeout = Duration::from_millis(self.shared.config.control_stream_timeout_ms);
         let (mut control, recv) = tokio::select! {
-            accepted = tokio::time::timeout(timeout, self.conn.accept_bi()) => match accepted {
+            accepted = tokio::time::timeout(timeout, self.peer.accept_control()) => match accepted {
                 Ok(Ok(streams)) => streams,
+                Ok(Err(e @ StreamError::Header { .. })) => {
+                    Counters::bump(&self.shared.counters.protocol_violations);
+                    debug!(error = %e, "control stream of another kind: closing");
+                    self.peer.close(close::PROTOCOL_VIOLATION, b"not a WebTransport stream of this session");
+                    return;
+                }
                 Ok(Err(e)) => {
                     debug!(error = %e, "closed before opening a control stream");
                     return;
                 }
                 Err(_) => {
                     debug!("no control stream in time: closing");
-                    self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
+                    self.peer.close(close::NO_CONTROL_STREAM, b"no control stream");
                     return;
                 }
             },
             _ = shutdown.changed() => return self.shut_down().await,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
+        // Made once: a new pair of accept futures per request would cost on the hot path.
+        let peer = self.peer.clone();
+        let unexpected = async move { peer.unexpected_stream().await };
+        tokio::pin!(unexpected);
         let login_timeout = Duration::from_millis(self.shared.config.login_timeout_ms);
         let control_stall = Duration::from_millis(self.shared.config.control_stall_ms);
         let mut room_check = Instant::now() + login_timeout;
@@ -148,7 +186,7 @@ impl ConnState {
                     }
                     Ok(None) => {
                         debug!("control stream finished: closing");
-                        self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
+                        self.peer.close(close::NORMAL, b"control stream finished");
                         return;
                     }
                     Err(e) => {
@@ -156,7 +194,7 @@ impl ConnState {
                         return;
                     }
                 },
-                datagram = self.conn.read_datagram() => match datagram {
+                datagram = self.peer.read_datagram() => match datagram {
                     Ok(datagram) => self.handle_datagram(datagram).into_iter().collect(),
                     Err(e) => {
                         debug!(error = %e, "connection ended");
@@ -172,7 +210,7 @@ impl ConnState {
                         Some(deadline) if deadline <= Instant::now() => {
                             Counters::bump(&self.shared.counters.login_timeouts);
                             debug!("in no room for login_timeout_ms: closing");
-                            self.conn.close(VarInt::from_u32(close::LOGIN_TIMEOUT), b"not logged in to any room");
+                            self.peer.close(close::LOGIN_TIMEOUT, b"not logged in to any room");
                             return;
                         }
                         Some(deadline) => room_check = deadline,
@@ -180,6 +218,12 @@ impl ConnState {
                         None => room_check = Instant::now() + login_timeout,
                     }
                     continue;
+                }
+                _ = &mut unexpected => {
+                    Counters::bump(&self.shared.counters.protocol_violations);
+                    debug!("a stream beyond the control stream: closing");
+                    self.peer.close(close::PROTOCOL_VIOLATION, b"only the control stream may be opened");
+                    return;
                 }
                 _ = shutdown.changed() => return self.shut_down().await,
             };
@@ -199,7 +243,7 @@ impl ConnState {
                     Err(_) => {
                         Counters::bump(&self.shared.counters.control_stalls);
                         debug!("control stream replies not taken for control_stall_ms: closing");
-                        self.conn.close(VarInt::from_u32(close::CONTROL_STALLED), b"control stream replies not read");
+                        self.peer.close(close::CONTROL_STALLED, b"control stream replies not read");
                         return;
                     }
                 },
@@ -224,7 +268,8 @@ impl ConnState {
     /// `SHUTDOWN` (dropping them would send FIN, or close with code 0, first).
     async fn shut_down(&mut self) {
         self.leave_all(LeaveReason::Shutdown, "the server is shutting down");
-        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, self.conn.closed()).await;
+        let closed = self.peer.connection().closed();
+        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, closed).await;
     }
 
     fn violation(&self, error: &ReadError) {
@@ -241,7 +286,7 @@ impl ConnState {
             warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
         }
         let reason = error.to_string();
-        self.conn.close(VarInt::from_u32(code), &reason.as_bytes()[..reason.len().min(256)]);
+        self.peer.close(code, &reason.as_bytes()[..reason.len().min(256)]);
     }
 
     fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
@@ -358,7 +403,7 @@ impl ConnState {
         let login = Login {
             session: self.session,
             user: user.clone(),
-            conn: &self.conn,
+            peer: &self.peer,
             lanes: &self.lanes,
             recover,
         };
@@ -368,7 +413,7 @@ impl ConnState {
         let span = info_span!("lane", room = %room, user = %user.id);
         let owner = LaneOwner { room: joined.clone(), user_id: user.id.clone(), lane };
         tokio::spawn(
-            lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue, owner)
+            lane::run_writer(self.shared.clone(), self.peer.clone(), header, queue, owner)
                 .instrument(span),
         );
         let room_number = joined.number;

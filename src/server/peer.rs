@@ -1,0 +1,116 @@
+//! The transport under one client connection: a native QUIC connection (ALPN `qrelay/1`) or a
+//! browser's WebTransport session (ALPN `h3`). The connection task, the rooms (barrage) and
+//! the lanes talk to a [`Peer`], so they serve both kinds alike; this is the only place that
+//! tells them apart.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream, VarInt};
+
+use crate::webtransport::{self, session::StreamError};
+
+/// One client's connection, cheap to clone (one per lane writer and room membership).
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A native client: our frames directly on QUIC streams and datagrams.
+    Quic(quinn::Connection),
+    /// A browser: the same frames inside a WebTransport session.
+    WebTransport(Arc<webtransport::Session>),
+}
+
+impl Peer {
+    /// The QUIC connection under it.
+    pub fn connection(&self) -> &quinn::Connection {
+        match self {
+            Peer::Quic(conn) => conn,
+            Peer::WebTransport(session) => session.connection(),
+        }
+    }
+
+    /// Accepts the client's control stream.
+    pub async fn accept_control(&self) -> Result<(SendStream, RecvStream), StreamError> {
+        match self {
+            Peer::Quic(conn) => Ok(conn.accept_bi().await?),
+            Peer::WebTransport(session) => session.accept_bi().await,
+        }
+    }
+
+    /// Completes when a native client opens a stream the protocol does not have (a
+    /// unidirectional one, or a bidirectional one after its control stream): the stream limits
+    /// let it when WebTransport is on (see `webtransport::session::allow_browser_streams`).
+    /// Never completes for a browser, whose HTTP/3 streams are expected, nor once the
+    /// connection has ended.
+    pub async fn unexpected_stream(&self) {
+        match self {
+            Peer::Quic(conn) => {
+                let uni = async {
+                    if conn.accept_uni().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                let bi = async {
+                    if conn.accept_bi().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = uni => {}
+                    _ = bi => {}
+                }
+            }
+            Peer::WebTransport(_) => std::future::pending().await,
+        }
+    }
+
+    /// Opens a room lane's stream.
+    pub async fn open_uni(&self) -> Result<SendStream, StreamError> {
+        match self {
+            Peer::Quic(conn) => Ok(conn.open_uni().await?),
+            Peer::WebTransport(session) => session.open_uni().await,
+        }
+    }
+
+    /// Queues one barrage datagram (a WebTransport one gets its prefix, in a copy).
+    pub fn send_datagram(&self, datagram: &Bytes) -> Result<(), quinn::SendDatagramError> {
+        match self {
+            Peer::Quic(conn) => conn.send_datagram(datagram.clone()),
+            Peer::WebTransport(session) => session.send_datagram(datagram),
+        }
+    }
+
+    /// Room left in the datagram send buffer: a datagram longer than this makes quinn drop the
+    /// oldest queued one.
+    pub fn datagram_send_buffer_space(&self) -> usize {
+        match self {
+            Peer::Quic(conn) => conn.datagram_send_buffer_space(),
+            Peer::WebTransport(session) => session.datagram_send_buffer_space(),
+        }
+    }
+
+    /// The next datagram the client sent (for WebTransport, its body; empty when it was not
+    /// one of the session's, so that it counts as malformed).
+    pub async fn read_datagram(&self) -> Result<Bytes, quinn::ConnectionError> {
+        match self {
+            Peer::Quic(conn) => conn.read_datagram().await,
+            Peer::WebTransport(session) => session.read_datagram().await,
+        }
+    }
+
+    /// Closes the connection with a close code of docs/PROTOCOL.md (a browser reads it from
+    /// `WebTransport.closed`).
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            Peer::Quic(conn) => conn.close(VarInt::from_u32(code), reason),
+            Peer::WebTransport(session) => session.close(code, reason),
+        }
+    }
+
+    /// The code to reset a stream with so the client reads `code` back.
+    pub fn stream_code(&self, code: u32) -> VarInt {
+        match self {
+            Peer::Quic(_) => VarInt::from_u32(code),
+            Peer::WebTransport(_) => webtransport::Session::stream_code(code),
+        }
+    }
+}
