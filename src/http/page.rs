@@ -78,6 +78,8 @@ fn routes(state: PageState) -> Router {
     for (path, content_type, body) in FILES {
         router = router.route(path, get(move || async move { file(content_type, body) }));
     }
+    // Browsers ask for it unprompted: no icon, and no 404 in the page's console.
+    router = router.route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }));
     if state.shared.dev_tokens {
         router = router.route("/dev/token", get(dev_token));
     }
