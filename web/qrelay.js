@@ -456,6 +456,8 @@ export class Client extends EventTarget {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        // An empty datagram is the relay's keep-alive (PROTOCOL.md section 13).
+        if (value.length === 0) continue;
         let d;
         try {
           d = decodeServerDatagram(value);

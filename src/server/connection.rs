@@ -146,6 +146,8 @@ impl ConnState {
         let login_timeout = Duration::from_millis(self.shared.config.login_timeout_ms);
         let control_stall = Duration::from_millis(self.shared.config.control_stall_ms);
         let mut room_check = Instant::now() + login_timeout;
+        let keep_alive = self.peer.keep_alive_interval(self.shared.config.idle_timeout());
+        let mut keep_alive_at = keep_alive.map(|every| Instant::now() + every);
         loop {
             let warn_at = self.token_warning.map(|(at, _)| at);
             let replies = tokio::select! {
@@ -217,6 +219,11 @@ impl ConnState {
                         // Rooms it was removed from (kicked, too slow) are noticed here.
                         None => room_check = Instant::now() + login_timeout,
                     }
+                    continue;
+                }
+                _ = sleep_until_opt(keep_alive_at) => {
+                    self.peer.keep_alive();
+                    keep_alive_at = keep_alive.map(|every| Instant::now() + every);
                     continue;
                 }
                 _ = &mut unexpected => {

@@ -4,11 +4,16 @@
 //! tells them apart.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream, VarInt};
 
 use crate::webtransport::{self, session::StreamError};
+
+/// Longest interval between two keep-alives to a browser: as native clients' own (5 s), so a
+/// relay with an idle timeout down to 15 s keeps idle pages.
+const BROWSER_KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 
 /// One client's connection, cheap to clone (one per lane writer and room membership).
 #[derive(Debug, Clone)]
@@ -94,6 +99,24 @@ impl Peer {
         match self {
             Peer::Quic(conn) => conn.read_datagram().await,
             Peer::WebTransport(session) => session.read_datagram().await,
+        }
+    }
+
+    /// How often the relay must send something to keep this peer's connection from idling
+    /// out: browsers send no keep-alives of their own on an idle WebTransport session (native
+    /// clients do, see `transport_config`); `None` for native clients.
+    pub fn keep_alive_interval(&self, idle_timeout: Duration) -> Option<Duration> {
+        match self {
+            Peer::Quic(_) => None,
+            Peer::WebTransport(_) => Some((idle_timeout / 3).min(BROWSER_KEEP_ALIVE_MAX)),
+        }
+    }
+
+    /// Sends a keep-alive: a WebTransport datagram with an empty body, which clients ignore
+    /// (docs/PROTOCOL.md, section 13). Best effort.
+    pub fn keep_alive(&self) {
+        if let Peer::WebTransport(session) = self {
+            let _ = session.send_datagram(&Bytes::new());
         }
     }
 

@@ -21,7 +21,8 @@ import {
  * The relay of these tests: default limits, except an idle timeout short enough that a page
  * whose network is cut notices within seconds (QUIC takes the smaller of both sides').
  */
-const RELAY_CONFIG = "idle_timeout_ms = 3000\n";
+const IDLE_TIMEOUT_MS = 3000;
+const RELAY_CONFIG = `idle_timeout_ms = ${IDLE_TIMEOUT_MS}\n`;
 
 let relay;
 let chromium;
@@ -137,6 +138,16 @@ test("a page whose network drops reconnects and recovers the broadcasts it misse
   } finally {
     proxy.close();
   }
+});
+
+test("an idle page keeps its connection past the relay's idle timeout", async () => {
+  const page = await chromium.open(relay, "room=idle&user=alice");
+  await pageState(page, "ready");
+  // Browsers send no keep-alives on an idle session: the relay's keep the page connected.
+  await new Promise((resolve) => setTimeout(resolve, 3 * IDLE_TIMEOUT_MS));
+  const states = await page.evaluate(() => window.qrelayPage.seen.states);
+  assert.deepEqual(states, [], "the connection was lost and remade");
+  await page.close();
 });
 
 test("a bad token shows a readable error in the page", async () => {

@@ -18,10 +18,10 @@ try {
   await cli(relay, "carol", ["broadcast", "--room", "lobby", "hi all, carol from the CLI here"]);
   await type(bob, "hello from the second tab");
   await type(alice, "welcome, both of you!");
-  const comments = ["first!", "what a goal", "😂😂😂", "replay please", "GG", "this stage is fast", "👏👏", "lol", "nice one", "again!"];
+  const comments = ["first!", "what a goal", "😂😂😂", "replay please", "GG", "this stage is fast", "+1 +1", "lol", "nice one", "again!"];
   for (const [i, text] of comments.entries()) {
     await type(bob, `/barrage ${text}`);
-    if (i % 3 === 0) await cli(relay, "carol", ["barrage", "--room", "lobby", `carol: ${text}`]);
+    if (i % 4 === 1) await cli(relay, "carol", ["barrage", "--room", "lobby", `carol: ${text}`]);
     await new Promise((r) => setTimeout(r, 250));
   }
   await pageSees(alice, (seen) => seen.barrage.length >= 10, "the comments");
