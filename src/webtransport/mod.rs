@@ -11,6 +11,11 @@
 //! - [`cert`]: the certificate a browser sees: the short-lived development certificate (ECDSA
 //!   P-256, at most 14 days, renewed before it ends; its SHA-256 goes to the page) or the
 //!   operator's own, chosen per TLS handshake by ALPN.
+//!
+//! Why `web-transport-quinn` and not `wtransport`: both build on quinn 0.11 and speak draft-02,
+//! but only the former accepts a session on a `quinn::Connection` that the relay's own endpoint
+//! accepted, so browsers and native clients share the UDP port, the endpoint, the connection
+//! limits and the connection task (`wtransport` binds its own endpoint and socket).
 
 pub mod cert;
 pub mod session;
