@@ -192,6 +192,13 @@ async fn development_tokens_exist_only_with_the_development_secret() {
         .expect("a token the relay accepts");
     assert_eq!(claims.sub, "alice");
     assert!(claims.grants_room("lobby") && !claims.grants_room("elsewhere"));
+    // A page of another site that resolves to 127.0.0.1 (DNS rebinding) gets none.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let rebound = client
+        .get(format!("{base}/dev/token?user=alice&room=lobby"))
+        .header("host", "evil.example:8080");
+    let rebound = within(rebound.send()).await.unwrap();
+    assert_eq!(rebound.status().as_u16(), 401);
     let (status, _, body) = get(&format!("{base}/dev/token?user=bad%20id&room=lobby")).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("INVALID_USER_ID"), "{body}");

@@ -34,6 +34,19 @@ export class CodecError extends Error {
   }
 }
 
+/**
+ * A body whose enum variant this version does not know (a newer relay's message). The frame
+ * around it is whole, so a reader may skip it; everything else malformed is a CodecError.
+ */
+export class UnknownVariant extends CodecError {
+  constructor(what, index) {
+    super(`unknown ${what} variant ${index}`);
+    this.name = "UnknownVariant";
+    this.what = what;
+    this.index = index;
+  }
+}
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -200,7 +213,7 @@ export class Reader {
   }
   variant(count, what) {
     const index = this.u32();
-    if (index >= count) throw new CodecError(`unknown ${what} variant ${index}`);
+    if (index >= count) throw new UnknownVariant(what, index);
     return index;
   }
   end() {

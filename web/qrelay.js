@@ -10,6 +10,7 @@
 import {
   CloseCode,
   CodecError,
+  UnknownVariant,
   ErrorCode,
   FrameReader,
   MAX_PAYLOAD,
@@ -53,6 +54,19 @@ export class QrelayError extends Error {
     this.code = code;
     this.error = codeName(code);
     this.detail = detail;
+  }
+}
+
+/**
+ * Decodes with `decode`; a frame of a kind this version does not know (a newer relay's) is
+ * skipped (null): it is whole, so the stream stays in step. Other errors are thrown.
+ */
+function skipUnknown(decode) {
+  try {
+    return decode();
+  } catch (e) {
+    if (e instanceof UnknownVariant && (e.what === "LaneEvent" || e.what === "ControlFrame")) return null;
+    throw e;
   }
 }
 
@@ -338,7 +352,8 @@ export class Client extends EventTarget {
         if (done) break;
         frames.push(value);
         for (let body; (body = frames.next()) !== null; ) {
-          const f = decodeControlFrame(body);
+          const f = skipUnknown(() => decodeControlFrame(body));
+          if (f === null) continue;
           if (f.kind === "Reply") this._settle(f.request, f.outcome, null);
           else this.emit("tokenwillexpire", { expiresAtMs: Number(f.expiresAtMs) });
         }
@@ -383,7 +398,8 @@ export class Client extends EventTarget {
             state.members = new Map();
             continue;
           }
-          this._laneEvent(state, decodeLaneEvent(body));
+          const event = skipUnknown(() => decodeLaneEvent(body));
+          if (event !== null) this._laneEvent(state, event);
         }
       }
     } catch (e) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -155,8 +155,18 @@ struct DevToken {
 
 async fn dev_token(
     State(state): State<PageState>,
+    headers: HeaderMap,
     query: Result<Query<DevTokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DevToken>, ApiError> {
+    // A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) must not get
+    // tokens: only requests that name a loopback host are answered.
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("");
+    if !loopback_host(host) {
+        return Err(ApiError::new(
+            ErrorCode::UNAUTHORIZED,
+            format!("development tokens are for pages on localhost or 127.0.0.1, not {host:?}"),
+        ));
+    }
     let Query(query) = query
         .map_err(|_| ApiError::new(ErrorCode::BAD_REQUEST, "use /dev/token?user=ID&room=ROOM"))?;
     check_member_id(&query.user).map_err(|(code, detail)| ApiError::new(code, detail))?;
@@ -168,4 +178,30 @@ async fn dev_token(
         .mint(&query.user, Some(vec![query.room]), true, DEV_TOKEN_TTL)
         .map_err(|e| ApiError::new(ErrorCode::INTERNAL, format!("cannot sign a token: {e}")))?;
     Ok(Json(DevToken { token, expires_in_secs: DEV_TOKEN_TTL.as_secs() }))
+}
+
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.0.0.1`, `[::1]`,
+/// with any port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_host_names_get_development_tokens() {
+        for host in ["localhost", "localhost:8080", "127.0.0.1:8080", "[::1]:8080", "127.1.2.3"] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in ["", "evil.example:8080", "localhost.evil.example", "10.0.0.1:8080", "[::2]"] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ import { test } from "node:test";
 
 import {
   CodecError,
+  UnknownVariant,
   FrameReader,
   MAX_DATAGRAM_BUDGET,
   MAX_PAYLOAD,
@@ -151,7 +152,7 @@ test("malformed input is refused: trailing bytes, truncation, bad tags, u32 with
   refused(() => decodeLaneHeader(hex("05 6c 6f 62"))); // truncated string
   refused(() => decodeLaneEvent(hex("05 02 00 00"))); // bool 2
   refused(() => decodeLaneEvent(hex("05 00 02 00"))); // Option tag 2
-  refused(() => decodeLaneEvent(hex("09"))); // unknown variant
+  assert.throws(() => decodeLaneEvent(hex("09")), UnknownVariant); // a newer relay's event
   refused(() => decodeControlFrame(hex("00 fd 01 00 00 00 00 00 00 00 02"))); // u32 request as u64
   refused(() => decodeLaneHeader(hex("02 c3 28 01 07"))); // invalid UTF-8
   refused(() => decodeLaneEvent(hex("02 33"))); // 51 messages claimed
