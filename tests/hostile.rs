@@ -58,19 +58,25 @@ async fn a_native_client_opening_a_stream_beyond_its_control_stream_is_closed() 
     // WebTransport on (the default): browsers need 3 unidirectional and 2 bidirectional
     // streams, granted before the ALPN is known, so natives get the credit but not the use.
     let relay = TestRelay::start(test_config()).await;
-    let (mallory, _lane) = relay.raw_member("mallory", "lobby").await;
-    let mut send = within(mallory.conn.open_uni()).await.expect("the browsers' limits let it open");
-    // A stream is invisible to the peer until something is written on it.
-    within(send.write_all(b"x")).await.unwrap();
-    match within(mallory.conn.closed()).await {
-        quinn::ConnectionError::ApplicationClosed(reason) => {
-            let code = qrelay::protocol::close::PROTOCOL_VIOLATION;
-            assert_eq!(reason.error_code, quinn::VarInt::from_u32(code));
+    for (n, bidirectional) in [(1, false), (2, true)] {
+        let (mallory, _lane) = relay.raw_member("mallory", "lobby").await;
+        let mut send = if bidirectional {
+            within(mallory.conn.open_bi()).await.expect("the browsers' limits let it open").0
+        } else {
+            within(mallory.conn.open_uni()).await.expect("the browsers' limits let it open")
+        };
+        // A stream is invisible to the peer until something is written on it.
+        within(send.write_all(b"x")).await.unwrap();
+        match within(mallory.conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(reason) => {
+                let code = qrelay::protocol::close::PROTOCOL_VIOLATION;
+                assert_eq!(reason.error_code, quinn::VarInt::from_u32(code));
+            }
+            other => panic!("closed otherwise: {other}"),
         }
-        other => panic!("closed otherwise: {other}"),
+        assert_room_still_served(&relay, "lobby").await;
+        assert_eq!(relay.handle.stats().protocol_violations, n);
     }
-    assert_room_still_served(&relay, "lobby").await;
-    assert_eq!(relay.handle.stats().protocol_violations, 1);
 }
 
 #[tokio::test]

@@ -87,6 +87,25 @@ pub async fn serve(
     span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
 }
 
+/// Closes the connection with `PROTOCOL_VIOLATION` when the client opens a stream beyond its
+/// control stream; ends with the connection.
+async fn close_on_unexpected_stream(shared: Arc<Shared>, peer: Peer) {
+    if peer.unexpected_stream().await {
+        Counters::bump(&shared.counters.protocol_violations);
+        debug!("a stream beyond the control stream: closing");
+        peer.close(close::PROTOCOL_VIOLATION, b"only the control stream may be opened");
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The protocol the connection's TLS handshake settled on.
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let data = conn.handshake_data()?;
@@ -139,10 +158,7 @@ impl ConnState {
             _ = shutdown.changed() => return self.shut_down().await,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
-        // Made once: a new pair of accept futures per request would cost on the hot path.
-        let peer = self.peer.clone();
-        let unexpected = async move { peer.unexpected_stream().await };
-        tokio::pin!(unexpected);
+        let _watcher = self.watch_streams();
         let login_timeout = Duration::from_millis(self.shared.config.login_timeout_ms);
         let control_stall = Duration::from_millis(self.shared.config.control_stall_ms);
         let mut room_check = Instant::now() + login_timeout;
@@ -226,12 +242,6 @@ impl ConnState {
                     keep_alive_at = keep_alive.map(|every| Instant::now() + every);
                     continue;
                 }
-                _ = &mut unexpected => {
-                    Counters::bump(&self.shared.counters.protocol_violations);
-                    debug!("a stream beyond the control stream: closing");
-                    self.peer.close(close::PROTOCOL_VIOLATION, b"only the control stream may be opened");
-                    return;
-                }
                 _ = shutdown.changed() => return self.shut_down().await,
             };
             if self.rooms.is_empty() && self.roomless_since.is_none() {
@@ -257,6 +267,17 @@ impl ConnState {
                 _ = shutdown.changed() => return self.shut_down().await,
             }
         }
+    }
+
+    /// With WebTransport on, native clients get the browsers' stream credit: once the control
+    /// stream is in, a task of its own (no cost per request here) closes a native connection
+    /// that opens another stream. It stops when the returned guard is dropped.
+    fn watch_streams(&self) -> Option<AbortOnDrop> {
+        if !self.shared.config.webtransport || !matches!(self.peer, Peer::Quic(_)) {
+            return None;
+        }
+        let watch = close_on_unexpected_stream(self.shared.clone(), self.peer.clone());
+        Some(AbortOnDrop(tokio::spawn(watch.instrument(tracing::Span::current()))))
     }
 
     /// When the connection must have a room by, if it has none now (rooms it was removed

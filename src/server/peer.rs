@@ -41,30 +41,21 @@ impl Peer {
         }
     }
 
-    /// Completes when a native client opens a stream the protocol does not have (a
-    /// unidirectional one, or a bidirectional one after its control stream): the stream limits
-    /// let it when WebTransport is on (see `webtransport::session::allow_browser_streams`).
-    /// Never completes for a browser, whose HTTP/3 streams are expected, nor once the
-    /// connection has ended.
-    pub async fn unexpected_stream(&self) {
+    /// Waits until a native client opens a stream the protocol does not have (a
+    /// unidirectional one, or a bidirectional one after its control stream: the stream limits
+    /// let it when WebTransport is on, see `webtransport::session::allow_browser_streams`), and
+    /// says `true`; `false` once the connection has ended. A browser's HTTP/3 streams are
+    /// expected: for a browser it only waits for the end.
+    pub async fn unexpected_stream(&self) -> bool {
         match self {
-            Peer::Quic(conn) => {
-                let uni = async {
-                    if conn.accept_uni().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                let bi = async {
-                    if conn.accept_bi().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                tokio::select! {
-                    _ = uni => {}
-                    _ = bi => {}
-                }
+            Peer::Quic(conn) => tokio::select! {
+                uni = conn.accept_uni() => uni.is_ok(),
+                bi = conn.accept_bi() => bi.is_ok(),
+            },
+            Peer::WebTransport(session) => {
+                session.connection().closed().await;
+                false
             }
-            Peer::WebTransport(_) => std::future::pending().await,
         }
     }
 
