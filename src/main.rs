@@ -197,6 +197,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_webtransport {
         config.webtransport = false;
     }
+    let default_web = ServerConfig::default().web;
+    if args.web.is_none()
+        && config.web.is_some()
+        && config.web == default_web
+        && let Some(addr) = config.web
+        && std::net::TcpListener::bind(addr).is_err()
+    {
+        // The page is a convenience: a default port taken by another program must not stop
+        // the relay. A port asked for (--web, or `web` in the file set elsewhere) must bind.
+        warn!(%addr, "the demo page's default address is taken: page off (--web ADDR picks another)");
+        config.web = None;
+    }
     config.webhooks.extend(args.webhooks);
     let threads = args.threads.unwrap_or(1);
     // Before any file is created for a relay that will not start.
@@ -229,9 +241,13 @@ async fn run(
     let api_key_path = api_key_path(&config);
     let http = config.http;
     let webhooks = config.webhooks.clone();
-    let server = Server::bind(config, identity).with_context(|| match http {
-        Some(http) => format!("cannot start the relay on UDP {listen} and TCP {http}"),
-        None => format!("cannot start the relay on UDP {listen}"),
+    let web = config.web;
+    let server = Server::bind(config, identity).with_context(|| {
+        let tcp: Vec<String> = [http, web].into_iter().flatten().map(|a| a.to_string()).collect();
+        match tcp.is_empty() {
+            false => format!("cannot start the relay on UDP {listen} and TCP {}", tcp.join(", ")),
+            true => format!("cannot start the relay on UDP {listen}"),
+        }
     })?;
     let addr = server.local_addr()?;
     let http = server.http_addr();
