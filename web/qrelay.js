@@ -40,6 +40,8 @@ const MAX_BACKOFF_MS = 2000;
 const BARRAGE_HOLD_MS = 500;
 /** Most barrage held per room for an unknown sender. */
 const BARRAGE_HOLD_MAX = 256;
+/** The body of the relay's keep-alive datagram (never a valid ServerDatagram). */
+const KEEP_ALIVE = 0xff;
 /** The sender of barrage and broadcasts from the server API (session 0). */
 const SYSTEM_USER = Object.freeze({ id: "system", name: "System" });
 
@@ -270,6 +272,7 @@ export class Client extends EventTarget {
     this.transport = transport;
     this.control = control.writable.getWriter();
     this.datagrams = transport.datagrams.writable.getWriter();
+    if ("incomingHighWaterMark" in transport.datagrams) transport.datagrams.incomingHighWaterMark = 1024;
     this.lanes = new Map();
     this._readControl(transport, control.readable);
     this._readLanes(transport);
@@ -472,8 +475,8 @@ export class Client extends EventTarget {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
-        // An empty datagram is the relay's keep-alive (PROTOCOL.md section 13).
-        if (value.length === 0) continue;
+        // The relay's keep-alive (PROTOCOL.md section 13).
+        if (value.length === 1 && value[0] === KEEP_ALIVE) continue;
         let d;
         try {
           d = decodeServerDatagram(value);
@@ -486,8 +489,9 @@ export class Client extends EventTarget {
         if (!state) continue;
         this._barrage(state, d);
       }
-    } catch {
+    } catch (e) {
       // The session ended.
+      this.datagramError = String(e?.stack ?? e);
     }
   }
 

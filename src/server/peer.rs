@@ -15,6 +15,12 @@ use crate::webtransport::{self, session::StreamError};
 /// relay with an idle timeout down to 15 s keeps idle pages.
 const BROWSER_KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
 
+/// The body of a keep-alive datagram to a browser: `0xFF` never starts a valid
+/// `ServerDatagram` (it is no varint prefix, PROTOCOL.md section 4). Not empty: Chromium stops
+/// delivering a session's datagrams to the page after one with an empty payload (measured
+/// with Chromium 156: none arrived after the first keep-alive when it was empty).
+pub const KEEP_ALIVE: &[u8] = &[0xff];
+
 /// One client's connection, cheap to clone (one per lane writer and room membership).
 #[derive(Debug, Clone)]
 pub enum Peer {
@@ -103,11 +109,11 @@ impl Peer {
         }
     }
 
-    /// Sends a keep-alive: a WebTransport datagram with an empty body, which clients ignore
-    /// (docs/PROTOCOL.md, section 13). Best effort.
+    /// Sends a keep-alive: a WebTransport datagram whose body is [`KEEP_ALIVE`], which
+    /// clients ignore (docs/PROTOCOL.md, section 13). Best effort.
     pub fn keep_alive(&self) {
         if let Peer::WebTransport(session) = self {
-            let _ = session.send_datagram(&Bytes::new());
+            let _ = session.send_datagram(&Bytes::from_static(KEEP_ALIVE));
         }
     }
 
@@ -126,5 +132,16 @@ impl Peer {
             Peer::Quic(_) => VarInt::from_u32(code),
             Peer::WebTransport(_) => webtransport::Session::stream_code(code),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ServerDatagram, decode_datagram};
+
+    #[test]
+    fn the_keep_alive_is_no_server_datagram() {
+        assert!(decode_datagram::<ServerDatagram>(KEEP_ALIVE).is_err());
     }
 }

@@ -17,7 +17,9 @@ import { QRELAY_CLI, pageState, startBrowser, startRelay, within } from "./harne
 const LATENCY_MESSAGES = Number(process.env.BENCH_MESSAGES ?? 300);
 /** Pause between two timed broadcasts: the latency of a quiet room, not a queue. */
 const LATENCY_GAP_MS = 10;
-/** Barrage offered to one page: rates (per second) and how long each runs. */
+/** Barrage lines `qrelay-cli chat` is given at once (it sends them one after another). */
+const BARRAGE_CLI_MESSAGES = 5000;
+/** Barrage offered to one page by another: rates (per second) and how long each runs. */
 const BARRAGE_RATES = [1000, 5000, 20000];
 const BARRAGE_SECONDS = 3;
 
@@ -49,12 +51,12 @@ async function record(page) {
 async function delays(page, from) {
   const got = await page.evaluate(() => window.bench.broadcasts.splice(0));
   return got
-    .map((m) => JSON.parse(m.text))
-    .filter((m) => m.from === from)
-    .map((m, i) => got[i].at - m.t);
+    .map((m) => ({ sent: JSON.parse(m.text), at: m.at }))
+    .filter(({ sent }) => sent.from === from)
+    .map(({ sent, at }) => at - sent.t);
 }
 
-const relay = await startRelay({ args: ["--limits", "benchmark"] });
+const relay = await startRelay({ args: ["--limits", "benchmark"], http: true });
 const chromium = await startBrowser();
 try {
   const room = "bench";
@@ -97,10 +99,30 @@ try {
     await new Promise((r) => setTimeout(r, LATENCY_GAP_MS));
   }
   await new Promise((r) => setTimeout(r, 500));
-  chat.stdin.end();
   const cliToPage = await delays(bob, "carol");
 
-  // Barrage into one page: alice offers a rate for a few seconds, bob counts.
+  // Barrage from the CLI into the page: carol's chat sends every line it is given as fast as
+  // it can (each `/barrage` waits for its reply), bob's page counts and times the arrivals.
+  await bob.evaluate(() => {
+    window.bench.barrage = 0;
+    window.bench.barrageTimes = [];
+    window.qrelayPage.client.on("barrage", () => window.bench.barrageTimes.push(performance.now()));
+  });
+  const cliBarrage = BARRAGE_CLI_MESSAGES;
+  chat.stdin.write(`/barrage ${"x".repeat(32)}\n`.repeat(cliBarrage));
+  const cliStarted = now();
+  await bob
+    .waitForFunction((n) => window.bench.barrage >= n, { timeout: 60_000, polling: 50 }, cliBarrage)
+    .catch(() => {});
+  const cliSeconds = (now() - cliStarted) / 1000;
+  const cliReceived = await bob.evaluate(() => window.bench.barrage);
+  const cliSpan = await bob.evaluate(() => {
+    const t = window.bench.barrageTimes;
+    return t.length > 1 ? (t[t.length - 1] - t[0]) / 1000 : 0;
+  });
+  chat.stdin.end();
+
+  // Barrage page to page: alice offers a rate for a few seconds, bob counts.
   const throughput = [];
   for (const rate of BARRAGE_RATES) {
     await bob.evaluate(() => (window.bench.barrage = 0));
@@ -134,7 +156,21 @@ try {
 
   console.log(summary("page to page (broadcast)", pageToPage));
   console.log(summary("qrelay-cli chat to page (broadcast)", cliToPage));
+  console.log(
+    `barrage qrelay-cli chat to page: ${cliReceived} of ${cliBarrage} received in ${cliSpan.toFixed(2)} s between the first and the last (${Math.round(cliReceived / Math.max(cliSpan, 0.001))}/s; waited ${cliSeconds.toFixed(1)} s)`,
+  );
   for (const line of throughput) console.log(line);
+  const m = await relay.metrics();
+  const counters = ["barrages", "datagrams_received", "datagrams_sent", "datagrams_dropped_congested", "datagrams_unsendable", "datagrams_malformed", "refusals"];
+  console.log(`relay: ${counters.map((k) => `${k}=${m[k] ?? "-"}`).join(" ")}`);
+  for (const [name, page] of [["alice", alice], ["bob", bob]]) {
+    const state = await page.evaluate(() => ({
+      status: document.getElementById("status").textContent,
+      states: window.qrelayPage.seen.states,
+      errors: window.qrelayPage.seen.errors,
+    }));
+    console.log(`${name}'s page at the end: ${JSON.stringify(state)}`);
+  }
 } finally {
   await chromium.close();
   await relay.close();

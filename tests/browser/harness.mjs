@@ -39,15 +39,18 @@ export function within(promise, what, ms = WAIT_MS) {
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
-/** A `qrelay serve` process on 127.0.0.1:0 with its page listener; `config` is TOML. */
-export async function startRelay({ config = "", args = [] } = {}) {
+/**
+ * A `qrelay serve` process on 127.0.0.1:0 with its page listener; `config` is TOML; `http`:
+ * with its HTTP listener too (`relay.metrics()` reads `/metrics`).
+ */
+export async function startRelay({ config = "", args = [], http = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "qrelay-browser-"));
   const ready = join(dir, "ready.json");
   const configFile = join(dir, "relay.toml");
   writeFileSync(configFile, config);
   const child = spawn(
     QRELAY,
-    ["serve", "--config", configFile, "--listen", "127.0.0.1:0", "--no-http", "--web", "127.0.0.1:0",
+    ["serve", "--config", configFile, "--listen", "127.0.0.1:0", ...(http ? ["--http", "127.0.0.1:0"] : ["--no-http"]), "--web", "127.0.0.1:0",
       "--certs-dir", join(dir, "certs"), "--ready-file", ready, ...args],
     { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } },
   );
@@ -63,6 +66,16 @@ export async function startRelay({ config = "", args = [] } = {}) {
   return {
     quic: addrs.quic,
     web: addrs.web,
+    /** The relay's counters named `qrelay_NAME`, as numbers (needs `http`). */
+    async metrics() {
+      const text = await (await fetch(`http://${addrs.http}/metrics`)).text();
+      const values = {};
+      for (const line of text.split("\n")) {
+        const match = /^qrelay_(\w+?)(?:_total)? (\d+)$/.exec(line);
+        if (match) values[match[1]] = Number(match[2]);
+      }
+      return values;
+    },
     certs: join(dir, "certs"),
     get stderr() {
       return stderr;

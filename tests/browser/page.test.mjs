@@ -140,13 +140,18 @@ test("a page whose network drops reconnects and recovers the broadcasts it misse
   }
 });
 
-test("an idle page keeps its connection past the relay's idle timeout", async () => {
+test("an idle page keeps its connection past the relay's idle timeout, and its barrage", async () => {
   const page = await chromium.open(relay, "room=idle&user=alice");
   await pageState(page, "ready");
   // Browsers send no keep-alives on an idle session: the relay's keep the page connected.
   await new Promise((resolve) => setTimeout(resolve, 3 * IDLE_TIMEOUT_MS));
   const states = await page.evaluate(() => window.qrelayPage.seen.states);
   assert.deepEqual(states, [], "the connection was lost and remade");
+  // The keep-alives (datagrams) leave the page's barrage and broadcasts flowing.
+  await cli(relay, "bob", ["barrage", "--room", "idle", "after the keep-alives"]);
+  await cli(relay, "bob", ["broadcast", "--room", "idle", "still here"]);
+  await pageSees(page, (seen) => seen.barrage.some((m) => m.text === "after the keep-alives"), "barrage after the keep-alives");
+  await pageSees(page, (seen) => seen.broadcasts.some((m) => m.text === "still here"), "a broadcast after the keep-alives");
   await page.close();
 });
 

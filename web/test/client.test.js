@@ -178,7 +178,7 @@ test("lane events become events; barrage from a sender not named yet waits for i
   const { client, session, events } = await loggedIn();
   const lane = session.openLane("lobby", 1, 9n);
   session.datagramsIn.enqueue(barrage(1, 100, 8, "early"));
-  session.datagramsIn.enqueue(new Uint8Array(0)); // the relay's keep-alive
+  session.datagramsIn.enqueue(Uint8Array.of(0xff)); // the relay's keep-alive
   session.datagramsIn.enqueue(barrage(1, 101, 0, "from the API"));
   await until(() => events.some((e) => e.type === "barrage"), "the system barrage");
   assert.equal(events.filter((e) => e.type === "barrage").length, 1, "bob's barrage waits for his join");
