@@ -38,6 +38,8 @@ const INITIAL_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 2000;
 /** A barrage whose sender the lane has not named yet is held this long (PROTOCOL.md section 6). */
 const BARRAGE_HOLD_MS = 500;
+/** Oldest barrage the browser hands to the page (the Rust client's `barrage_max_age`). */
+const BARRAGE_MAX_AGE_MS = 500;
 /** Most barrage held per room for an unknown sender. */
 const BARRAGE_HOLD_MAX = 256;
 /** The body of the relay's keep-alive datagram (never a valid ServerDatagram). */
@@ -272,7 +274,9 @@ export class Client extends EventTarget {
     this.transport = transport;
     this.control = control.writable.getWriter();
     this.datagrams = transport.datagrams.writable.getWriter();
-    if ("incomingHighWaterMark" in transport.datagrams) transport.datagrams.incomingHighWaterMark = 1024;
+    // Barrage the page has not read within this age is dropped by the browser, as the Rust
+    // client's `barrage_max_age` does: live comments are never shown late.
+    if ("incomingMaxAge" in transport.datagrams) transport.datagrams.incomingMaxAge = BARRAGE_MAX_AGE_MS;
     this.lanes = new Map();
     this._readControl(transport, control.readable);
     this._readLanes(transport);
@@ -489,9 +493,8 @@ export class Client extends EventTarget {
         if (!state) continue;
         this._barrage(state, d);
       }
-    } catch (e) {
+    } catch {
       // The session ended.
-      this.datagramError = String(e?.stack ?? e);
     }
   }
 
