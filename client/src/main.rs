@@ -197,6 +197,23 @@ enum Action {
         /// The command payload.
         text: String,
     },
+    /// List a room's members page by page (one JSON line per page, in session order), as a
+    /// member: the listing includes this client's own login. The last line's `next` is 0, or
+    /// the cursor to go on from with --cursor when --pages stopped the walk.
+    Members {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// Members per page (1 to 200).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=200), value_name = "N")]
+        limit: u32,
+        /// Start at this cursor (the `next` of an earlier page) instead of the first page.
+        #[arg(long, default_value_t = 0, value_name = "CURSOR")]
+        cursor: u64,
+        /// Stop after this many pages (0: every page).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        pages: u64,
+    },
     /// Chat interactively: each line is a broadcast; /barrage TEXT, /cmd USER[,USER] TEXT,
     /// /quit. Exits non-zero when the connection is lost for good or the room closes.
     Chat {
@@ -208,6 +225,10 @@ enum Action {
     /// report deliveries/s, latency percentiles, losses and the relay's CPU and memory. Exits
     /// non-zero if a reliable message was lost or duplicated.
     Bench(bench::BenchArgs),
+    /// The same load against Redis pub/sub or NATS core pub/sub (one channel or subject for
+    /// the room; evenly paced publishers, the other connections subscribe), for figures side
+    /// by side with the relay's. Exits non-zero if a delivery was lost.
+    PeerBench(bench::peer::PeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -250,8 +271,15 @@ async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }),
+        Action::PeerBench(args) => bench::peer::main(args).await.unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }),
         Action::Listen { rooms } => listen(common, rooms).await,
         Action::Chat { room } => chat::run(common, room).await,
+        Action::Members { room, limit, cursor, pages } => {
+            members(common, &room, limit, cursor, pages).await
+        }
         Action::Broadcast { room, text } => one_shot(common, Kind::Broadcast, &room, text).await,
         Action::Barrage { room, text } => one_shot(common, Kind::Barrage, &room, text).await,
         Action::Command { room, to, text } => {
@@ -447,6 +475,40 @@ async fn send_once(common: &Common, kind: &Kind, room: &str, text: String) -> Re
     .await;
     client.close().await;
     Ok(result?)
+}
+
+/// Connects, logs in, prints the member pages asked for (or the failure) as JSON lines,
+/// closes.
+async fn members(common: &Common, room: &str, limit: u32, cursor: u64, pages: u64) -> ExitCode {
+    let result = async {
+        validate_room(room)?;
+        let Session { client, events: _events, token } = connect(common).await?;
+        let walked = async {
+            client.login_room(room, token.current()).await?;
+            let mut cursor = cursor;
+            let mut printed = 0;
+            loop {
+                let page = client.fetch_members(room, cursor, limit).await?;
+                print_json(&render::members_json(room, &page));
+                printed += 1;
+                cursor = page.next;
+                if cursor == 0 || printed == pages {
+                    return Ok::<(), ClientError>(());
+                }
+            }
+        }
+        .await;
+        client.close().await;
+        Ok::<(), Failure>(walked?)
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            print_json(&render::members_failed_json(room, &failure));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM: `listen` and `chat` leave cleanly on either, closing the

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qrelay::client::{ClientError, ConnectionState, Event, ReceivedBarrage};
-use qrelay::protocol::{BroadcastMessage, CommandMessage, User, close};
+use qrelay::protocol::{BroadcastMessage, CommandMessage, MemberPage, User, close};
 use serde::Serialize;
 
 use crate::Failure;
@@ -49,6 +49,18 @@ pub enum EventJson<'a> {
     UsersLeft {
         room: &'a str,
         users: Vec<UserJson<'a>>,
+    },
+    /// A large room's login: the member count and the first page (`next` 0: no more).
+    RoomMembers {
+        room: &'a str,
+        count: u32,
+        users: Vec<UserJson<'a>>,
+        next: u64,
+    },
+    /// A large room's member count changed.
+    MemberCount {
+        room: &'a str,
+        count: u32,
     },
     Broadcast {
         room: &'a str,
@@ -210,6 +222,13 @@ pub fn event_json(event: &Event) -> EventJson<'_> {
         Event::UsersLeft { room, users } => {
             EventJson::UsersLeft { room, users: users.iter().map(user_json).collect() }
         }
+        Event::RoomMembers { room, count, users, next } => EventJson::RoomMembers {
+            room,
+            count: *count,
+            users: users.iter().map(user_json).collect(),
+            next: *next,
+        },
+        Event::MemberCount { room, count } => EventJson::MemberCount { room, count: *count },
         Event::Broadcasts { room, messages } => {
             EventJson::Broadcast { room, messages: messages.iter().map(broadcast_json).collect() }
         }
@@ -282,6 +301,58 @@ pub fn sent_json<'a>(kind: &'a str, room: &'a str, result: &Result<u64, Failure>
     }
 }
 
+/// One page of `qrelay-cli members`: `{"ok":true,"room":..,"count":..,"users":[..],"next":..}`.
+#[derive(Debug, Serialize)]
+pub struct MembersJson<'a> {
+    ok: bool,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<Vec<MemberJson<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<u64>,
+    #[serde(flatten)]
+    error: Option<ErrorJson>,
+}
+
+/// A member as `{"id":..,"name":..,"session":..}`.
+#[derive(Debug, Serialize)]
+pub struct MemberJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    session: u32,
+}
+
+/// A page of members.
+pub fn members_json<'a>(room: &'a str, page: &'a MemberPage) -> MembersJson<'a> {
+    let users = page
+        .members
+        .iter()
+        .map(|m| MemberJson { id: &m.user.id, name: &m.user.name, session: m.session })
+        .collect();
+    MembersJson {
+        ok: true,
+        room,
+        count: Some(page.count),
+        users: Some(users),
+        next: Some(page.next),
+        error: None,
+    }
+}
+
+/// A member listing that failed.
+pub fn members_failed_json<'a>(room: &'a str, failure: &Failure) -> MembersJson<'a> {
+    MembersJson {
+        ok: false,
+        room,
+        count: None,
+        users: None,
+        next: None,
+        error: Some(ErrorJson::from(failure)),
+    }
+}
+
 /// The result of a login.
 pub fn login_json<'a>(room: &'a str, result: &Result<(), ClientError>) -> EventJson<'a> {
     EventJson::Login { room, ok: result.is_ok(), error: result.as_ref().err().map(ErrorJson::from) }
@@ -323,6 +394,12 @@ pub fn event_lines(event: &Event) -> Vec<String> {
         Event::UsersLeft { room, users } => {
             users.iter().map(|u| format!("[{room}] - {} left", who(u))).collect()
         }
+        Event::RoomMembers { room, count, users, next } => {
+            let more = if *next == 0 { "" } else { " (the first of them)" };
+            let names: Vec<String> = users.iter().map(who).collect();
+            vec![format!("[{room}] {count} members: {}{more}", names.join(", "))]
+        }
+        Event::MemberCount { room, count } => vec![format!("[{room}] {count} members")],
         Event::Broadcasts { room, messages } => messages
             .iter()
             .map(|m| format!("[{room}] {}: {}  #{}", who(&m.from), text(&m.payload), m.id))
@@ -613,6 +690,8 @@ mod tests {
             "token_renewed",
             "users_joined",
             "users_left",
+            "room_members",
+            "member_count",
             "broadcast",
             "barrage",
             "command",

@@ -402,6 +402,47 @@ async fn cli_one_shot_commands() {
 }
 
 #[tokio::test]
+async fn cli_members_lists_a_room_page_by_page() {
+    let relay = Relay::start(|config| config.large_room_above = 2).await;
+    let _members = [
+        relay.client("m1", &["hall"]).await,
+        relay.client("m2", &["hall"]).await,
+        relay.client("m3", &["hall"]).await,
+    ];
+    let output =
+        within(relay.cli("dave").args(["members", "--room", "hall", "--limit", "3"]).output())
+            .await
+            .expect("run cli");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pages: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    // Four members (the CLI's own login included), three per page, in session order.
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    let listed: Vec<&str> = pages
+        .iter()
+        .flat_map(|p| p["users"].as_array().unwrap())
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert_eq!(listed, ["m1", "m2", "m3", "dave"]);
+    assert_eq!((pages[0]["ok"].as_bool(), pages[0]["count"].as_u64()), (Some(true), Some(4)));
+    assert_ne!(pages[0]["next"].as_u64(), Some(0));
+    assert_eq!(pages[1]["next"].as_u64(), Some(0));
+    // One page, then a cursor that is not this room's.
+    let (ok, line) =
+        relay.run("erin", &["members", "--room", "hall", "--limit", "1", "--pages", "1"]).await;
+    assert!(ok, "{line}");
+    assert_eq!(line["users"].as_array().map(Vec::len), Some(1));
+    let (ok, line) = relay.run("erin", &["members", "--room", "hall", "--cursor", "77"]).await;
+    assert!(!ok);
+    assert_eq!(
+        (line["ok"].as_bool(), line["error"].as_str()),
+        (Some(false), Some("INVALID_CURSOR"))
+    );
+}
+
+#[tokio::test]
 async fn cli_server_takes_a_host_name_and_a_list() {
     let relay = Relay::start(|_| {}).await;
     let (_bob, mut bob_events) = relay.client("bob", &["lobby"]).await;

@@ -32,7 +32,9 @@ const _: () = assert!(MIN_EVENT_QUEUE >= 2 + HELD_BARRAGE_PER_ROOM.div_ceil(MAX_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Users joined a room. The first such event after a login lists the members who were
-    /// already there (not including this client); it is absent when the room was empty.
+    /// already there (not including this client); it is absent when the room was empty. A
+    /// large room reports neither joins nor leaves: see [`Event::RoomMembers`] and
+    /// [`Event::MemberCount`].
     UsersJoined {
         /// The room.
         room: String,
@@ -45,6 +47,32 @@ pub enum Event {
         room: String,
         /// Who left.
         users: Vec<User>,
+    },
+    /// The room is large (more members than the relay's `large_room_above`): instead of the
+    /// member list, this login gets the member count and the first page of the other
+    /// members. Fetch the rest with [`super::Client::fetch_members`] from `next` (0: there is
+    /// no more). From then on the room reports [`Event::MemberCount`] instead of
+    /// [`Event::UsersJoined`] and [`Event::UsersLeft`].
+    RoomMembers {
+        /// The room.
+        room: String,
+        /// How many members the room has, this client included.
+        count: u32,
+        /// The first members, in session order (without this client).
+        users: Vec<User>,
+        /// The cursor of the next page for [`super::Client::fetch_members`]; 0 when this
+        /// page holds every other member.
+        next: u64,
+    },
+    /// A large room's member count changed (reported at most once per relay
+    /// `user_update_interval_ms`, or with the room's next messages, in the room's order). A
+    /// room that grows large while this client is in it reports this instead of user
+    /// updates from then on: the member list the application kept is no longer updated.
+    MemberCount {
+        /// The room.
+        room: String,
+        /// How many members the room has, this client included.
+        count: u32,
     },
     /// Broadcast messages, in ID order (up to 50).
     Broadcasts {

@@ -50,7 +50,7 @@ use rustls::pki_types::CertificateDer;
 use tracing::Instrument;
 
 use crate::protocol::{
-    ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, Outcome, Request, User, check_payload,
+    ErrorCode, MAX_COMMAND_TARGETS, MAX_TOKEN, MemberPage, Outcome, Request, User, check_payload,
     check_room_id, check_user_id, check_user_name, close,
 };
 use crate::transport::client_config_with;
@@ -168,6 +168,9 @@ pub struct ClientConfig {
     ///   [`Event::Recovered`] are the complete list, to replace any list the application kept.
     ///
     /// For load generators and bots that do not need to know who is in a room.
+    ///
+    /// In a large room ([`Event::RoomMembers`]) no full list is kept either way: only the
+    /// first page and the members the relay names before their first barrage.
     pub track_members: bool,
 }
 
@@ -482,6 +485,36 @@ impl Client {
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// One page of `room`'s member list, in session order: up to `limit` members (0, or
+    /// above [`crate::protocol::MAX_MEMBER_PAGE`] (200): 200), from `cursor`
+    /// ([`crate::protocol::MEMBERS_FROM_START`], or the `next` of an earlier page or of
+    /// [`Event::RoomMembers`]), with the room's member count. The page's `next` is 0 after the
+    /// last page. A walk sees every member that stays in the room exactly once. Refused with
+    /// `NOT_LOGGED_IN` outside the room, `INVALID_CURSOR` for a cursor this room did not give.
+    ///
+    /// For large rooms, whose login brings only the first page; it works in any room.
+    pub async fn fetch_members(
+        &self,
+        room: &str,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<MemberPage, ClientError> {
+        validate_room(room)?;
+        let connection = self.shared().connection()?;
+        let request = Request::FetchMembers { room: room.to_owned(), cursor, limit };
+        match connection.request(request).await? {
+            Outcome::Members(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// How many members `room` has, this client included, as far as its events have told
+    /// (counted from user updates, or a large room's [`Event::MemberCount`]); `None` when
+    /// this client is not in it or its lane has not opened yet.
+    pub fn room_member_count(&self, room: &str) -> Option<u32> {
+        lock(&self.shared().rooms).member_count(room)
     }
 
     /// The user this client logs in as.

@@ -8,7 +8,10 @@
 //!   with their connection.
 //!
 //! Member lists (per lane by session, per membership by user ID) are kept only when the
-//! client tracks members ([`super::ClientConfig::track_members`]).
+//! client tracks members ([`super::ClientConfig::track_members`]). The member count of each
+//! lane is always kept. In a large room (the lane brought a `MemberPage` or a `MemberCount`)
+//! the server no longer names who joins or leaves: the client keeps only the count and the
+//! members it was told of (the first page, barrage senders), to name barrage senders.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -146,6 +149,11 @@ struct Lane {
     members: HashMap<u32, User>,
     /// Members that left recently (when, session, who), to name late barrage senders.
     departed: VecDeque<(Instant, u32, User)>,
+    /// How many members the room has, this client included: counted from the user updates,
+    /// or as a large room's lane says.
+    count: u32,
+    /// The room is large: user updates only name barrage senders, and are not reported.
+    large: bool,
 }
 
 /// What a lane reader does with one lane event.
@@ -251,6 +259,13 @@ impl Rooms {
         self.joined.get(room).and_then(|joined| joined.room_number)
     }
 
+    /// How many members `room` has, this client included, as its current lane tells (`None`
+    /// while no lane of it is open).
+    pub(crate) fn member_count(&self, room: &str) -> Option<u32> {
+        let lane = self.joined.get(room)?.lane?;
+        self.lanes.get(&lane).map(|lane| lane.count)
+    }
+
     /// The rooms this client is in (logins the server accepted, including rooms being
     /// logged in to again), sorted.
     pub(crate) fn joined_rooms(&self) -> Vec<String> {
@@ -283,6 +298,8 @@ impl Rooms {
             room_number: header.room_number,
             members: HashMap::new(),
             departed: VecDeque::new(),
+            count: 1,
+            large: false,
         };
         self.lanes.insert(id, lane);
     }
@@ -303,8 +320,16 @@ impl Rooms {
         let room_number = lane.room_number;
         // Held barrage waits for a join to name its sender; untracked, only for its room,
         // which any event of this lane shows is known.
-        let release = matches!(event, LaneEvent::UsersJoined(_)) || !self.track_members;
+        let release = matches!(event, LaneEvent::UsersJoined(_) | LaneEvent::MemberPage(_))
+            || !self.track_members;
         let mut joined = self.joined.get_mut(&room).filter(|joined| joined.lane == Some(id));
+        // A large room keeps no member list: nothing to compare with after a re-login.
+        if matches!(event, LaneEvent::MemberPage(_) | LaneEvent::MemberCount(_))
+            && let Some(joined) = joined.as_mut()
+        {
+            joined.stale = None;
+            joined.known.clear();
+        }
         // A new login's member list ends at its first other event (the `Recovered` event of
         // a recovering login): members known before that it did not name have left.
         if !matches!(event, LaneEvent::UsersJoined(_))
@@ -316,13 +341,52 @@ impl Rooms {
             out.events.push(Event::UsersLeft { room: room.clone(), users });
         }
         match event {
+            LaneEvent::MemberPage(page) => {
+                lane.large = true;
+                lane.count = page.count;
+                if self.track_members {
+                    for member in &page.members {
+                        lane.members.insert(member.session, member.user.clone());
+                    }
+                }
+                out.events.push(Event::RoomMembers {
+                    room,
+                    count: page.count,
+                    users: users_of(page.members),
+                    next: page.next,
+                });
+            }
+            LaneEvent::MemberCount(count) => {
+                let changed = !lane.large || lane.count != count;
+                lane.large = true;
+                lane.count = count;
+                if changed {
+                    out.events.push(Event::MemberCount { room, count });
+                }
+            }
+            // A large room names members only for their barrage: not reported as joins.
+            LaneEvent::UsersJoined(members) if lane.large => {
+                if self.track_members {
+                    for Member { session, user } in members {
+                        lane.members.insert(session, user);
+                    }
+                }
+            }
+            LaneEvent::UsersLeft(members) if lane.large => {
+                for member in members {
+                    lane.members.remove(&member.session);
+                }
+            }
             LaneEvent::UsersJoined(members) if !self.track_members => {
+                lane.count = lane.count.saturating_add(members.len() as u32);
                 out.events.push(Event::UsersJoined { room, users: users_of(members) });
             }
             LaneEvent::UsersLeft(members) if !self.track_members => {
+                lane.count = lane.count.saturating_sub(members.len() as u32).max(1);
                 out.events.push(Event::UsersLeft { room, users: users_of(members) });
             }
             LaneEvent::UsersJoined(members) => {
+                lane.count = lane.count.saturating_add(members.len() as u32);
                 let mut users = Vec::with_capacity(members.len());
                 for Member { session, user } in members {
                     lane.members.insert(session, user.clone());
@@ -340,6 +404,7 @@ impl Rooms {
                 }
             }
             LaneEvent::UsersLeft(members) => {
+                lane.count = lane.count.saturating_sub(members.len() as u32).max(1);
                 let users = members
                     .into_iter()
                     .map(|Member { session, user }| {
@@ -887,6 +952,56 @@ mod tests {
         rooms.lane_opened(2, header("lobby", 7));
         let out = rooms.lane_event(2, LaneEvent::UsersJoined(vec![member(5, "carol")]));
         assert_eq!(out.barrage, 0);
+    }
+
+    #[test]
+    fn a_large_room_reports_its_count_and_first_page_and_names_barrage_senders_quietly() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "hall", 1, 1);
+        let page = crate::protocol::MemberPage {
+            count: 5000,
+            members: vec![member(3, "bob"), member(4, "carol")],
+            next: 99,
+        };
+        let out = rooms.lane_event(1, LaneEvent::MemberPage(page));
+        let first = Event::RoomMembers {
+            room: "hall".into(),
+            count: 5000,
+            users: vec![user("bob"), user("carol")],
+            next: 99,
+        };
+        assert_eq!(out.events, vec![first]);
+        assert_eq!(rooms.member_count("hall"), Some(5000));
+        // The first page names barrage senders.
+        assert!(rooms.resolve_barrage(&barrage(7, 4)).is_ok());
+        // A count is reported when it changes; a named speaker is not reported as a join.
+        let count = |n| Event::MemberCount { room: "hall".into(), count: n };
+        assert_eq!(rooms.lane_event(1, LaneEvent::MemberCount(5001)).events, vec![count(5001)]);
+        assert_eq!(rooms.lane_event(1, LaneEvent::MemberCount(5001)).events, vec![]);
+        let named = rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(9, "dave")]));
+        assert_eq!(named.events, vec![]);
+        assert!(rooms.resolve_barrage(&barrage(7, 9)).is_ok());
+        assert_eq!(rooms.member_count("hall"), Some(5001));
+    }
+
+    #[test]
+    fn a_room_that_grows_large_switches_to_counts_and_a_relogin_reports_no_stale_leaves() {
+        let mut rooms = rooms(true);
+        joined(&mut rooms, "hall", 1, 1);
+        rooms.lane_event(1, LaneEvent::UsersJoined(vec![member(3, "bob"), member(4, "carol")]));
+        assert_eq!(rooms.member_count("hall"), Some(3));
+        let out = rooms.lane_event(1, LaneEvent::MemberCount(1200));
+        assert_eq!(out.events, vec![Event::MemberCount { room: "hall".into(), count: 1200 }]);
+        assert!(
+            rooms.lane_event(1, LaneEvent::UsersLeft(vec![member(3, "bob")])).events.is_empty()
+        );
+        // A re-login to the (still large) room: its page is no reason to report bob and carol
+        // as gone.
+        rooms.lane_lost(1);
+        rooms.lane_opened(2, LaneHeader { room: "hall".into(), room_number: 8, epoch: 1 });
+        let page = crate::protocol::MemberPage { count: 1199, members: vec![], next: 5 };
+        let out = rooms.lane_event(2, LaneEvent::MemberPage(page));
+        assert!(matches!(&out.events[..], [Event::RoomMembers { count: 1199, .. }]), "{out:?}");
     }
 
     #[test]

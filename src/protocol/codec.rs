@@ -188,6 +188,7 @@ mod tests {
                 payload: Bytes::from_static(b"go"),
             },
             Request::RenewToken { token: "new".into() },
+            Request::FetchMembers { room: "lobby".into(), cursor: u64::MAX, limit: 0 },
         ];
         bodies
             .into_iter()
@@ -210,6 +211,11 @@ mod tests {
             Outcome::Sent { message_id: u64::MAX },
             Outcome::Done,
             Outcome::Refused { code: ErrorCode::ROOM_FULL, detail: "full".into() },
+            Outcome::Members(MemberPage {
+                count: 10_001,
+                members: vec![Member { session: 9, user: user(3, 4) }],
+                next: (7 << 32) | 9,
+            }),
         ];
         for outcome in outcomes {
             round_trip(ControlFrame::Reply(Reply { request: 3, outcome }));
@@ -234,6 +240,9 @@ mod tests {
             payload: Bytes::from_static(b"x"),
         }));
         round_trip(LaneEvent::Closed { code: ErrorCode::LOGGED_OUT, detail: String::new() });
+        round_trip(LaneEvent::MemberCount(u32::MAX));
+        let page = MemberPage { count: 2, members: vec![], next: MEMBERS_FROM_START };
+        round_trip(LaneEvent::MemberPage(page));
     }
 
     #[test]
@@ -313,8 +322,16 @@ mod tests {
         let batch = LaneEvent::Broadcasts(vec![message; MAX_BATCH]);
         assert!(encode_body(&batch).unwrap().len() <= MAX_SERVER_FRAME);
         let member = Member { session: u32::MAX, user: user(MAX_USER_ID, MAX_USER_NAME) };
-        let users = LaneEvent::UsersJoined(vec![member; MAX_USERS_PER_UPDATE]);
+        let users = LaneEvent::UsersJoined(vec![member.clone(); MAX_USERS_PER_UPDATE]);
         assert!(encode_body(&users).unwrap().len() <= MAX_SERVER_FRAME);
+        let page =
+            MemberPage { count: u32::MAX, members: vec![member; MAX_MEMBER_PAGE], next: u64::MAX };
+        let reply = ControlFrame::Reply(Reply {
+            request: u32::MAX,
+            outcome: Outcome::Members(page.clone()),
+        });
+        assert!(encode_body(&reply).unwrap().len() <= MAX_SERVER_FRAME);
+        assert!(encode_body(&LaneEvent::MemberPage(page)).unwrap().len() <= MAX_SERVER_FRAME);
     }
 
     #[test]
@@ -414,6 +431,27 @@ mod tests {
             frame_hex(&LaneEvent::Broadcasts(vec![message])),
             "00 00 00 17 02 01 01 fd 00 68 e5 cf 8b 01 00 00 03 62 6f 62 03 42 6f 62 02 68 69"
         );
+        let fetch = |request, cursor| RequestFrame {
+            request,
+            body: Request::FetchMembers { room: "lobby".into(), cursor, limit: 50 },
+        };
+        assert_eq!(frame_hex(&fetch(4, 0)), "00 00 00 0a 04 05 05 6c 6f 62 62 79 00 32");
+        let cursor = 0x8000_0007_0000_0003;
+        assert_eq!(
+            frame_hex(&fetch(5, cursor)),
+            "00 00 00 12 05 05 05 6c 6f 62 62 79 fd 03 00 00 00 07 00 00 80 32"
+        );
+        let bob_member = Member { session: 3, user: User { id: "bob".into(), name: "Bob".into() } };
+        let page = MemberPage { count: 1001, members: vec![bob_member], next: cursor };
+        assert_eq!(
+            frame_hex(&reply(4, Outcome::Members(page.clone()))),
+            "00 00 00 19 00 04 04 fb e9 03 01 03 03 62 6f 62 03 42 6f 62 fd 03 00 00 00 07 00 00 80"
+        );
+        assert_eq!(
+            frame_hex(&LaneEvent::MemberPage(page)),
+            "00 00 00 17 07 fb e9 03 01 03 03 62 6f 62 03 42 6f 62 fd 03 00 00 00 07 00 00 80"
+        );
+        assert_eq!(frame_hex(&LaneEvent::MemberCount(1001)), "00 00 00 04 06 fb e9 03");
         let up = ClientDatagram::Barrage {
             room_number: 1,
             request: 9,
@@ -489,6 +527,14 @@ mod tests {
             ),
             (LaneEvent::UsersLeft(vec![member; MAX_USERS_PER_UPDATE + 1]), MAX_USERS_PER_UPDATE),
             (LaneEvent::Broadcasts(vec![message; MAX_BATCH + 1]), MAX_BATCH),
+            (
+                LaneEvent::MemberPage(MemberPage {
+                    count: 1,
+                    members: vec![Member { session: 1, user: user(1, 1) }; MAX_MEMBER_PAGE + 1],
+                    next: 0,
+                }),
+                MAX_MEMBER_PAGE,
+            ),
         ] {
             let body = encode_body(&event).unwrap();
             let error = decode_body::<LaneEvent>(&body).unwrap_err();

@@ -53,6 +53,9 @@ codes! {
     ALREADY_LOGGED_IN = 1009;
     /// The login names a different user from the one this connection logged in as.
     USER_MISMATCH = 1010;
+    /// A `FetchMembers` cursor that this room never gave out (another room's, one from before
+    /// the room was created anew, or made up).
+    INVALID_CURSOR = 1011;
     /// The token is missing, malformed, or its signature does not verify.
     TOKEN_INVALID = 2001;
     /// The token has expired (renew it with a new token).

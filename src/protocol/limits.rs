@@ -18,6 +18,9 @@ pub const MAX_COMMAND_TARGETS: usize = 100;
 pub const MAX_BATCH: usize = 50;
 /// Most members listed in one user-update event on a room lane.
 pub const MAX_USERS_PER_UPDATE: usize = 200;
+/// Most members in one page of a room's member list (a large room's first page at login, or
+/// a `FetchMembers` reply): as many as a user update holds, so a maximal page fits a frame.
+pub const MAX_MEMBER_PAGE: usize = MAX_USERS_PER_UPDATE;
 /// Largest barrage datagram the server ever sends: the smallest `max_datagram_size()` quinn
 /// offers at the 1200-byte initial MTU is a little above this, so every barrage fits on any path.
 pub const MAX_DATAGRAM_BUDGET: usize = 1150;
@@ -25,8 +28,8 @@ pub const MAX_DATAGRAM_BUDGET: usize = 1150;
 /// and a custom command to the maximum number of targets both fit with room to spare.
 pub const MAX_REQUEST_FRAME: usize = 16 * 1024;
 /// Largest frame body the server sends (control stream or room lane). A batch of
-/// [`MAX_BATCH`] maximal broadcasts and a user update of [`MAX_USERS_PER_UPDATE`] maximal
-/// members both fit.
+/// [`MAX_BATCH`] maximal broadcasts, a user update of [`MAX_USERS_PER_UPDATE`] maximal
+/// members and a member page of [`MAX_MEMBER_PAGE`] all fit.
 pub const MAX_SERVER_FRAME: usize = 128 * 1024;
 
 /// The user ID of the server API's default sender: no client may log in as it, so a message

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorCode, MAX_BATCH, MAX_COMMAND_TARGETS, MAX_USERS_PER_UPDATE};
+use super::{ErrorCode, MAX_BATCH, MAX_COMMAND_TARGETS, MAX_MEMBER_PAGE, MAX_USERS_PER_UPDATE};
 
 /// A user as other members see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +81,33 @@ pub enum Request {
         /// The new JWT; it must name the same user.
         token: String,
     },
+    /// One page of the member list of a room this connection is in, in session order. An
+    /// addition to `qrelay/1` (docs/PROTOCOL.md, "Changelog"): a server from before it closes
+    /// the connection as a protocol violation.
+    FetchMembers {
+        /// The room.
+        room: String,
+        /// Where the page starts: [`MEMBERS_FROM_START`], or the `next` of an earlier page of
+        /// this room.
+        cursor: u64,
+        /// Most members wanted, 1 to [`MAX_MEMBER_PAGE`]; 0 (or more) means the maximum.
+        limit: u32,
+    },
+}
+
+/// The cursor of a member list's first page.
+pub const MEMBERS_FROM_START: u64 = 0;
+
+/// One page of a room's member list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberPage {
+    /// How many members the room has (this connection included), when the page was made.
+    pub count: u32,
+    /// Members in session order, at most [`MAX_MEMBER_PAGE`].
+    #[serde(deserialize_with = "page")]
+    pub members: Vec<Member>,
+    /// The cursor of the next page; [`MEMBERS_FROM_START`] (0) when this page is the last.
+    pub next: u64,
 }
 
 /// Where a receiver's view of a room stopped, for recovery after a re-login.
@@ -138,6 +165,8 @@ pub enum Outcome {
         /// A human-readable explanation.
         detail: String,
     },
+    /// The page of members a `FetchMembers` asked for.
+    Members(MemberPage),
 }
 
 /// The first frame on every room lane (server-opened unidirectional stream).
@@ -184,6 +213,14 @@ pub enum LaneEvent {
         /// How many broadcasts are replayed right after this event.
         replayed: u64,
     },
+    /// A large room's member count (this receiver included) after the joins and leaves since
+    /// the last one. A large room sends this instead of naming who joined or left, at most
+    /// once per flush of the room (`user_update_interval_ms`, or with the next messages).
+    MemberCount(u32),
+    /// The second frame of a lane of a large room, instead of the member list: the member
+    /// count and the first page of the others (the receiver is not listed); the rest comes
+    /// page by page through `FetchMembers`, from `next`.
+    MemberPage(MemberPage),
 }
 
 /// A broadcast message as receivers get it.
@@ -282,6 +319,10 @@ fn targets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D:
 
 fn members<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Member>, D::Error> {
     deserializer.deserialize_seq(BoundedList::new(MAX_USERS_PER_UPDATE))
+}
+
+fn page<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Member>, D::Error> {
+    deserializer.deserialize_seq(BoundedList::new(MAX_MEMBER_PAGE))
 }
 
 fn broadcasts<'de, D: Deserializer<'de>>(

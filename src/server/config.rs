@@ -136,6 +136,15 @@ pub struct ServerConfig {
     pub user_updates_batched_above: usize,
     /// Longest wait of a batched user update, milliseconds (1 to 60000). Default 1000.
     pub user_update_interval_ms: u64,
+    /// Rooms with more members than this are large, and stay large while they exist: a login
+    /// gets the member count and the first `login_member_page` members instead of the whole
+    /// list (more through `FetchMembers`, page by page), and the members hear the new count
+    /// (batched like user updates, at most once per `user_update_interval_ms` or with the next
+    /// messages) instead of who joined or left. So a login costs the same in a room of any
+    /// size. Default 1000.
+    pub large_room_above: usize,
+    /// Members in the first page a login to a large room gets (0 to 200). Default 100.
+    pub login_member_page: usize,
     /// Frequency limits.
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
@@ -177,6 +186,8 @@ impl Default for ServerConfig {
             lane_stall_ms: 60_000,
             user_updates_batched_above: 500,
             user_update_interval_ms: 1000,
+            large_room_above: 1000,
+            login_member_page: 100,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
         }
@@ -229,6 +240,12 @@ impl ServerConfig {
         if !(1..=60_000).contains(&self.user_update_interval_ms) {
             return Err("user_update_interval_ms must be 1 to 60000".into());
         }
+        if self.login_member_page > crate::protocol::MAX_MEMBER_PAGE {
+            return Err(format!(
+                "login_member_page must be at most {}",
+                crate::protocol::MAX_MEMBER_PAGE
+            ));
+        }
         if self.max_connections_per_address == 0 {
             return Err("max_connections_per_address must be above 0".into());
         }
@@ -239,8 +256,11 @@ impl ServerConfig {
             return Err(format!("lane_queue must be at least {}", crate::protocol::MAX_BATCH));
         }
         // A new lane must hold the member list, the recovery event and a full replay.
-        let member_frames =
-            self.max_members_per_room.div_ceil(crate::protocol::MAX_USERS_PER_UPDATE);
+        let member_frames = self
+            .max_members_per_room
+            .min(self.large_room_above)
+            .div_ceil(crate::protocol::MAX_USERS_PER_UPDATE)
+            .max(1);
         if self.history_size + member_frames + 1 > self.lane_queue {
             return Err(format!(
                 "lane_queue ({}) must exceed history_size ({}) plus the member-list frames ({member_frames})",

@@ -324,6 +324,7 @@ impl ConnState {
             Request::Broadcast { .. } => RequestKind::Broadcast,
             Request::Command { .. } => RequestKind::Command,
             Request::RenewToken { .. } => RequestKind::RenewToken,
+            Request::FetchMembers { .. } => RequestKind::FetchMembers,
         };
         let outcome = match frame.body {
             Request::Login { room, user, token, recover } => {
@@ -333,6 +334,9 @@ impl ConnState {
             Request::Broadcast { room, payload } => self.broadcast(&room, &payload),
             Request::Command { room, to, payload } => self.command(&room, to, payload),
             Request::RenewToken { token } => self.renew_token(&token),
+            Request::FetchMembers { room, cursor, limit } => {
+                self.fetch_members(&room, cursor, limit)
+            }
         };
         self.reply(frame.request, kind, outcome)
     }
@@ -471,6 +475,14 @@ impl ConnState {
     fn command(&mut self, room: &str, to: Vec<String>, payload: Bytes) -> Result<Outcome, Refusal> {
         let (joined, send) = self.sender_room(room, &payload)?;
         joined.command(&self.shared, send, to).map(|message_id| Outcome::Sent { message_id })
+    }
+
+    fn fetch_members(&mut self, room: &str, cursor: u64, limit: u32) -> Result<Outcome, Refusal> {
+        self.prune_rooms();
+        let (Some(joined), Some(user)) = (self.rooms.get(room), &self.user) else {
+            return Err(not_logged_in(room));
+        };
+        joined.members_page(self.session, &user.id, cursor, limit).map(Outcome::Members)
     }
 
     fn renew_token(&mut self, token: &str) -> Result<Outcome, Refusal> {

@@ -13,8 +13,17 @@
 //! flushes the outbox first, so every receiver sees the room's events in order. A member that
 //! joined after some events entered the outbox gets only the later ones (its member list at
 //! login already reflected the earlier).
+//!
+//! A room of more than `large_room_above` members is large (for as long as it exists), and
+//! then neither a login nor a user update grows with the room: a login gets the member count
+//! and one page of members ([`Room::members_page`] serves the rest, in session order), and
+//! joins and leaves enter the outbox as one member count, overwritten in place until the next
+//! message, so each flush costs each member one small event however many joined. A member of
+//! a large room is named to the others only when it first sends barrage (whose datagram names
+//! its sender by session number alone).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,9 +39,9 @@ use super::peer::Peer;
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
-    BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_BATCH,
-    MAX_USERS_PER_UPDATE, Member, Recover, ServerDatagram, User, encode_body,
-    encode_broadcast_batch, encode_frame,
+    BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_BATCH, MAX_MEMBER_PAGE,
+    MAX_USERS_PER_UPDATE, MEMBERS_FROM_START, Member, MemberPage, Recover, ServerDatagram, User,
+    encode_body, encode_broadcast_batch, encode_frame,
 };
 
 /// A room and everything the relay knows about it.
@@ -50,6 +59,12 @@ pub struct Room {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
+    /// The members' user IDs by session number: the order of member pages (the ID is shared
+    /// with the member's entry, so this costs a tree node per member).
+    by_session: BTreeMap<u32, Arc<str>>,
+    /// More than `large_room_above` members joined at some point: logins get a page of the
+    /// member list and user updates are counts (see the module docs).
+    large: bool,
     /// Set when the router removed the (empty) room; a login that raced it retries.
     closed: bool,
     broadcast_seq: u64,
@@ -145,6 +160,8 @@ enum Outgoing {
     Joined(Member),
     /// A member left.
     Left(Member),
+    /// A large room's member count after the joins and leaves before it.
+    Count(u32),
 }
 
 /// Why a login to a room did not happen.
@@ -192,6 +209,8 @@ impl Room {
             epoch: rand::random(),
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
+                by_session: BTreeMap::new(),
+                large: false,
                 closed: false,
                 broadcast_seq: 0,
                 history: History::new(
@@ -279,15 +298,29 @@ impl Room {
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                 "the same user logged in to this room from another connection",
             );
+            state.by_session.remove(&old.session);
             self.left(shared, &left.user, LeaveReason::Replaced);
-            state.outbox.push(Outgoing::Left(left));
+            state.member_left(left);
             // On its way now, whatever becomes of this login.
             self.user_update(state, shared);
         }
-        // The newcomer's first events list who is already there, in chunks.
-        let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
-        for chunk in existing.chunks(MAX_USERS_PER_UPDATE) {
-            if let Some(frame) = frame_of(&LaneEvent::UsersJoined(chunk.to_vec())) {
+        state.large |= state.members.len() + 1 > config.large_room_above;
+        // The newcomer's first events list who is already there, in chunks; in a large room,
+        // the member count and the first page only.
+        let initial: Vec<LaneEvent> = if state.large {
+            let count = count_of(state.members.len() + 1);
+            let (members, next) =
+                state.page(self.cursor_tag(), 0, config.login_member_page.min(MAX_MEMBER_PAGE));
+            vec![LaneEvent::MemberPage(MemberPage { count, members, next })]
+        } else {
+            let existing: Vec<Member> = state.members.values().map(MemberEntry::member).collect();
+            existing
+                .chunks(MAX_USERS_PER_UPDATE)
+                .map(|c| LaneEvent::UsersJoined(c.to_vec()))
+                .collect()
+        };
+        for event in &initial {
+            if let Some(frame) = frame_of(event) {
                 // The queue is new and at least MAX_BATCH deep; a huge room may still fill it,
                 // which then counts as a slow start and closes the lane explicitly.
                 if lane.push_initial(LaneItem::Frame(frame), Instant::now(), counters).is_err() {
@@ -332,15 +365,26 @@ impl Room {
             announced: false,
         };
         let joined = entry.member();
-        // Insert first: should announcing the join remove a slow member, the newcomer (who
-        // was just listed that member) hears that it left, too.
-        state.members.insert(user.id.clone(), entry);
         shared.hooks.emit(counters, |at_ms| RoomEvent::UserJoined {
             room: self.name.clone(),
             user: joined.user.clone(),
             at_ms,
         });
-        state.outbox.push(Outgoing::Joined(joined));
+        // Insert first: should announcing the join remove a slow member, the newcomer (who
+        // was just listed that member) hears that it left, too.
+        state.by_session.insert(session, entry.author.clone());
+        if state.large {
+            state.members.insert(user.id.clone(), entry);
+            // It gets the count it is in (an absolute count, so a later join overwriting it
+            // in place before the flush only makes it newer).
+            let at = state.count_changed();
+            if let Some(entry) = state.members.get_mut(&user.id) {
+                entry.joined_at = (state.flushes, at);
+            }
+        } else {
+            state.members.insert(user.id.clone(), entry);
+            state.outbox.push(Outgoing::Joined(joined));
+        }
         self.user_update(state, shared);
         debug!(room = %self.name, user = %user.id, session, members = state.members.len(), "joined");
         Ok((queue, lane_id))
@@ -380,12 +424,13 @@ impl Room {
                 state.flush(shared, &self.name);
             }
             if let Some(entry) = state.members.remove(user_id) {
+                state.by_session.remove(&entry.session);
                 let left = entry.member();
                 if let Some(code) = lane_close_code(reason) {
                     entry.lane.close(code, detail);
                 }
                 self.left(shared, &left.user, reason);
-                state.outbox.push(Outgoing::Left(left));
+                state.member_left(left);
                 self.user_update(&mut state, shared);
                 debug!(room = %self.name, user = %user_id, session, ?reason, "left");
             }
@@ -431,6 +476,46 @@ impl Room {
         self.lock().members.len()
     }
 
+    /// One page of the member list for the member `user_id` on `session`: up to `limit`
+    /// members (0 or above [`MAX_MEMBER_PAGE`]: that many) in session order, from `cursor`
+    /// ([`MEMBERS_FROM_START`], or the `next` of an earlier page). Costs the page, not the
+    /// room: a walk sees every member that stays in the room exactly once; one that joins
+    /// meanwhile is listed if its session number lies ahead of the cursor.
+    pub fn members_page(
+        &self,
+        session: u32,
+        user_id: &str,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<MemberPage, (ErrorCode, String)> {
+        let state = self.lock();
+        state.sender(session, user_id)?;
+        let tag = self.cursor_tag();
+        let after = match cursor {
+            MEMBERS_FROM_START => 0,
+            cursor if (cursor >> 32) as u32 == tag => cursor as u32,
+            _ => {
+                return Err((
+                    ErrorCode::INVALID_CURSOR,
+                    format!("cursor {cursor} was not given out by this room"),
+                ));
+            }
+        };
+        let limit = match limit as usize {
+            0 => MAX_MEMBER_PAGE,
+            n => n.min(MAX_MEMBER_PAGE),
+        };
+        let (members, next) = state.page(tag, after, limit);
+        Ok(MemberPage { count: count_of(state.members.len()), members, next })
+    }
+
+    /// The upper half of this room's member-page cursors: from its epoch, so a cursor of
+    /// another room (or of an earlier incarnation) is refused, with the top bit set so that
+    /// no cursor is [`MEMBERS_FROM_START`].
+    fn cursor_tag(&self) -> u32 {
+        (self.epoch as u32) | (1 << 31)
+    }
+
     /// Tells the webhooks that `user` left.
     fn left(&self, shared: &Shared, user: &User, reason: LeaveReason) {
         shared.hooks.emit(&shared.counters, |at_ms| RoomEvent::UserLeft {
@@ -444,11 +529,16 @@ impl Room {
     /// A user update entered the outbox: a small room flushes it now; a large one within
     /// `user_update_interval_ms`, sooner when a message or command flushes the outbox or
     /// [`USER_UPDATES_PER_FLUSH`] are waiting.
+    /// A large room's count waits for the timer or the next message however many changes
+    /// it sums up.
     fn user_update(self: &Arc<Self>, state: &mut RoomState, shared: &Arc<Shared>) {
         let config = &shared.config;
-        state.pending_updates += 1;
-        if state.members.len() <= config.user_updates_batched_above
-            || state.pending_updates >= USER_UPDATES_PER_FLUSH
+        if !state.large {
+            state.pending_updates += 1;
+        }
+        if !state.large
+            && (state.members.len() <= config.user_updates_batched_above
+                || state.pending_updates >= USER_UPDATES_PER_FLUSH)
         {
             state.flush(shared, &self.name);
         } else if !state.update_timer {
@@ -657,6 +747,13 @@ impl Room {
         if !announced {
             // Receivers name a barrage sender from the user updates: tell them of this one
             // first (a batched join could otherwise trail its barrage by the whole interval).
+            // A large room names its members to the others only now.
+            if state.large
+                && let Some(member) = state.members.get(send.user_id)
+            {
+                let member = member.member();
+                state.outbox.push(Outgoing::Joined(member));
+            }
             state.flush(shared, &self.name);
         }
         if !state.barrage_bucket.try_take() {
@@ -711,6 +808,13 @@ impl RoomState {
                 authors.push(author);
             }
         }
+        let named: Vec<u32> = outbox
+            .iter()
+            .filter_map(|event| match event {
+                Outgoing::Joined(member) => Some(member.session),
+                _ => None,
+            })
+            .collect();
         self.pending_updates = 0;
         // Almost every member gets the whole outbox; authors and newcomers get their own frame.
         let mut everyone: Option<(Bytes, usize)> = None;
@@ -719,7 +823,7 @@ impl RoomState {
         let now = Instant::now();
         let mut delivered = 0;
         for (id, member) in &mut self.members {
-            member.announced = true;
+            member.announced |= named.contains(&member.session);
             let start = if member.joined_at.0 == flush { member.joined_at.1 } else { 0 };
             let key = (start, authors.iter().copied().find(|a| *a == id));
             let built = match key {
@@ -747,6 +851,47 @@ impl RoomState {
             .broadcast_deliveries
             .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
         self.remove_unreachable(shared, room, failed);
+    }
+
+    /// Puts a member's leave into the outbox: by name, or as the new count in a large room.
+    fn member_left(&mut self, left: Member) {
+        if self.large {
+            self.count_changed();
+        } else {
+            self.outbox.push(Outgoing::Left(left));
+        }
+    }
+
+    /// Records a large room's new member count in the outbox: the count already at its end
+    /// is overwritten (counts are absolute, a newer one says all), else one is added. Returns
+    /// its index.
+    fn count_changed(&mut self) -> usize {
+        let count = count_of(self.members.len());
+        if let Some(Outgoing::Count(last)) = self.outbox.last_mut() {
+            *last = count;
+        } else {
+            self.outbox.push(Outgoing::Count(count));
+        }
+        self.outbox.len() - 1
+    }
+
+    /// Up to `limit` members with a session number above `after`, in session order, and the
+    /// cursor of the next page (with `tag` in its upper half; [`MEMBERS_FROM_START`] after
+    /// the last page).
+    fn page(&self, tag: u32, after: u32, limit: usize) -> (Vec<Member>, u64) {
+        let mut members = Vec::with_capacity(limit.min(self.by_session.len()));
+        let mut last = after;
+        for (&session, user_id) in self.by_session.range((Bound::Excluded(after), Bound::Unbounded))
+        {
+            if members.len() == limit {
+                return (members, (u64::from(tag) << 32) | u64::from(last));
+            }
+            if let Some(entry) = self.members.get(&**user_id) {
+                members.push(entry.member());
+                last = session;
+            }
+        }
+        (members, MEMBERS_FROM_START)
     }
 
     /// What a re-login that saw up to `recover` gets: the `Recovered` event and the encoded
@@ -834,6 +979,7 @@ impl RoomState {
             let mut left = Vec::new();
             for (id, why) in failed.drain(..) {
                 let Some(entry) = self.members.remove(&id) else { continue };
+                self.by_session.remove(&entry.session);
                 if why == PushError::Full {
                     Counters::bump(&shared.counters.slow_receivers);
                     debug!(room, user = %id, "receiver too slow: lane closed");
@@ -849,8 +995,16 @@ impl RoomState {
                 left.push(entry.member());
                 entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
             }
-            for chunk in left.chunks(MAX_USERS_PER_UPDATE) {
-                let Some(frame) = frame_of(&LaneEvent::UsersLeft(chunk.to_vec())) else { continue };
+            let events: Vec<LaneEvent> = match self.large {
+                // A large room tells the new count, once.
+                true => vec![LaneEvent::MemberCount(count_of(self.members.len()))],
+                false => left
+                    .chunks(MAX_USERS_PER_UPDATE)
+                    .map(|c| LaneEvent::UsersLeft(c.to_vec()))
+                    .collect(),
+            };
+            for event in &events {
+                let Some(frame) = frame_of(event) else { continue };
                 for (id, member) in &self.members {
                     if let Err(why) =
                         member.lane.push(LaneItem::Frame(frame.clone()), now, &shared.counters)
@@ -975,6 +1129,12 @@ fn encode_outgoing(events: &[Outgoing], except: Option<&str>) -> (Bytes, usize) 
                     flush_broadcasts(&mut broadcasts, &mut buf);
                 }
             }
+            Outgoing::Count(count) => {
+                flush_broadcasts(&mut broadcasts, &mut buf);
+                flush_users(&mut users, users_joined, &mut buf);
+                // Encoding a number cannot fail.
+                let _ = encode_frame(&LaneEvent::MemberCount(*count), &mut buf);
+            }
             Outgoing::Joined(member) | Outgoing::Left(member) => {
                 let joined = matches!(event, Outgoing::Joined(_));
                 flush_broadcasts(&mut broadcasts, &mut buf);
@@ -989,6 +1149,11 @@ fn encode_outgoing(events: &[Outgoing], except: Option<&str>) -> (Bytes, usize) 
     flush_broadcasts(&mut broadcasts, &mut buf);
     flush_users(&mut users, users_joined, &mut buf);
     (buf.freeze(), count)
+}
+
+/// A member count as the wire carries it (a room never holds 2³² members).
+fn count_of(members: usize) -> u32 {
+    u32::try_from(members).unwrap_or(u32::MAX)
 }
 
 /// Encodes one complete frame.

@@ -241,19 +241,22 @@ pub enum RequestKind {
     Command,
     /// A token renewal (QUIC).
     RenewToken,
+    /// A page of a room's member list (QUIC).
+    FetchMembers,
     /// Any other server API request (rooms, members, kick, close, tokens, authentication).
     Api,
 }
 
 impl RequestKind {
     /// Every kind, in the order of the refusal counts.
-    pub const ALL: [RequestKind; 7] = [
+    pub const ALL: [RequestKind; 8] = [
         RequestKind::Login,
         RequestKind::Logout,
         RequestKind::Broadcast,
         RequestKind::Barrage,
         RequestKind::Command,
         RequestKind::RenewToken,
+        RequestKind::FetchMembers,
         RequestKind::Api,
     ];
 
@@ -266,6 +269,7 @@ impl RequestKind {
             RequestKind::Barrage => "barrage",
             RequestKind::Command => "command",
             RequestKind::RenewToken => "renew_token",
+            RequestKind::FetchMembers => "fetch_members",
             RequestKind::Api => "api",
         }
     }

@@ -13,6 +13,8 @@
 //! - `procfs`: CPU time, memory and UDP drops from `/proc`.
 
 mod fleet;
+mod pacer;
+pub mod peer;
 mod procfs;
 mod report;
 mod traffic;
@@ -40,7 +42,7 @@ use report::{
     ConnectReport, KindReport, Latency, Ledger, Report, ServerReport, cpu_per_delivery_us,
     delivery, per_second,
 };
-use traffic::{BARRAGE_LATE, CommandTo, Kind, Live, STAMP_LEN, SendPlan, run_sender};
+use traffic::{BARRAGE_LATE, CommandTo, Kind, Live, Pacing, STAMP_LEN, SendPlan, run_sender};
 
 /// Most connections one run opens: 10,000 receivers and a sender in one room (above the
 /// relay's default `max_connections`; `benches/relay-bench.toml` allows it).
@@ -86,6 +88,11 @@ pub struct BenchArgs {
     /// Target messages per second, all senders together.
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     rate: f64,
+    /// How senders spread their messages: `even` sends each at its own instant (k / rate
+    /// after the start); `tick` wakes every max(1 / rate, 1 ms) and sends what is due as a
+    /// burst, which a relay can pack into fewer packets.
+    #[arg(long, value_enum, default_value = "even", value_name = "MODE")]
+    pacing: Pacing,
     /// How long to send, e.g. 10s or 1m (at most 10m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     duration: Duration,
@@ -270,7 +277,9 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let senders = spawn_senders(args, &plan, &fleet, &live);
     let mut sender_tallies = Vec::with_capacity(senders.len());
     for sender in senders {
-        sender_tallies.push(sender.await.context("a sender task failed")?);
+        sender_tallies.push(
+            sender.await.context("a sender task failed")?.context("a sender's pacer failed")?,
+        );
     }
     let send_seconds = start.elapsed().as_secs_f64();
     draining.store(true, Ordering::Relaxed);
@@ -520,7 +529,7 @@ fn spawn_senders(
     plan: &Arc<FleetPlan>,
     fleet: &Fleet,
     live: &Arc<Live>,
-) -> Vec<tokio::task::JoinHandle<traffic::SenderTally>> {
+) -> Vec<tokio::task::JoinHandle<std::io::Result<traffic::SenderTally>>> {
     let senders: Vec<usize> = (0..args.senders).filter(|&i| fleet.clients[i].is_some()).collect();
     // One list per room, shared by its senders (not one per sender: every connection may send).
     let mut members = vec![Vec::new(); plan.rooms];
@@ -542,6 +551,7 @@ fn spawn_senders(
             members: members[plan.room_of[conn]].clone(),
             payload: args.payload,
             duration: args.duration,
+            pacing: args.pacing,
         };
         tasks.push(tokio::spawn(run_sender(client, send, live.clone())));
     }
@@ -620,6 +630,7 @@ fn scenario(args: &BenchArgs) -> BTreeMap<String, serde_json::Value> {
         "kinds": args.kind,
         "command_to": args.command_to,
         "rate": args.rate,
+        "pacing": args.pacing,
         "duration_s": args.duration.as_secs_f64(),
         "payload": args.payload,
         "in_process": args.in_process,

@@ -18,14 +18,35 @@ pub enum CpuSource {
 }
 
 impl CpuSource {
-    /// User plus system CPU time used so far (10 ms resolution).
+    /// CPU time used so far: the sum of the threads' `schedstat` (nanoseconds; threads that
+    /// have ended no longer count, which the long-lived threads of a relay do not), or
+    /// `utime + stime` of `stat` (10 ms resolution) where `schedstat` is missing.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let path = match self {
-            CpuSource::Process(pid) => format!("/proc/{pid}/stat"),
-            CpuSource::Thread(tid) => format!("/proc/self/task/{tid}/stat"),
+        let (threads, stat) = match self {
+            CpuSource::Process(pid) => {
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok();
+                let sum = tasks.and_then(|dir| {
+                    dir.flatten()
+                        .map(|task| schedstat_ns(&task.path().join("schedstat")))
+                        .sum::<Option<u64>>()
+                });
+                (sum, format!("/proc/{pid}/stat"))
+            }
+            CpuSource::Thread(tid) => {
+                let task = std::path::PathBuf::from(format!("/proc/self/task/{tid}"));
+                (schedstat_ns(&task.join("schedstat")), format!("/proc/self/task/{tid}/stat"))
+            }
         };
-        parse_stat_cpu(&std::fs::read_to_string(path).ok()?)
+        match threads {
+            Some(ns) => Some(Duration::from_nanos(ns)),
+            None => parse_stat_cpu(&std::fs::read_to_string(stat).ok()?),
+        }
     }
+}
+
+/// The first field of a `schedstat` file: nanoseconds spent on a CPU.
+fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Resident memory of a process, in KiB: now (`VmRSS`) and at its peak (`VmHWM`).
@@ -112,6 +133,21 @@ fn parse_udp_drops(table: &str, ports: &[u16]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_of_this_process_advances_below_a_clock_tick() {
+        let me = CpuSource::Process(std::process::id());
+        let before = me.cpu_time().unwrap();
+        // Spin until 2 ms of CPU are used: `stat` alone (10 ms ticks) could not tell.
+        let start = std::time::Instant::now();
+        let mut spins = 0u64;
+        while me.cpu_time().unwrap() < before + Duration::from_millis(2) {
+            spins = std::hint::black_box(spins + 1);
+            assert!(start.elapsed() < Duration::from_secs(20), "CPU time did not advance");
+        }
+        let used = me.cpu_time().unwrap() - before;
+        assert!(used < Duration::from_millis(10), "read in 10 ms steps: {used:?}");
+    }
 
     #[test]
     fn stat_cpu_counts_fields_after_the_last_parenthesis() {

@@ -17,6 +17,8 @@ use qrelay::client::{Client, ClientError, Event, Events, Pending};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::pacer::Pacer;
+
 /// Bytes of the stamp at the start of every payload; the smallest payload the tool sends.
 pub const STAMP_LEN: usize = 16;
 /// Marks a payload as this tool's (bytes 12..16 of the stamp).
@@ -294,6 +296,11 @@ impl Receiver {
             Event::UsersLeft { users, .. } => {
                 self.live.members[self.conn].fetch_sub(users.len(), Ordering::Relaxed);
             }
+            // A large room tells its count (this connection included), not who is there.
+            Event::RoomMembers { count, .. } | Event::MemberCount { count, .. } => {
+                let others = (count as usize).saturating_sub(1);
+                self.live.members[self.conn].store(others, Ordering::Relaxed);
+            }
             Event::RoomClosed { code, .. } => {
                 self.tally.room_closed.get_or_insert_with(|| code.name().to_string());
             }
@@ -417,6 +424,20 @@ pub struct SendPlan {
     pub payload: usize,
     /// How long to send.
     pub duration: Duration,
+    /// How sends are spread over time.
+    pub pacing: Pacing,
+}
+
+/// How a sender spreads its messages over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pacing {
+    /// Each message at its own instant, `k / rate` after the start (what a real sender that
+    /// is not in a hurry does; microsecond precision on Linux).
+    Even,
+    /// A wake-up every `max(1 / rate, 1 ms)`, sending every message due by then as one burst
+    /// (the tool's only mode before 2026-12-01; a relay can pack a burst into fewer packets).
+    Tick,
 }
 
 impl SendPlan {
@@ -439,22 +460,25 @@ impl SendPlan {
 /// Sends at `plan.rate` for `plan.duration`, without waiting for one result before the next
 /// send (each send returns a [`Pending`] result at once), then waits for every outstanding
 /// result.
-pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> SenderTally {
+pub async fn run_sender(
+    client: Client,
+    plan: SendPlan,
+    live: Arc<Live>,
+) -> std::io::Result<SenderTally> {
     let mut tally = SenderTally { conn: plan.conn, ..SenderTally::default() };
-    let interval = Duration::from_secs_f64(1.0 / plan.rate).max(Duration::from_millis(1));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut clock = SendClock::new(plan.pacing, plan.rate)?;
     // Sends whose result is not recorded yet, oldest first.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let start = Instant::now();
     let mut count: u64 = 0;
     'sending: loop {
-        ticker.tick().await;
+        clock.wait(start, count).await?;
         let elapsed = start.elapsed();
         if elapsed >= plan.duration {
             break;
         }
-        // Message k is due at k / rate: send every one that is due by now.
+        // Message k is due at k / rate: send every one that is due by now (with even pacing,
+        // more than one only when the sender fell behind).
         let due = (elapsed.as_secs_f64() * plan.rate) as u64 + 1;
         while count < due {
             if in_flight.len() >= MAX_IN_FLIGHT {
@@ -509,7 +533,42 @@ pub async fn run_sender(client: Client, plan: SendPlan, live: Arc<Live>) -> Send
         let result = send.result.await;
         record(&mut tally, &live, send.kind, send.target, result);
     }
-    tally
+    Ok(tally)
+}
+
+/// When a sender wakes up to send.
+enum SendClock {
+    /// Until message `count` is due.
+    Even { pacer: Pacer, rate: f64 },
+    /// At the next tick.
+    Tick(tokio::time::Interval),
+}
+
+impl SendClock {
+    fn new(pacing: Pacing, rate: f64) -> std::io::Result<SendClock> {
+        Ok(match pacing {
+            Pacing::Even => SendClock::Even { pacer: Pacer::new()?, rate },
+            Pacing::Tick => {
+                let interval = Duration::from_secs_f64(1.0 / rate).max(Duration::from_millis(1));
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                SendClock::Tick(ticker)
+            }
+        })
+    }
+
+    /// Waits until message `count` (counted from 0 at `start`) is due, or the next tick.
+    async fn wait(&mut self, start: Instant, count: u64) -> std::io::Result<()> {
+        match self {
+            SendClock::Even { pacer, rate } => {
+                pacer.until(start + Duration::from_secs_f64(count as f64 / *rate)).await
+            }
+            SendClock::Tick(ticker) => {
+                ticker.tick().await;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A send whose result has not been recorded yet.
@@ -614,6 +673,7 @@ mod tests {
             members: members.clone(),
             payload: STAMP_LEN,
             duration: Duration::from_secs(1),
+            pacing: Pacing::Even,
         };
         let targets = |conn| (0..4).map(|k| plan(conn).other(k)).collect::<Vec<_>>();
         assert_eq!(targets(4), vec![Some(0), Some(2), Some(0), Some(2)]);

@@ -22,6 +22,7 @@ fn main() -> std::io::Result<()> {
         Request::Broadcast { room: "lobby".into(), payload: payload.clone() },
         Request::Command { room: "lobby".into(), to: vec!["bob".into()], payload: payload.clone() },
         Request::RenewToken { token: "x.y.z".into() },
+        Request::FetchMembers { room: "lobby".into(), cursor: (1 << 63) | 7, limit: 50 },
     ];
     let requests: Vec<_> = requests
         .into_iter()
@@ -40,12 +41,20 @@ fn main() -> std::io::Result<()> {
             outcome: Outcome::Refused { code: ErrorCode::ROOM_FULL, detail: "full".into() },
         }),
         ControlFrame::TokenWillExpire { expires_at_ms: 1_700_000_000_000 },
+        ControlFrame::Reply(Reply {
+            request: 5,
+            outcome: Outcome::Members(MemberPage {
+                count: 1001,
+                members: vec![member.clone()],
+                next: (1 << 63) | 7,
+            }),
+        }),
     ];
     let message =
         BroadcastMessage { id: 1, sent_at_ms: 2, from: user.clone(), payload: payload.clone() };
     let events = [
         LaneEvent::UsersJoined(vec![member.clone(), member.clone()]),
-        LaneEvent::UsersLeft(vec![member]),
+        LaneEvent::UsersLeft(vec![member.clone()]),
         LaneEvent::Broadcasts(vec![message.clone(), message]),
         LaneEvent::Command(CommandMessage {
             id: 3,
@@ -54,6 +63,8 @@ fn main() -> std::io::Result<()> {
             payload: payload.clone(),
         }),
         LaneEvent::Closed { code: ErrorCode::LOGGED_OUT, detail: "bye".into() },
+        LaneEvent::MemberCount(1001),
+        LaneEvent::MemberPage(MemberPage { count: 1001, members: vec![member], next: 0 }),
     ];
     let header = LaneHeader { room: "lobby".into(), room_number: 1, epoch: 7 };
 
