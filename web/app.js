@@ -141,6 +141,10 @@ async function main() {
   };
   client.on("usersjoined", ({ users }) => notice(`${users.map((u) => u.name).join(", ")} joined`));
   client.on("usersleft", ({ users }) => notice(`${users.map((u) => u.name).join(", ")} left`));
+  // A large room counts its members instead of naming who comes and goes.
+  const count = (n) => ($("room-title").textContent = `Chat in ${room} · ${n} here`);
+  client.on("memberpage", ({ count: n }) => count(n));
+  client.on("membercount", ({ count: n }) => count(n));
   client.on("recovered", ({ complete, replayed }) =>
     notice(`back in ${room}: ${replayed} missed message(s) replayed${complete ? "" : " (some were lost)"}`));
   client.on("roomclosed", ({ error, detail }) => {

@@ -19,6 +19,10 @@ export const MAX_DATAGRAM_BUDGET = 1150;
 export const MAX_BATCH = 50;
 /** Most members in one user update. */
 export const MAX_USERS_PER_UPDATE = 200;
+/** Most members in one page of a member list. */
+export const MAX_MEMBER_PAGE = 200;
+/** The cursor of a member list's first page (and the `next` after its last). */
+export const MEMBERS_FROM_START = 0n;
 /** Most targets of a custom command. */
 export const MAX_COMMAND_TARGETS = 100;
 /** Longest room ID, user ID and user name, in bytes. */
@@ -232,6 +236,19 @@ const writeUser = (w, user) => {
 };
 const readUser = (r) => ({ id: r.string(), name: r.string() });
 const readMember = (r) => ({ session: r.u32(), user: readUser(r) });
+const readMemberPage = (r) => ({
+  count: r.u32(),
+  members: r.vec(readMember, MAX_MEMBER_PAGE),
+  next: r.u64(),
+});
+const writeMemberPage = (w, page) => {
+  w.varint(page.count);
+  w.vec(page.members, (w, m) => {
+    w.varint(m.session);
+    writeUser(w, m.user);
+  });
+  w.varint(page.next);
+};
 
 /** Request variant indices. */
 export const RequestKind = Object.freeze({
@@ -240,13 +257,16 @@ export const RequestKind = Object.freeze({
   Broadcast: 2,
   Command: 3,
   RenewToken: 4,
+  FetchMembers: 5,
 });
 
 /**
  * Encodes a `RequestFrame` body: `{ request, body }` where body is one of
  * `{ kind: "Login", room, user: {id, name}, token, recover: {epoch, lastId} | null }`,
  * `{ kind: "Logout", room }`, `{ kind: "Broadcast", room, payload }`,
- * `{ kind: "Command", room, to: [userId], payload }`, `{ kind: "RenewToken", token }`.
+ * `{ kind: "Command", room, to: [userId], payload }`, `{ kind: "RenewToken", token }`,
+ * `{ kind: "FetchMembers", room, cursor, limit }` (cursor a BigInt: MEMBERS_FROM_START or a
+ * page's `next`; limit 0 for the most).
  */
 export function encodeRequestFrame({ request, body }) {
   const w = new Writer();
@@ -279,6 +299,11 @@ export function encodeRequestFrame({ request, body }) {
     case "RenewToken":
       w.string(body.token);
       break;
+    case "FetchMembers":
+      w.string(body.room);
+      w.varint(body.cursor);
+      w.varint(body.limit);
+      break;
   }
   return w.finish();
 }
@@ -287,7 +312,7 @@ export function encodeRequestFrame({ request, body }) {
 export function decodeRequestFrame(bytes) {
   const r = new Reader(bytes);
   const request = r.u32();
-  const kind = r.variant(5, "Request");
+  const kind = r.variant(6, "Request");
   let body;
   if (kind === 0) {
     const room = r.string();
@@ -301,7 +326,8 @@ export function decodeRequestFrame(bytes) {
     const room = r.string();
     const to = r.vec((r) => r.string(), MAX_COMMAND_TARGETS);
     body = { kind: "Command", room, to, payload: r.bytes() };
-  } else body = { kind: "RenewToken", token: r.string() };
+  } else if (kind === 4) body = { kind: "RenewToken", token: r.string() };
+  else body = { kind: "FetchMembers", room: r.string(), cursor: r.u64(), limit: r.u32() };
   r.end();
   return { request, body };
 }
@@ -309,7 +335,8 @@ export function decodeRequestFrame(bytes) {
 /**
  * Decodes a `ControlFrame` body: `{ kind: "Reply", request, outcome }` with outcome one of
  * `{ kind: "LoggedIn", roomNumber, session }`, `{ kind: "Sent", messageId }`, `{ kind: "Done" }`,
- * `{ kind: "Refused", code, detail }`; or `{ kind: "TokenWillExpire", expiresAtMs }`.
+ * `{ kind: "Refused", code, detail }`, `{ kind: "Members", page: { count, members, next } }`;
+ * or `{ kind: "TokenWillExpire", expiresAtMs }`.
  */
 export function decodeControlFrame(bytes) {
   const r = new Reader(bytes);
@@ -317,7 +344,7 @@ export function decodeControlFrame(bytes) {
   if (r.variant(2, "ControlFrame") === 0) {
     const request = r.u32();
     let outcome;
-    switch (r.variant(4, "Outcome")) {
+    switch (r.variant(5, "Outcome")) {
       case 0:
         outcome = { kind: "LoggedIn", roomNumber: r.u32(), session: r.u32() };
         break;
@@ -327,8 +354,11 @@ export function decodeControlFrame(bytes) {
       case 2:
         outcome = { kind: "Done" };
         break;
-      default:
+      case 3:
         outcome = { kind: "Refused", code: r.u32(), detail: r.string() };
+        break;
+      default:
+        outcome = { kind: "Members", page: readMemberPage(r) };
     }
     frame = { kind: "Reply", request, outcome };
   } else {
@@ -358,10 +388,13 @@ export function encodeControlFrame(frame) {
     w.varint(o.messageId);
   } else if (o.kind === "Done") {
     w.varint(2);
-  } else {
+  } else if (o.kind === "Refused") {
     w.varint(3);
     w.varint(o.code);
     w.string(o.detail);
+  } else {
+    w.varint(4);
+    writeMemberPage(w, o.page);
   }
   return w.finish();
 }
@@ -384,13 +417,15 @@ const readMessage = (r) => ({
 /**
  * Decodes a `LaneEvent` body: `{ kind: "UsersJoined" | "UsersLeft", members }`,
  * `{ kind: "Broadcasts", messages }`, `{ kind: "Command", message }`,
- * `{ kind: "Closed", code, detail }`, `{ kind: "Recovered", complete, missed, replayed }`.
+ * `{ kind: "Closed", code, detail }`, `{ kind: "Recovered", complete, missed, replayed }`,
+ * `{ kind: "MemberCount", count }`, `{ kind: "MemberPage", page: { count, members, next } }`
+ * (a large room, PROTOCOL.md section 7).
  * A message is `{ id, sentAtMs, from: {id, name}, payload }`.
  */
 export function decodeLaneEvent(bytes) {
   const r = new Reader(bytes);
   let event;
-  switch (r.variant(6, "LaneEvent")) {
+  switch (r.variant(8, "LaneEvent")) {
     case 0:
       event = { kind: "UsersJoined", members: r.vec(readMember, MAX_USERS_PER_UPDATE) };
       break;
@@ -406,11 +441,17 @@ export function decodeLaneEvent(bytes) {
     case 4:
       event = { kind: "Closed", code: r.u32(), detail: r.string() };
       break;
-    default: {
+    case 5: {
       const complete = r.bool();
       const missed = r.option((r) => [r.u64(), r.u64()]);
       event = { kind: "Recovered", complete, missed, replayed: r.u64() };
+      break;
     }
+    case 6:
+      event = { kind: "MemberCount", count: r.u32() };
+      break;
+    default:
+      event = { kind: "MemberPage", page: readMemberPage(r) };
   }
   r.end();
   return event;
@@ -537,6 +578,7 @@ export const ErrorCode = Object.freeze({
   INVALID_TARGETS: 1008,
   ALREADY_LOGGED_IN: 1009,
   USER_MISMATCH: 1010,
+  INVALID_CURSOR: 1011,
   TOKEN_INVALID: 2001,
   TOKEN_EXPIRED: 2002,
   ROOM_NOT_GRANTED: 2003,

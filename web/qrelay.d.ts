@@ -50,6 +50,10 @@ export interface ClientEvents {
     | { state: "reconnected" }
     | { state: "failed"; reason: string };
   tokenwillexpire: { expiresAtMs: number };
+  /** A large room's login: its member count and the first page of the others. */
+  memberpage: { room: string; count: number; users: User[]; next: bigint };
+  /** A large room's member count after joins and leaves (which it does not name). */
+  membercount: { room: string; count: number };
   disconnected: { code: number | null; reason: string };
 }
 
@@ -72,6 +76,12 @@ export class Client extends EventTarget {
   sendBarrageMessageNoReply(room: string, message: string | Uint8Array): Promise<void>;
   sendCustomCommand(room: string, message: string | Uint8Array, to?: string[]): Promise<number>;
   renewToken(token: string): Promise<void>;
+  /** One page of the member list (`next` 0n after the last); `limit` 0: the most (200). */
+  fetchMembers(
+    room: string,
+    cursor?: bigint,
+    limit?: number,
+  ): Promise<{ count: number; users: User[]; next: bigint }>;
   close(): void;
 }
 

@@ -10,12 +10,13 @@
 import {
   CloseCode,
   CodecError,
-  UnknownVariant,
   ErrorCode,
   FrameReader,
   MAX_PAYLOAD,
+  MEMBERS_FROM_START,
   MAX_REQUEST_FRAME,
   MAX_SERVER_FRAME,
+  UnknownVariant,
   codeName,
   decodeControlFrame,
   decodeLaneEvent,
@@ -225,6 +226,18 @@ export class Client extends EventTarget {
   async sendCustomCommand(room, message, to = []) {
     const outcome = await this._request({ kind: "Command", room, to, payload: payloadOf(message) });
     return Number(outcome.messageId);
+  }
+
+  /**
+   * One page of `room`'s member list, in session order: `{ count, users, next }`; pass `next`
+   * back for the following page (`0n` after the last). `limit` 0 asks for the most (200).
+   */
+  async fetchMembers(room, cursor = MEMBERS_FROM_START, limit = 0) {
+    const outcome = await this._request({ kind: "FetchMembers", room, cursor: BigInt(cursor), limit });
+    const state = this.rooms.get(room);
+    // The sessions name barrage senders.
+    if (state) for (const m of outcome.page.members) state.members.set(m.session, m.user);
+    return { count: outcome.page.count, users: outcome.page.members.map((m) => m.user), next: outcome.page.next };
   }
 
   /** Replaces the token of every room, without reconnecting. */
@@ -438,6 +451,21 @@ export class Client extends EventTarget {
       }
       case "Command":
         this.emit("command", { room, message: received(event.message) });
+        break;
+      case "MemberPage": {
+        // A large room's login: the count and a first page instead of the whole list.
+        for (const m of event.page.members) state.members.set(m.session, m.user);
+        this.emit("memberpage", {
+          room,
+          count: event.page.count,
+          users: event.page.members.map((m) => m.user),
+          next: event.page.next,
+        });
+        this._releaseHeld(state);
+        break;
+      }
+      case "MemberCount":
+        this.emit("membercount", { room, count: event.count });
         break;
       case "Recovered":
         this.emit("recovered", {

@@ -193,6 +193,41 @@ test("lane events become events; barrage from a sender not named yet waits for i
   client.close();
 });
 
+test("a large room: the login's member page names barrage senders; counts and pages on request", async () => {
+  const { client, session, events } = await loggedIn();
+  const counts = [];
+  client.on("membercount", ({ count }) => counts.push(count));
+  const pages = [];
+  client.on("memberpage", (page) => pages.push(page));
+  const lane = session.openLane("lobby", 1, 9n);
+  const w = new Writer();
+  w.varint(7);
+  w.varint(1001);
+  w.varint(1);
+  member(w, 3, "bob", "Bob");
+  w.varint(0x8000000700000003n);
+  lane.send(w.finish());
+  const count = new Writer();
+  count.varint(6);
+  count.varint(1002);
+  lane.send(count.finish());
+  session.datagramsIn.enqueue(barrage(1, 1, 3, "from the page"));
+  await until(() => events.some((e) => e.type === "barrage") && counts.length === 1, "the barrage and the count");
+  assert.deepEqual(pages.map((p) => [p.count, p.users, p.next]), [[1001, [{ id: "bob", name: "Bob" }], 0x8000000700000003n]]);
+  assert.deepEqual(counts, [1002]);
+  assert.equal(events.find((e) => e.type === "barrage").messages[0].from.name, "Bob");
+
+  const fetched = client.fetchMembers("lobby", pages[0].next, 50);
+  await until(() => session.requests.length === 2, "the request");
+  assert.deepEqual(session.requests[1].body, { kind: "FetchMembers", room: "lobby", cursor: 0x8000000700000003n, limit: 50 });
+  session.reply(session.requests[1].request, {
+    kind: "Members",
+    page: { count: 1002, members: [{ session: 9, user: { id: "carol", name: "Carol" } }], next: 0n },
+  });
+  assert.deepEqual(await fetched, { count: 1002, users: [{ id: "carol", name: "Carol" }], next: 0n });
+  client.close();
+});
+
 test("a lost connection is remade and each room logged in again with what it last saw", async () => {
   const { client, session, events } = await loggedIn({ getToken: async () => "t2" });
   const lane = session.openLane("lobby", 1, 9n);

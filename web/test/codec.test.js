@@ -90,6 +90,33 @@ test("lane header, Recovered, and a broadcast batch", () => {
   });
 });
 
+test("member pages of section 5: FetchMembers, its reply, the next page, MemberPage, MemberCount", () => {
+  const fetch = hex("00 00 00 0a 04 05 05 6c 6f 62 62 79 00 32");
+  const first = { request: 4, body: { kind: "FetchMembers", room: "lobby", cursor: 0n, limit: 50 } };
+  assert.deepEqual(frame(encodeRequestFrame(first)), fetch);
+  assert.deepEqual(decodeRequestFrame(body(fetch)), first);
+  const page = {
+    count: 1001,
+    members: [{ session: 3, user: { id: "bob", name: "Bob" } }],
+    next: 0x8000000700000003n,
+  };
+  const reply = hex(`00 00 00 19 00 04 04 fb e9 03 01 03 03 62 6f 62 03 42 6f 62
+    fd 03 00 00 00 07 00 00 80`);
+  const decoded = { kind: "Reply", request: 4, outcome: { kind: "Members", page } };
+  assert.deepEqual(decodeControlFrame(body(reply)), decoded);
+  assert.deepEqual(frame(encodeControlFrame(decoded)), reply);
+  const next = { request: 5, body: { kind: "FetchMembers", room: "lobby", cursor: page.next, limit: 50 } };
+  assert.deepEqual(
+    frame(encodeRequestFrame(next)),
+    hex("00 00 00 12 05 05 05 6c 6f 62 62 79 fd 03 00 00 00 07 00 00 80 32"),
+  );
+  assert.deepEqual(
+    decodeLaneEvent(body(hex("00 00 00 17 07 fb e9 03 01 03 03 62 6f 62 03 42 6f 62 fd 03 00 00 00 07 00 00 80"))),
+    { kind: "MemberPage", page },
+  );
+  assert.deepEqual(decodeLaneEvent(body(hex("00 00 00 04 06 fb e9 03"))), { kind: "MemberCount", count: 1001 });
+});
+
 test("barrage datagrams of section 5", () => {
   assert.deepEqual(
     encodeClientDatagram({ kind: "Barrage", roomNumber: 1, request: 9, payload: utf8("hi") }),
@@ -157,6 +184,7 @@ test("malformed input is refused: trailing bytes, truncation, bad tags, u32 with
   refused(() => decodeLaneHeader(hex("02 c3 28 01 07"))); // invalid UTF-8
   refused(() => decodeLaneEvent(hex("02 33"))); // 51 messages claimed
   refused(() => decodeLaneEvent(hex("00 fb c9 00"))); // 201 members claimed
+  refused(() => decodeLaneEvent(hex("07 05 fb c9 00"))); // a page of 201 members claimed
   refused(() => decodeLaneHeader(hex("fc ff ff ff 00 00"))); // a length beyond the bytes left
   refused(() => decodeServerDatagram(new Uint8Array(MAX_DATAGRAM_BUDGET + 1)));
   const frames = new FrameReader(16);
