@@ -158,6 +158,16 @@ async function main() {
     else setStatus(`Disconnected: ${reason}`, "error");
   });
   client.on("disconnected", ({ reason }) => setStatus(`Disconnected: ${reason}`, "error"));
+  // A development token lasts an hour: the relay warns before it ends, and the page renews it
+  // without reconnecting (a token given with &token= cannot be renewed here).
+  client.on("tokenwillexpire", async () => {
+    if (params.get("token")) return notice("the token expires soon: reload with a new &token=");
+    try {
+      await client.renewToken(await token(options.devTokens));
+    } catch (e) {
+      notice(`token not renewed: ${explain(e)}`);
+    }
+  });
   try {
     await client.loginRoom(room, first);
   } catch (e) {
