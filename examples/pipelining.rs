@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         http: None,
+        web: None,
         limits: qrelay::server::RateLimits::unlimited(),
         ..ServerConfig::default()
     };

@@ -21,8 +21,12 @@ async fn main() -> anyhow::Result<()> {
     let (chain, key) = pki.server_identity()?;
     let secret = b"example secret";
     let tokens = TokenKey::new(secret);
-    let config =
-        ServerConfig { listen: "127.0.0.1:0".parse()?, http: None, ..ServerConfig::default() };
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        http: None,
+        web: None,
+        ..ServerConfig::default()
+    };
     let server = Server::bind(config, Identity::new(chain, key, secret))?;
     let addr = server.local_addr()?;
     let relay = server.handle();

@@ -7,7 +7,10 @@
 //! - `certs`: the development CA, server certificate and token secret under `certs/`. Feature
 //!   `server`.
 //! - `server`: the relay (router, rooms, lanes, connections). Feature `server`.
-//! - `http`: the HTTP adapter: server API, metrics, health, webhooks. Feature `server`.
+//! - `http`: the HTTP adapter: server API, metrics, health, webhooks, and the demo page's
+//!   listener. Feature `server`.
+//! - `webtransport`: the WebTransport adapter: browser sessions on the relay's UDP port, the
+//!   certificate browsers see. Feature `server`.
 //! - `client`: the client library: connect, log in to rooms, send, receive events. Feature
 //!   `client`.
 //!
@@ -31,3 +34,5 @@ pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod transport;
+#[cfg(feature = "server")]
+pub mod webtransport;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qrelay::auth::{TokenKey, generate_secret, read_secret};
 use qrelay::certs::{CertPaths, DevPki, OLD_CA_KEY, exposed_mode, load_certs, load_key};
 use qrelay::server::{Identity, RateLimits, Server, ServerConfig};
+use qrelay::webtransport::WebTransportCert;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -68,10 +69,21 @@ struct ServeArgs {
     /// No HTTP listener.
     #[arg(long)]
     no_http: bool,
+    /// TCP address of the live-comment demo page (and the JavaScript client) for browsers
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, conflicts_with = "no_web")]
+    web: Option<SocketAddr>,
+    /// No demo page listener.
+    #[arg(long)]
+    no_web: bool,
+    /// Accept no WebTransport (browser) sessions on the UDP port.
+    #[arg(long)]
+    no_webtransport: bool,
     /// A webhook URL for room events (repeat for several); adds to the config file's.
     #[arg(long = "webhook")]
     webhooks: Vec<String>,
-    /// Once every listener is bound, write {"quic": ADDR, "http": ADDR or null} to this file
+    /// Once every listener is bound, write {"quic": ADDR, "http": ADDR or null, "web": ADDR or
+    /// null} to this file
     /// (for scripts; the same as the banner's last line, `qrelay ready ...`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -176,6 +188,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_http {
         config.http = None;
     }
+    if let Some(web) = args.web {
+        config.web = Some(web);
+    }
+    if args.no_web {
+        config.web = None;
+    }
+    if args.no_webtransport {
+        config.webtransport = false;
+    }
+    let default_web = ServerConfig::default().web;
+    if args.web.is_none()
+        && config.web.is_some()
+        && config.web == default_web
+        && let Some(addr) = config.web
+        && std::net::TcpListener::bind(addr).is_err()
+    {
+        // The page is a convenience: a default port taken by another program must not stop
+        // the relay. A port asked for (--web, or `web` in the file set elsewhere) must bind.
+        warn!(%addr, "the demo page's default address is taken: page off (--web ADDR picks another)");
+        config.web = None;
+    }
     config.webhooks.extend(args.webhooks);
     let threads = args.threads.unwrap_or(1);
     // Before any file is created for a relay that will not start.
@@ -208,12 +241,17 @@ async fn run(
     let api_key_path = api_key_path(&config);
     let http = config.http;
     let webhooks = config.webhooks.clone();
-    let server = Server::bind(config, identity).with_context(|| match http {
-        Some(http) => format!("cannot start the relay on UDP {listen} and TCP {http}"),
-        None => format!("cannot start the relay on UDP {listen}"),
+    let web = config.web;
+    let server = Server::bind(config, identity).with_context(|| {
+        let tcp: Vec<String> = [http, web].into_iter().flatten().map(|a| a.to_string()).collect();
+        match tcp.is_empty() {
+            false => format!("cannot start the relay on UDP {listen} and TCP {}", tcp.join(", ")),
+            true => format!("cannot start the relay on UDP {listen}"),
+        }
     })?;
     let addr = server.local_addr()?;
     let http = server.http_addr();
+    let web = server.web_addr();
     let handle = server.handle();
     let signal = shutdown_signal();
     // The banner is a courtesy: a closed stdout (e.g. `qrelay serve | head -1`) must not stop
@@ -239,6 +277,11 @@ async fn run(
             api_key_path.display()
         ));
     }
+    if let Some(web) = web {
+        banner.push_str(&format!(
+            "  page on http://{web}/?room=lobby&user=alice (on by default, loopback only; --no-web turns it off): live comments in a browser, over WebTransport\n"
+        ));
+    }
     if !webhooks.is_empty() {
         banner.push_str(&format!(
             "  webhooks: room events go to {} (signed with the API key)\n",
@@ -247,10 +290,14 @@ async fn run(
     }
     let http_text = http.map_or("off".to_string(), |http| http.to_string());
     // The documented machine-readable line: always the banner's last.
-    banner.push_str(&format!("qrelay ready quic={addr} http={http_text}\n"));
+    let web_text = web.map_or("off".to_string(), |web| web.to_string());
+    banner.push_str(&format!("qrelay ready quic={addr} http={http_text} web={web_text}\n"));
     if let Some(path) = &ready_file {
-        let ready =
-            serde_json::json!({ "quic": addr.to_string(), "http": http.map(|h| h.to_string()) });
+        let ready = serde_json::json!({
+            "quic": addr.to_string(),
+            "http": http.map(|h| h.to_string()),
+            "web": web.map(|w| w.to_string()),
+        });
         std::fs::write(path, format!("{ready}\n"))
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
@@ -324,7 +371,15 @@ fn load_identity(config: &ServerConfig) -> anyhow::Result<Identity> {
     let secret = load_or_create_secret(&secret)?;
     // The endpoint keys come from the persistent secret too, so a restarted relay resets the
     // connections of the process before it.
-    let identity = Identity::new(chain, key, &secret);
+    let mut identity = Identity::new(chain, key, &secret);
+    if config.tls.cert.is_some() {
+        // The operator's certificate, which browsers trust: no short-lived one, no hashes.
+        identity = identity.with_webtransport_cert(WebTransportCert::Server);
+    }
+    if config.tls.cert.is_none() && config.tls.token_secret.is_none() {
+        // The development secret of certs_dir: the page may mint tokens (on loopback only).
+        identity = identity.with_dev_tokens();
+    }
     if config.http.is_none() && config.webhooks.is_empty() {
         return Ok(identity);
     }

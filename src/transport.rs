@@ -220,11 +220,38 @@ pub fn server_config(
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    quic_server_config(tls, vec![ALPN.to_vec()], keys, idle_timeout)
+}
+
+/// [`server_config`] with the certificate of each handshake chosen by `certs`, and the
+/// protocols `alpn` (the relay offers `qrelay/1` and, with WebTransport on, `h3`).
+#[cfg(feature = "server")]
+pub fn server_config_with_resolver(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+    keys: &EndpointKeys,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    quic_server_config(tls, alpn, keys, idle_timeout)
+}
+
+#[cfg(feature = "server")]
+fn quic_server_config(
+    mut tls: rustls::ServerConfig,
+    alpn: Vec<Vec<u8>>,
+    keys: &EndpointKeys,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    tls.alpn_protocols = alpn;
     // 0-RTT would let a replayed request be delivered twice: keep it off.
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls)

@@ -14,7 +14,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--web", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -66,6 +66,8 @@ fn serve_creates_its_certificates_prints_how_to_connect_and_stops_on_sigterm() {
 fn banner_of(dir: &tempfile::TempDir, args: &[&str]) -> (String, String) {
     let mut relay = Command::new(BIN)
         .arg("serve")
+        // The page listener's default port may be taken (another relay, another test).
+        .args(["--web", "127.0.0.1:0"])
         .args(args)
         .current_dir(dir.path())
         .env("RUST_LOG", "off")
@@ -126,7 +128,14 @@ fn insecure_dev_auth_is_refused_off_loopback_without_its_second_setting() {
     let dir = tempfile::tempdir().unwrap();
     // A documentation address (RFC 5737): refused before any socket is bound.
     let output = Command::new(BIN)
-        .args(["serve", "--listen", "192.0.2.1:4433", "--no-http", "--insecure-dev-auth"])
+        .args([
+            "serve",
+            "--listen",
+            "192.0.2.1:4433",
+            "--no-http",
+            "--no-web",
+            "--insecure-dev-auth",
+        ])
         .current_dir(dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()

@@ -13,6 +13,7 @@ use qrelay::protocol::{
     ClientDatagram, ControlFrame, ErrorCode, LaneEvent, Outcome, Request, RequestFrame,
     encode_body, encode_frame,
 };
+use qrelay::server::ServerConfig;
 use tokio::task::JoinSet;
 
 /// How long an operation that must never complete is given to (wrongly) complete.
@@ -26,7 +27,10 @@ const FLOOD: u32 = 500;
 
 #[tokio::test]
 async fn thousands_of_stream_opens_beyond_the_limits_never_complete() {
-    let relay = TestRelay::start(test_config()).await;
+    // Without WebTransport the stream limits are the protocol's own (with it, see
+    // `a_native_client_opening_a_stream_beyond_its_control_stream_is_closed`).
+    let config = ServerConfig { webtransport: false, ..test_config() };
+    let relay = TestRelay::start(config).await;
     // The control stream is the one bidirectional stream the server allows.
     let (mut mallory, _lane) = relay.raw_member("mallory", "lobby").await;
     let mut opens = JoinSet::new();
@@ -47,6 +51,32 @@ async fn thousands_of_stream_opens_beyond_the_limits_never_complete() {
     assert!(matches!(mallory.broadcast("lobby", b"still me").await, Outcome::Sent { .. }));
     assert_room_still_served(&relay, "lobby").await;
     assert_eq!(relay.handle.stats().protocol_violations, 0);
+}
+
+#[tokio::test]
+async fn a_native_client_opening_a_stream_beyond_its_control_stream_is_closed() {
+    // WebTransport on (the default): browsers need 3 unidirectional and 2 bidirectional
+    // streams, granted before the ALPN is known, so natives get the credit but not the use.
+    let relay = TestRelay::start(test_config()).await;
+    for (n, bidirectional) in [(1, false), (2, true)] {
+        let (mallory, _lane) = relay.raw_member("mallory", "lobby").await;
+        let mut send = if bidirectional {
+            within(mallory.conn.open_bi()).await.expect("the browsers' limits let it open").0
+        } else {
+            within(mallory.conn.open_uni()).await.expect("the browsers' limits let it open")
+        };
+        // A stream is invisible to the peer until something is written on it.
+        within(send.write_all(b"x")).await.unwrap();
+        match within(mallory.conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(reason) => {
+                let code = qrelay::protocol::close::PROTOCOL_VIOLATION;
+                assert_eq!(reason.error_code, quinn::VarInt::from_u32(code));
+            }
+            other => panic!("closed otherwise: {other}"),
+        }
+        assert_room_still_served(&relay, "lobby").await;
+        assert_eq!(relay.handle.stats().protocol_violations, n);
+    }
 }
 
 #[tokio::test]

@@ -81,7 +81,7 @@ impl RelayProcess {
     /// start), stdout and stderr piped, and waits for the banner. Blocking.
     fn new(certs: &Path, listen: &str, log: &str) -> RelayProcess {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--no-http", "--certs-dir"])
+            .args(["serve", "--listen", listen, "--no-http", "--no-web", "--certs-dir"])
             .arg(certs)
             .env("RUST_LOG", log)
             .stdout(Stdio::piped())

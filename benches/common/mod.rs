@@ -70,6 +70,7 @@ impl BenchRelay {
             max_connections_per_address: 10_000,
             retry_above_handshakes: 10_000,
             http,
+            web: None,
             ..ServerConfig::default()
         };
         let identity = Identity::new(chain, key, secret).with_api_key(API_KEY);

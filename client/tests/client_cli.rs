@@ -41,6 +41,7 @@ fn server_config() -> ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         limits: RateLimits::unlimited(),
         http: None,
+        web: None,
         ..ServerConfig::default()
     }
 }

@@ -38,7 +38,7 @@ pub(crate) async fn scrape(State(state): State<HttpState>) -> Response {
 struct Relay(Arc<Shared>);
 
 /// Counters: (name without prefix, help, value).
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 27] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 29] {
     [
         (
             "connections_accepted",
@@ -110,6 +110,16 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 27] {
             "control_stalls",
             "Connections closed for not reading their control stream.",
             s.control_stalls,
+        ),
+        (
+            "webtransport_sessions",
+            "Browser connections that became a WebTransport session.",
+            s.webtransport_sessions,
+        ),
+        (
+            "webtransport_refused",
+            "Browser connections closed before they became a WebTransport session.",
+            s.webtransport_refused,
         ),
         ("webhooks_sent", "Webhook deliveries answered with 2xx.", s.webhooks_sent),
         ("webhooks_failed", "Webhook deliveries given up after their retries.", s.webhooks_failed),

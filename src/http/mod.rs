@@ -8,10 +8,13 @@
 //! - [`error`]: [`error::ApiError`], the JSON refusal with its documented code.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`webhooks`]: delivers room events to the configured URLs, signed, in order.
+//! - `page`: the demo page's own listener (`web`): the live-comment page, the JavaScript
+//!   client, the page's WebTransport settings and development tokens. Its router is there.
 
 pub mod api;
 pub mod error;
 pub mod metrics;
+pub(crate) mod page;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -26,6 +26,16 @@ pub struct ServerConfig {
     /// (docs/API.md).
     #[serde(with = "optional_address")]
     pub http: Option<SocketAddr>,
+    /// TCP address of the demo page's listener: the live-comment page and the JavaScript
+    /// client (`web/`), the page's WebTransport settings (`/config.json`) and, with the
+    /// development token secret on a loopback address only, development tokens
+    /// (`/dev/token`). `None` turns it off (`web = "off"`, `--no-web`). Default
+    /// `127.0.0.1:8080`: on loopback by default so that `qrelay serve` alone shows the page.
+    #[serde(with = "optional_address")]
+    pub web: Option<SocketAddr>,
+    /// Accept browsers' WebTransport sessions (ALPN `h3`) on `listen`, next to native
+    /// clients (`qrelay/1`). Default `true`.
+    pub webtransport: bool,
     /// Webhook URLs (`http://` or `https://`) that get the room events (`room_created`,
     /// `room_closed`, `user_joined`, `user_left`) as signed JSON, in order. Default none.
     pub webhooks: Vec<String>,
@@ -160,6 +170,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 4480))),
+            web: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            webtransport: true,
             webhooks: Vec::new(),
             webhook_queue: 10_000,
             insecure_dev_auth: false,

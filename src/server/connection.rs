@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use quinn::{SendStream, VarInt};
+use quinn::SendStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
@@ -14,6 +14,7 @@ use super::Shared;
 use super::admission::Admitted;
 use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
+use super::peer::Peer;
 use super::room::{Room, Send, check_member_id, check_message};
 use super::router::Login;
 use super::stats::{Counters, RequestKind};
@@ -24,10 +25,12 @@ use crate::protocol::{
     decode_datagram, encode_frame,
 };
 use crate::transport::{FrameReader, ReadError};
+use crate::webtransport::{self, session::StreamError};
 
 type Refusal = (ErrorCode, String);
 
-/// Serves one incoming connection until it closes. `admitted` holds its place in the
+/// Serves one incoming connection until it closes: a native client, or a browser's
+/// WebTransport session (ALPN `h3`), with the same logic. `admitted` holds its place in the
 /// connection limits (handshakes in progress count too) and gives it back when this returns.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -48,11 +51,29 @@ pub async fn serve(
         }
     };
     let session = shared.next_session();
-    let span = info_span!("conn", conn = session, %remote);
+    let browser = alpn(&conn).as_deref() == Some(webtransport::ALPN_H3);
+    let span = info_span!("conn", conn = session, %remote, browser);
+    let peer = if browser {
+        let timeout = Duration::from_millis(shared.config.control_stream_timeout_ms);
+        match webtransport::session::accept(conn.clone(), timeout).instrument(span.clone()).await {
+            Ok(session) => {
+                Counters::bump(&shared.counters.webtransport_sessions);
+                Peer::WebTransport(Arc::new(session))
+            }
+            Err(e) => {
+                Counters::bump(&shared.counters.webtransport_refused);
+                span.in_scope(|| debug!(error = %e, "not a WebTransport session: closing"));
+                conn.close(close::PROTOCOL_VIOLATION.into(), b"not a qrelay WebTransport session");
+                return;
+            }
+        }
+    } else {
+        Peer::Quic(conn)
+    };
     Counters::bump(&shared.counters.connections_accepted);
     let mut state = ConnState {
         shared: shared.clone(),
-        conn: conn.clone(),
+        peer,
         session,
         user: None,
         claims: None,
@@ -66,9 +87,35 @@ pub async fn serve(
     span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
 }
 
+/// Closes the connection with `PROTOCOL_VIOLATION` when the client opens a stream beyond its
+/// control stream; ends with the connection.
+async fn close_on_unexpected_stream(shared: Arc<Shared>, peer: Peer) {
+    if peer.unexpected_stream().await {
+        Counters::bump(&shared.counters.protocol_violations);
+        debug!("a stream beyond the control stream: closing");
+        peer.close(close::PROTOCOL_VIOLATION, b"only the control stream may be opened");
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The protocol the connection's TLS handshake settled on.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?;
+    data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
 struct ConnState {
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    /// The client's connection (native QUIC or WebTransport).
+    peer: Peer,
     session: u32,
     /// The user this connection logged in as (fixed by the first login).
     user: Option<User>,
@@ -90,24 +137,33 @@ impl ConnState {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         let timeout = Duration::from_millis(self.shared.config.control_stream_timeout_ms);
         let (mut control, recv) = tokio::select! {
-            accepted = tokio::time::timeout(timeout, self.conn.accept_bi()) => match accepted {
+            accepted = tokio::time::timeout(timeout, self.peer.accept_control()) => match accepted {
                 Ok(Ok(streams)) => streams,
+                Ok(Err(e @ StreamError::Header { .. })) => {
+                    Counters::bump(&self.shared.counters.protocol_violations);
+                    debug!(error = %e, "control stream of another kind: closing");
+                    self.peer.close(close::PROTOCOL_VIOLATION, b"not a WebTransport stream of this session");
+                    return;
+                }
                 Ok(Err(e)) => {
                     debug!(error = %e, "closed before opening a control stream");
                     return;
                 }
                 Err(_) => {
                     debug!("no control stream in time: closing");
-                    self.conn.close(VarInt::from_u32(close::NO_CONTROL_STREAM), b"no control stream");
+                    self.peer.close(close::NO_CONTROL_STREAM, b"no control stream");
                     return;
                 }
             },
             _ = shutdown.changed() => return self.shut_down().await,
         };
         let mut reader = FrameReader::new(recv, MAX_REQUEST_FRAME);
+        let _watcher = self.watch_streams();
         let login_timeout = Duration::from_millis(self.shared.config.login_timeout_ms);
         let control_stall = Duration::from_millis(self.shared.config.control_stall_ms);
         let mut room_check = Instant::now() + login_timeout;
+        let keep_alive = self.peer.keep_alive_interval(self.shared.config.idle_timeout());
+        let mut keep_alive_at = keep_alive.map(|every| Instant::now() + every);
         loop {
             let warn_at = self.token_warning.map(|(at, _)| at);
             let replies = tokio::select! {
@@ -148,7 +204,7 @@ impl ConnState {
                     }
                     Ok(None) => {
                         debug!("control stream finished: closing");
-                        self.conn.close(VarInt::from_u32(close::NORMAL), b"control stream finished");
+                        self.peer.close(close::NORMAL, b"control stream finished");
                         return;
                     }
                     Err(e) => {
@@ -156,7 +212,7 @@ impl ConnState {
                         return;
                     }
                 },
-                datagram = self.conn.read_datagram() => match datagram {
+                datagram = self.peer.read_datagram() => match datagram {
                     Ok(datagram) => self.handle_datagram(datagram).into_iter().collect(),
                     Err(e) => {
                         debug!(error = %e, "connection ended");
@@ -172,13 +228,18 @@ impl ConnState {
                         Some(deadline) if deadline <= Instant::now() => {
                             Counters::bump(&self.shared.counters.login_timeouts);
                             debug!("in no room for login_timeout_ms: closing");
-                            self.conn.close(VarInt::from_u32(close::LOGIN_TIMEOUT), b"not logged in to any room");
+                            self.peer.close(close::LOGIN_TIMEOUT, b"not logged in to any room");
                             return;
                         }
                         Some(deadline) => room_check = deadline,
                         // Rooms it was removed from (kicked, too slow) are noticed here.
                         None => room_check = Instant::now() + login_timeout,
                     }
+                    continue;
+                }
+                _ = sleep_until_opt(keep_alive_at) => {
+                    self.peer.keep_alive();
+                    keep_alive_at = keep_alive.map(|every| Instant::now() + every);
                     continue;
                 }
                 _ = shutdown.changed() => return self.shut_down().await,
@@ -199,13 +260,24 @@ impl ConnState {
                     Err(_) => {
                         Counters::bump(&self.shared.counters.control_stalls);
                         debug!("control stream replies not taken for control_stall_ms: closing");
-                        self.conn.close(VarInt::from_u32(close::CONTROL_STALLED), b"control stream replies not read");
+                        self.peer.close(close::CONTROL_STALLED, b"control stream replies not read");
                         return;
                     }
                 },
                 _ = shutdown.changed() => return self.shut_down().await,
             }
         }
+    }
+
+    /// With WebTransport on, native clients get the browsers' stream credit: once the control
+    /// stream is in, a task of its own (no cost per request here) closes a native connection
+    /// that opens another stream. It stops when the returned guard is dropped.
+    fn watch_streams(&self) -> Option<AbortOnDrop> {
+        if !self.shared.config.webtransport || !matches!(self.peer, Peer::Quic(_)) {
+            return None;
+        }
+        let watch = close_on_unexpected_stream(self.shared.clone(), self.peer.clone());
+        Some(AbortOnDrop(tokio::spawn(watch.instrument(tracing::Span::current()))))
     }
 
     /// When the connection must have a room by, if it has none now (rooms it was removed
@@ -224,7 +296,8 @@ impl ConnState {
     /// `SHUTDOWN` (dropping them would send FIN, or close with code 0, first).
     async fn shut_down(&mut self) {
         self.leave_all(LeaveReason::Shutdown, "the server is shutting down");
-        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, self.conn.closed()).await;
+        let closed = self.peer.connection().closed();
+        let _ = tokio::time::timeout(super::SHUTDOWN_GRACE * 2, closed).await;
     }
 
     fn violation(&self, error: &ReadError) {
@@ -241,7 +314,7 @@ impl ConnState {
             warn!(error = %error, code = close::name(code.into()), "protocol violation: closing connection");
         }
         let reason = error.to_string();
-        self.conn.close(VarInt::from_u32(code), &reason.as_bytes()[..reason.len().min(256)]);
+        self.peer.close(code, &reason.as_bytes()[..reason.len().min(256)]);
     }
 
     fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
@@ -362,7 +435,7 @@ impl ConnState {
         let login = Login {
             session: self.session,
             user: user.clone(),
-            conn: &self.conn,
+            peer: &self.peer,
             lanes: &self.lanes,
             recover,
         };
@@ -372,7 +445,7 @@ impl ConnState {
         let span = info_span!("lane", room = %room, user = %user.id);
         let owner = LaneOwner { room: joined.clone(), user_id: user.id.clone(), lane };
         tokio::spawn(
-            lane::run_writer(self.shared.clone(), self.conn.clone(), header, queue, owner)
+            lane::run_writer(self.shared.clone(), self.peer.clone(), header, queue, owner)
                 .instrument(span),
         );
         let room_number = joined.number;

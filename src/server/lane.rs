@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::Shared;
+use super::peer::Peer;
 use super::room::Room;
 use super::stats::Counters;
 use crate::protocol::{
@@ -347,7 +348,7 @@ pub struct LaneOwner {
 /// fails or stalls) removes its member from the room at once, and the others are told.
 pub async fn run_writer(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: Peer,
     header: LaneHeader,
     queue: LaneQueue,
     owner: LaneOwner,
@@ -363,7 +364,7 @@ pub async fn run_writer(
 /// Writes the lane to its end; `Err` says why it failed.
 async fn write_lane(
     shared: &Shared,
-    conn: &quinn::Connection,
+    conn: &Peer,
     header: &LaneHeader,
     mut queue: LaneQueue,
 ) -> Result<(), &'static str> {
@@ -392,7 +393,8 @@ async fn write_lane(
     if encode_frame(header, &mut buf).is_err() {
         return Err("lane header encoding");
     }
-    write_or_give_up(writing(&mut send)?, buf.split().freeze(), stall).await?;
+    let slow = conn.stream_code(ErrorCode::SLOW_RECEIVER.0);
+    write_or_give_up(writing(&mut send)?, buf.split().freeze(), stall, slow).await?;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
         let (first, queued_at) = match queue.park_or_next(&mut send) {
@@ -442,14 +444,14 @@ async fn write_lane(
         // The filled part of `buf` goes to quinn as is (no copy); `buf` keeps spare capacity.
         let bytes = lone.unwrap_or_else(|| buf.split().freeze());
         trace!(room = %header.room, bytes = bytes.len(), "lane write");
-        write_or_give_up(writing(&mut send)?, bytes, stall).await?;
+        write_or_give_up(writing(&mut send)?, bytes, stall, slow).await?;
     }
     queue.unpark(&mut send);
     let send = writing(&mut send)?;
     if let Some((code, detail)) = queue.close.get() {
         let event = LaneEvent::Closed { code: *code, detail: detail.clone() };
         if encode_frame(&event, &mut buf).is_ok() {
-            write_or_give_up(send, buf.split().freeze(), stall).await?;
+            write_or_give_up(send, buf.split().freeze(), stall, slow).await?;
         }
     }
     drop(queue);
@@ -468,11 +470,13 @@ fn writing(send: &mut Option<quinn::SendStream>) -> Result<&mut quinn::SendStrea
 }
 
 /// Writes `bytes`; `Err` when the stream failed, or when the peer took none of it for
-/// `stall` (its flow control withheld): the stream is then reset with `SLOW_RECEIVER`.
+/// `stall` (its flow control withheld): the stream is then reset with `slow`, the peer's
+/// encoding of `SLOW_RECEIVER`.
 async fn write_or_give_up(
     send: &mut quinn::SendStream,
     bytes: Bytes,
     stall: Duration,
+    slow: quinn::VarInt,
 ) -> Result<(), &'static str> {
     let stalled = {
         let mut write = std::pin::pin!(send.write_chunk(bytes));
@@ -490,7 +494,7 @@ async fn write_or_give_up(
     };
     if stalled {
         debug!("lane write stalled: stream reset");
-        let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::SLOW_RECEIVER.0));
+        let _ = send.reset(slow);
     }
     Err("the client took nothing from the lane for lane_stall_ms")
 }

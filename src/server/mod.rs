@@ -7,6 +7,7 @@
 //! - `connection`: one client's control stream, datagrams and rooms.
 //! - `router` / `room`: room ID → room; members, sequences, frequency limits, fan-out.
 //! - `lane`: the per-(receiver, room) queue and writer task.
+//! - `peer`: the transport under a connection: native QUIC or a WebTransport session.
 //! - [`stats`]: counters of everything done, dropped or refused.
 //! - `thread`: [`RelayThread`], a relay on a dedicated thread (benchmarks, the load tool).
 
@@ -16,6 +17,7 @@ mod connection;
 mod endpoint;
 pub mod hooks;
 mod lane;
+pub(crate) mod peer;
 mod rate;
 pub(crate) mod room;
 pub(crate) mod router;
@@ -41,6 +43,7 @@ use crate::auth::TokenKey;
 use crate::protocol::close;
 use crate::transport::EndpointKeys;
 use crate::transport::SERVER_SEND_WINDOW;
+use crate::webtransport::{CertResolver, WebTransportCert};
 use stats::Counters;
 
 /// Warnings clients can cause (protocol violations, connections refused at the limit),
@@ -53,6 +56,10 @@ const SUMMARY_PERIOD: Duration = Duration::from_secs(60);
 /// Bounds of the period at which empty rooms with expired history are removed.
 const SWEEP_MIN: Duration = Duration::from_secs(1);
 const SWEEP_MAX: Duration = Duration::from_secs(30);
+
+/// How often the browsers' short-lived certificate is checked for renewal (it is renewed
+/// days before it ends: hourly checks are plenty).
+const DEV_CERT_CHECK: Duration = Duration::from_secs(3600);
 
 /// How long [`ServerHandle::shutdown`] waits for clients to acknowledge the close.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -86,6 +93,12 @@ pub struct Identity {
     /// The server API key (`Authorization: Bearer KEY`), which also signs webhooks. `None`:
     /// the `/v1` routes answer 401 (metrics and health stay open) and webhooks go unsigned.
     pub api_key: Option<String>,
+    /// The certificate browsers get (WebTransport): a short-lived one the relay makes
+    /// (development, the default) or `chain` (production).
+    pub webtransport_cert: WebTransportCert,
+    /// The token secret is the local development one: the page listener then mints tokens
+    /// for any user at `/dev/token`, when it is on a loopback address. Default `false`.
+    pub dev_tokens: bool,
 }
 
 impl Identity {
@@ -102,7 +115,22 @@ impl Identity {
             tokens: TokenKey::new(secret),
             endpoint_keys: EndpointKeys::derive(secret),
             api_key: None,
+            webtransport_cert: WebTransportCert::ShortLived,
+            dev_tokens: false,
         }
+    }
+
+    /// The same identity with `cert` for browsers.
+    pub fn with_webtransport_cert(mut self, cert: WebTransportCert) -> Identity {
+        self.webtransport_cert = cert;
+        self
+    }
+
+    /// The same identity, marked as holding the development token secret (see
+    /// [`Identity::dev_tokens`]).
+    pub fn with_dev_tokens(mut self) -> Identity {
+        self.dev_tokens = true;
+        self
     }
 
     /// The same identity with a server API key.
@@ -123,6 +151,11 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Room events for the webhooks.
     pub(crate) hooks: hooks::Hooks,
+    /// The certificates of TLS handshakes, when WebTransport is on (the browsers' short-lived
+    /// one is renewed here, and its hash given to pages).
+    pub(crate) certs: Option<Arc<CertResolver>>,
+    /// Whether the page listener mints development tokens (development secret, loopback).
+    pub(crate) dev_tokens: bool,
     per_address: admission::PerAddress,
     last_session: AtomicU32,
 }
@@ -142,6 +175,8 @@ pub struct Server {
     threads: Vec<endpoint::EndpointThread>,
     /// The HTTP listener, if configured.
     http: Option<tokio::net::TcpListener>,
+    /// The demo page's listener, if configured.
+    web: Option<tokio::net::TcpListener>,
     /// The room events for the webhook sender, if webhooks are configured.
     hook_events: Option<tokio::sync::mpsc::Receiver<hooks::RoomEvent>>,
     shared: Arc<Shared>,
@@ -153,6 +188,7 @@ pub struct Server {
 pub struct ServerHandle {
     endpoints: Vec<quinn::Endpoint>,
     http: Option<SocketAddr>,
+    web: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
@@ -162,19 +198,44 @@ impl Server {
     /// the first. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig, identity: Identity) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        let mut quic = crate::transport::server_config(
-            identity.chain,
-            identity.key,
-            &identity.endpoint_keys,
-            config.idle_timeout(),
-        )?;
-        if !config.segmentation_offload || config.send_window_bytes != SERVER_SEND_WINDOW {
+        let certs = if config.webtransport {
+            let resolver = CertResolver::new(
+                identity.chain.clone(),
+                &identity.key,
+                identity.webtransport_cert,
+            )
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+            Some(Arc::new(resolver))
+        } else {
+            None
+        };
+        let mut quic = match &certs {
+            Some(certs) => crate::transport::server_config_with_resolver(
+                certs.clone(),
+                vec![crate::protocol::ALPN.to_vec(), crate::webtransport::ALPN_H3.to_vec()],
+                &identity.endpoint_keys,
+                config.idle_timeout(),
+            )?,
+            None => crate::transport::server_config(
+                identity.chain,
+                identity.key,
+                &identity.endpoint_keys,
+                config.idle_timeout(),
+            )?,
+        };
+        if !config.segmentation_offload
+            || config.webtransport
+            || config.send_window_bytes != SERVER_SEND_WINDOW
+        {
             let mut transport = crate::transport::transport_config(
                 crate::transport::Side::Server,
                 config.idle_timeout(),
             );
             transport.enable_segmentation_offload(config.segmentation_offload);
             transport.send_window(config.send_window_bytes);
+            if config.webtransport {
+                crate::webtransport::session::allow_browser_streams(&mut transport);
+            }
             quic.transport_config(Arc::new(transport));
         }
         if config.insecure_dev_auth {
@@ -196,6 +257,15 @@ impl Server {
             }
             None => None,
         };
+        let web = match config.web {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(listener)?)
+            }
+            None => None,
+        };
+        let web_on_loopback = config.web.is_some_and(|addr| addr.ip().to_canonical().is_loopback());
         let shared = Arc::new(Shared {
             config,
             tokens: identity.tokens,
@@ -203,13 +273,15 @@ impl Server {
             router: router::Router::default(),
             counters: Counters::default(),
             hooks,
+            certs,
+            dev_tokens: identity.dev_tokens && web_on_loopback,
             per_address: admission::PerAddress::default(),
             last_session: AtomicU32::new(0),
         });
         let (shutdown, _) = watch::channel(false);
         let (endpoints, threads) =
             endpoint::bind(&shared, quic, &identity.endpoint_keys, &shutdown)?;
-        Ok(Server { endpoints, threads, http, hook_events, shared, shutdown })
+        Ok(Server { endpoints, threads, http, web, hook_events, shared, shutdown })
     }
 
     /// A handle that stays valid while the server runs.
@@ -217,6 +289,7 @@ impl Server {
         ServerHandle {
             endpoints: self.endpoints.clone(),
             http: self.http_addr(),
+            web: self.web_addr(),
             shared: self.shared.clone(),
             shutdown: self.shutdown.clone(),
         }
@@ -232,6 +305,11 @@ impl Server {
         self.http.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
+    /// The demo page listener's address, if it has one.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Accepts connections until [`ServerHandle::shutdown`] is called: on the first endpoint
     /// here, on the others in their threads. With several endpoints, returns once their
     /// threads have ended too.
@@ -245,6 +323,17 @@ impl Server {
                 self.shared.clone(),
                 self.shutdown.subscribe(),
             ));
+        }
+        if let (Some(listener), Ok(quic)) = (self.web, self.endpoints[0].local_addr()) {
+            tokio::spawn(crate::http::page::serve(
+                listener,
+                self.shared.clone(),
+                quic,
+                self.shutdown.subscribe(),
+            ));
+        }
+        if let Some(certs) = self.shared.certs.clone() {
+            tokio::spawn(renew_dev_cert(certs, self.shutdown.subscribe()));
         }
         if let Some(events) = self.hook_events {
             info!(urls = ?self.shared.config.webhooks, "webhooks on");
@@ -266,6 +355,21 @@ async fn sweep_rooms(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => shared.router.sweep(&shared),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Replaces the browsers' short-lived certificate when it is due, until shutdown.
+async fn renew_dev_cert(certs: Arc<CertResolver>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DEV_CERT_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match certs.renew_if_due(std::time::SystemTime::now()) {
+                Ok(Some(cert)) => info!(sha256 = %hex::encode(cert.sha256()), "renewed the WebTransport development certificate"),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cannot renew the WebTransport development certificate"),
+            },
             _ = stop.changed() => return,
         }
     }
@@ -318,6 +422,11 @@ impl ServerHandle {
     /// The HTTP listener's address, if it has one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http
+    }
+
+    /// The demo page listener's address, if it has one.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web
     }
 
     /// A copy of the relay's counters.

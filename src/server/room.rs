@@ -35,6 +35,7 @@ use tracing::debug;
 use super::Shared;
 use super::hooks::{LeaveReason, RoomEvent};
 use super::lane::{ConnLanes, Lane, LaneItem, LaneQueue, PushError};
+use super::peer::Peer;
 use super::rate::TokenBucket;
 use super::stats::Counters;
 use crate::protocol::{
@@ -128,7 +129,7 @@ struct MemberEntry {
     /// The user ID again, shared with the history entries of this member's broadcasts.
     author: Arc<str>,
     lane: Lane,
-    conn: quinn::Connection,
+    conn: Peer,
     /// (flush number, outbox position after its own `Joined`) when the member joined: of that
     /// outbox it gets only the events from there on.
     joined_at: (u64, usize),
@@ -242,7 +243,7 @@ impl Room {
         shared: &Arc<Shared>,
         session: u32,
         user: User,
-        conn: quinn::Connection,
+        conn: Peer,
         conn_lanes: &Arc<ConnLanes>,
         recover: Option<Recover>,
     ) -> Result<(LaneQueue, u64), JoinError> {
@@ -774,7 +775,7 @@ impl Room {
             if member.conn.datagram_send_buffer_space() < encoded.len() {
                 Counters::bump(&counters.datagrams_dropped_congested);
             }
-            match member.conn.send_datagram(encoded.clone()) {
+            match member.conn.send_datagram(&encoded) {
                 Ok(()) => Counters::bump(&counters.datagrams_sent),
                 Err(quinn::SendDatagramError::ConnectionLost(_)) => {}
                 Err(e) => {

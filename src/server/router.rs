@@ -12,6 +12,7 @@ use tracing::debug;
 use super::Shared;
 use super::hooks::RoomEvent;
 use super::lane::{ConnLanes, LaneQueue};
+use super::peer::Peer;
 use super::rate::TokenBucket;
 use super::room::{JoinError, Room};
 use super::stats::Counters;
@@ -50,7 +51,7 @@ pub struct Login<'a> {
     /// Who logs in.
     pub user: User,
     /// The connection, for barrage datagrams.
-    pub conn: &'a quinn::Connection,
+    pub peer: &'a Peer,
     /// The connection's lane accounting.
     pub lanes: &'a Arc<ConnLanes>,
     /// What the client last saw of the room, to recover what it missed.
@@ -75,7 +76,7 @@ impl Router {
                 shared,
                 login.session,
                 login.user.clone(),
-                login.conn.clone(),
+                login.peer.clone(),
                 login.lanes,
                 login.recover,
             );

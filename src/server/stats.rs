@@ -103,6 +103,11 @@ stats! {
     /// Connections closed because they did not take their control-stream replies for
     /// `control_stall_ms`.
     control_stalls,
+    /// Browser connections (ALPN `h3`) that became a WebTransport session.
+    webtransport_sessions,
+    /// Browser connections closed before they became a session: no valid HTTP/3 SETTINGS and
+    /// CONNECT in time, or a CONNECT to another path.
+    webtransport_refused,
     /// Webhook events dropped because the webhook queue was full.
     webhooks_dropped,
     /// Webhook deliveries that got a 2xx answer.

@@ -55,6 +55,7 @@ pub fn test_config() -> ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits: RateLimits::unlimited(),
         http: None,
+        web: None,
         ..ServerConfig::default()
     }
 }

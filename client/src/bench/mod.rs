@@ -437,6 +437,7 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
         retry_above_handshakes: connections + 100,
         max_members_per_room: connections + 1,
         http: None,
+        web: None,
         ..ServerConfig::default()
     };
     let relay = RelayThread::start(config, Identity::new(chain, key, &secret))

@@ -1,0 +1,98 @@
+// Types of qrelay.js (the WebTransport client) and codec.js. See docs/PROTOCOL.md.
+
+export interface User {
+  id: string;
+  name: string;
+}
+
+/** A received broadcast, barrage or command. */
+export interface ReceivedMessage {
+  /** Per-room message ID (broadcasts: 1, 2, 3, …). */
+  id: number;
+  /** When the relay accepted it, ms since the Unix epoch (relay clock). */
+  sentAtMs: number;
+  from: User;
+  payload: Uint8Array;
+  /** The payload as UTF-8 (invalid sequences replaced). */
+  text: string;
+}
+
+export interface ConnectOptions {
+  /** `https://HOST:PORT/qrelay`. */
+  url: string;
+  /** SHA-256 of a short-lived development certificate (hex or bytes); omit for a trusted one. */
+  serverCertificateHashes?: Array<string | Uint8Array>;
+  user: { id: string; name?: string };
+  /** Default 5000. */
+  requestTimeoutMs?: number;
+  /** Reconnect and recover when the connection is lost. Default true. */
+  reconnect?: boolean;
+  /** How long to keep reconnecting. Default 120000. */
+  reconnectForMs?: number;
+  /** A fresh token for a room at each reconnect (else the last one is reused). */
+  getToken?: (room: string) => Promise<string>;
+  /** New `url` / `serverCertificateHashes` before each reconnect (a renewed certificate). */
+  refresh?: () => Promise<Partial<ConnectOptions>>;
+  /** A WebTransport implementation (default `globalThis.WebTransport`). */
+  WebTransport?: unknown;
+}
+
+export interface ClientEvents {
+  broadcast: { room: string; messages: ReceivedMessage[] };
+  barrage: { room: string; messages: ReceivedMessage[] };
+  command: { room: string; message: ReceivedMessage };
+  usersjoined: { room: string; users: User[] };
+  usersleft: { room: string; users: User[] };
+  recovered: { room: string; complete: boolean; missed: [number, number] | null; replayed: number };
+  roomclosed: { room: string; code: number; error: string; detail: string };
+  connectionstate:
+    | { state: "reconnecting"; attempt: number }
+    | { state: "reconnected" }
+    | { state: "failed"; reason: string };
+  tokenwillexpire: { expiresAtMs: number };
+  /** A large room's login: its member count and the first page of the others. */
+  memberpage: { room: string; count: number; users: User[]; next: bigint };
+  /** A large room's member count after joins and leaves (which it does not name). */
+  membercount: { room: string; count: number };
+  disconnected: { code: number | null; reason: string };
+}
+
+/** A refused or failed operation. */
+export class QrelayError extends Error {
+  /** PROTOCOL.md section 11. */
+  code: number;
+  /** The code's name, e.g. `TOKEN_INVALID`. */
+  error: string;
+  detail: string;
+}
+
+export class Client extends EventTarget {
+  readonly user: User;
+  on<K extends keyof ClientEvents>(type: K, listener: (detail: ClientEvents[K]) => void): () => void;
+  loginRoom(room: string, token: string): Promise<{ roomNumber: number; session: number }>;
+  logoutRoom(room: string): Promise<void>;
+  sendBroadcastMessage(room: string, message: string | Uint8Array): Promise<number>;
+  sendBarrageMessage(room: string, message: string | Uint8Array): Promise<number>;
+  sendBarrageMessageNoReply(room: string, message: string | Uint8Array): Promise<void>;
+  sendCustomCommand(room: string, message: string | Uint8Array, to?: string[]): Promise<number>;
+  renewToken(token: string): Promise<void>;
+  /** One page of the member list (`next` 0n after the last); `limit` 0: the most (200). */
+  fetchMembers(
+    room: string,
+    cursor?: bigint,
+    limit?: number,
+  ): Promise<{ count: number; users: User[]; next: bigint }>;
+  close(): void;
+}
+
+export function connect(options: ConnectOptions): Promise<Client>;
+
+/** Reads a page listener's /config.json: `url`, `serverCertificateHashes`, `devTokens`. */
+export function pageConnectOptions(
+  base?: string | URL | Location,
+  port?: string | number,
+): Promise<{ url: string; serverCertificateHashes: string[]; devTokens: boolean }>;
+
+export const ErrorCode: Readonly<Record<string, number>>;
+export const CloseCode: Readonly<Record<string, number>>;
+export function codeName(code: number): string;
