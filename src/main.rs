@@ -235,6 +235,7 @@ async fn run(
     ready_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let certs_dir = config.tls.certs_dir.clone();
+    let own_certificate = config.tls.cert.is_some();
     let secret = config.tls.token_secret.clone().unwrap_or_else(|| certs_dir.join("token.secret"));
     let listen = config.listen;
     let insecure_dev_auth = config.insecure_dev_auth;
@@ -266,10 +267,15 @@ async fn run(
     for warning in &warnings {
         banner.push_str(&format!("  WARNING: {warning}\n"));
     }
+    // With the operator's certificate there is no development CA: clients trust the
+    // certificate's own CA (the system roots by default).
+    let ca = match own_certificate {
+        false => format!(" --ca {}", certs_dir.join("ca.pem").display()),
+        true => String::new(),
+    };
     banner.push_str(&format!(
-        "  try:  cargo run --release -p qrelay-cli -- --server {addr} --ca {} --secret {} listen --room lobby\n  a token for another program:  cargo run --release -- token --user alice\n",
-        certs_dir.join("ca.pem").display(),
-        secret.display()
+        "  try:  cargo run --release -p qrelay-cli -- --server {addr}{ca} --secret {secret} listen --room lobby\n  a token for another program:  cargo run --release -- token --secret {secret} --user alice\n",
+        secret = secret.display()
     ));
     if let Some(http) = http {
         banner.push_str(&format!(

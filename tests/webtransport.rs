@@ -165,8 +165,10 @@ async fn get(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
 #[tokio::test]
 async fn the_page_gets_the_relays_port_and_the_hash_of_the_certificate_browsers_see() {
     let (handle, base) = page_relay(true).await;
-    let (status, _, body) = get(&format!("{base}/config.json")).await;
+    let (status, headers, body) = get(&format!("{base}/config.json")).await;
     assert_eq!(status, 200, "{body}");
+    // Public: a page on another origin may read it.
+    assert_eq!(headers["access-control-allow-origin"], "*");
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
     let port = handle.local_addr().unwrap().port();
     assert_eq!(config["webtransport"]["port"], port);
@@ -184,8 +186,10 @@ async fn the_page_gets_the_relays_port_and_the_hash_of_the_certificate_browsers_
 #[tokio::test]
 async fn development_tokens_exist_only_with_the_development_secret() {
     let (handle, base) = page_relay(true).await;
-    let (status, _, body) = get(&format!("{base}/dev/token?user=alice&room=lobby")).await;
+    let (status, headers, body) = get(&format!("{base}/dev/token?user=alice&room=lobby")).await;
     assert_eq!(status, 200, "{body}");
+    // Never readable by a page of another origin: it would mint tokens through any visitor.
+    assert!(!headers.contains_key("access-control-allow-origin"), "{headers:?}");
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
     let claims = qrelay::auth::TokenKey::new(PAGE_SECRET)
         .check(token["token"].as_str().unwrap())

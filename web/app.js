@@ -1,6 +1,7 @@
 // The live-comment demo page: a stage where barrage flies across, a chat list of broadcasts,
 // join and leave notices, and one input (Enter sends a broadcast; the toggle or a
-// `/barrage TEXT` line sends barrage). Query: ?room=lobby&user=alice[&name=Alice][&token=JWT].
+// `/barrage TEXT` line sends barrage). Query: ?room=lobby&user=alice[&name=Alice][&token=JWT]
+// [&port=N].
 // Received text is only ever inserted as text (textContent), never as HTML.
 
 import { QrelayError, connect, pageConnectOptions } from "./qrelay.js";
@@ -76,8 +77,13 @@ async function token(devTokens) {
     );
   }
   const url = `/dev/token?user=${encodeURIComponent(userId)}&room=${encodeURIComponent(room)}`;
-  const response = await fetch(url);
-  const body = await response.json();
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`no development token: cannot reach the relay's page listener: ${e.message ?? e}`);
+  }
+  const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(`no development token: ${body.error ?? response.status}: ${body.detail ?? ""}`);
   return body.token;
 }
@@ -110,7 +116,22 @@ async function send(line) {
   }
 }
 
+/** The input and Send button, on or off (off once the connection is gone for good). */
+function composer(on) {
+  input.disabled = !on;
+  $("send").disabled = !on;
+}
+
 async function main() {
+  // WebTransport exists only in a secure context: an https page, or one from localhost or
+  // 127.0.0.1 (http://HOST-NAME:8080 from another machine is not one).
+  if (!window.isSecureContext) {
+    throw new Error(
+      `this page must be served over https, or opened as http://localhost or http://127.0.0.1 ` +
+        `(browsers offer WebTransport only to secure pages; ${location.origin} is not one)`,
+    );
+  }
+  if (typeof WebTransport === "undefined") throw new Error("this browser has no WebTransport");
   setStatus(`Connecting to room ${room} as ${userId}…`, "connecting");
   $("room-title").textContent = `Chat in ${room}`;
   const options = await pageConnectOptions(location, port);
@@ -145,19 +166,32 @@ async function main() {
   const count = (n) => ($("room-title").textContent = `Chat in ${room} · ${n} here`);
   client.on("memberpage", ({ count: n }) => count(n));
   client.on("membercount", ({ count: n }) => count(n));
-  client.on("recovered", ({ complete, replayed }) =>
-    notice(`back in ${room}: ${replayed} missed message(s) replayed${complete ? "" : " (some were lost)"}`));
+  // PROTOCOL.md section 7, "Recovery": `missed` names broadcasts that can no longer be
+  // replayed; a new epoch (`restarted`) alone means the room started again on the relay.
+  client.on("recovered", ({ complete, missed, replayed, restarted }) => {
+    let text = `back in ${room}: ${replayed} missed message(s) replayed`;
+    if (restarted) text += "; the room was restarted on the relay";
+    if (missed) text += ` (some were lost: ${missed[0]}–${missed[1]})`;
+    else if (!complete) text += " (no messages known to be missed)";
+    notice(text);
+  });
   client.on("roomclosed", ({ error, detail }) => {
     setStatus(`Left ${room}: ${error}: ${detail}`, "error");
-    input.disabled = true;
+    composer(false);
   });
   client.on("connectionstate", ({ state, attempt, reason }) => {
     seen.states.push(state);
     if (state === "reconnecting") setStatus(`Connection lost: reconnecting (attempt ${attempt})…`, "reconnecting");
     else if (state === "reconnected") setStatus(`In room ${room} as ${userId} (reconnected)`, "ready");
-    else setStatus(`Disconnected: ${reason}`, "error");
+    else {
+      setStatus(`Disconnected: ${reason}`, "error");
+      composer(false);
+    }
   });
-  client.on("disconnected", ({ reason }) => setStatus(`Disconnected: ${reason}`, "error"));
+  client.on("disconnected", ({ reason }) => {
+    setStatus(`Disconnected: ${reason}`, "error");
+    composer(false);
+  });
   // A development token lasts an hour: the relay warns before it ends, and the page renews it
   // without reconnecting (a token given with &token= cannot be renewed here).
   client.on("tokenwillexpire", async () => {
@@ -175,8 +209,7 @@ async function main() {
     throw new Error(`Login to ${room} refused: ${explain(e)}`);
   }
   setStatus(`In room ${room} as ${userId}`, "ready");
-  input.disabled = false;
-  $("send").disabled = false;
+  composer(true);
   input.focus();
 }
 

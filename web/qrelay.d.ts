@@ -20,14 +20,20 @@ export interface ReceivedMessage {
 export interface ConnectOptions {
   /** `https://HOST:PORT/qrelay`. */
   url: string;
-  /** SHA-256 of a short-lived development certificate (hex or bytes); omit for a trusted one. */
+  /**
+   * SHA-256 of a short-lived development certificate: 64 hex characters or 32 bytes (anything
+   * else is refused with a TypeError); omit for a trusted one.
+   */
   serverCertificateHashes?: Array<string | Uint8Array>;
   user: { id: string; name?: string };
   /** Default 5000. */
   requestTimeoutMs?: number;
   /** Reconnect and recover when the connection is lost. Default true. */
   reconnect?: boolean;
-  /** How long to keep reconnecting. Default 120000. */
+  /**
+   * How long to keep reconnecting, in ms. Default 120000. Attempts wait 100 ms, then twice as
+   * long each time, at most 2000 ms.
+   */
   reconnectForMs?: number;
   /** A fresh token for a room at each reconnect (else the last one is reused). */
   getToken?: (room: string) => Promise<string>;
@@ -39,11 +45,24 @@ export interface ConnectOptions {
 
 export interface ClientEvents {
   broadcast: { room: string; messages: ReceivedMessage[] };
+  /** One event per datagram: `messages` holds one message. */
   barrage: { room: string; messages: ReceivedMessage[] };
   command: { room: string; message: ReceivedMessage };
   usersjoined: { room: string; users: User[] };
   usersleft: { room: string; users: User[] };
-  recovered: { room: string; complete: boolean; missed: [number, number] | null; replayed: number };
+  /**
+   * After a login again (PROTOCOL.md section 7, "Recovery"). `missed`: broadcasts no longer in
+   * the room's history (lost); `restarted`: the lane's epoch differs from the one the client
+   * had, the room was created anew on the relay (`complete` is then false; with `missed` null
+   * no message is known to be missed, and the replay is the new room's history).
+   */
+  recovered: {
+    room: string;
+    complete: boolean;
+    missed: [number, number] | null;
+    replayed: number;
+    restarted: boolean;
+  };
   roomclosed: { room: string; code: number; error: string; detail: string };
   connectionstate:
     | { state: "reconnecting"; attempt: number }
@@ -87,7 +106,10 @@ export class Client extends EventTarget {
 
 export function connect(options: ConnectOptions): Promise<Client>;
 
-/** Reads a page listener's /config.json: `url`, `serverCertificateHashes`, `devTokens`. */
+/**
+ * Reads a page listener's /config.json: `url`, `serverCertificateHashes`, `devTokens`. Rejects
+ * naming the URL when the listener cannot be reached or answers with an error status.
+ */
 export function pageConnectOptions(
   base?: string | URL | Location,
   port?: string | number,

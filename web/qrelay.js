@@ -82,6 +82,27 @@ function hexBytes(hex) {
   return out;
 }
 
+/**
+ * One `serverCertificateHashes` entry as the 32 bytes of a SHA-256: 64 hex characters or a
+ * `Uint8Array` of 32 bytes; anything else is refused here (the browser would only report a
+ * failed handshake).
+ */
+function certificateHash(hash, index) {
+  if (typeof hash === "string" && /^[0-9a-fA-F]{64}$/.test(hash)) return hexBytes(hash);
+  if (hash instanceof Uint8Array && hash.length === 32) return hash;
+  const shown = typeof hash === "string" ? JSON.stringify(hash) : String(hash);
+  throw new TypeError(
+    `serverCertificateHashes[${index}] is not a SHA-256 (64 hex characters or 32 bytes): ${shown.slice(0, 80)}`,
+  );
+}
+
+/** What a failed WebTransport handshake most likely means (the browser does not say). */
+const HANDSHAKE_CAUSES =
+  "the relay is not running or its UDP port is not reachable from here, or the browser does not " +
+  "trust its certificate (a serverCertificateHashes value that is wrong or stale after the relay " +
+  "renewed its certificate, or a real certificate the browser does not trust); the browser " +
+  "console has the details";
+
 function payloadOf(message) {
   const bytes = typeof message === "string" ? utf8.encode(message) : message;
   if (bytes.length === 0) throw new QrelayError(ErrorCode.PAYLOAD_EMPTY, "the message is empty");
@@ -119,9 +140,19 @@ export async function connect(options) {
  * its relay from a page on `location` (its host, the relay's port and certificate hashes).
  */
 export async function pageConnectOptions(base = globalThis.location, port) {
-  const response = await fetch(new URL("/config.json", base));
+  const url = new URL("/config.json", base);
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`cannot reach the relay's page listener at ${url}: ${e.message ?? e}`);
+  }
+  if (!response.ok) {
+    // The relay answers errors as JSON with a `detail`; a proxy in front of it may not.
+    const detail = await response.json().then((body) => body.detail, () => undefined);
+    throw new Error(`${url}: HTTP ${response.status}${detail ? `: ${detail}` : ""}`);
+  }
   const config = await response.json();
-  if (!response.ok) throw new Error(config.detail ?? `config.json: HTTP ${response.status}`);
   const wt = config.webtransport;
   const host = new URL(base).hostname;
   const hostPart = host.includes(":") ? `[${host}]` : host;
@@ -269,19 +300,28 @@ export class Client extends EventTarget {
   async _open() {
     const { url, serverCertificateHashes } = this.options;
     const WebTransportImpl = this.options.WebTransport ?? globalThis.WebTransport;
-    if (!WebTransportImpl) throw new Error("this browser has no WebTransport");
+    if (!WebTransportImpl) {
+      throw new Error(
+        globalThis.isSecureContext === false
+          ? "WebTransport needs a secure page: serve it over https, or from localhost or 127.0.0.1"
+          : "this browser has no WebTransport",
+      );
+    }
     const options = {};
     if (serverCertificateHashes?.length) {
-      options.serverCertificateHashes = serverCertificateHashes.map((hash) => ({
+      options.serverCertificateHashes = serverCertificateHashes.map((hash, i) => ({
         algorithm: "sha-256",
-        value: typeof hash === "string" ? hexBytes(hash) : hash,
+        value: certificateHash(hash, i),
       }));
     }
     const transport = new WebTransportImpl(url, options);
     try {
       await transport.ready;
     } catch (e) {
-      throw new QrelayError(ErrorCode.DISCONNECTED, `cannot reach the relay at ${url}: ${e.message ?? e}`);
+      throw new QrelayError(
+        ErrorCode.DISCONNECTED,
+        `cannot reach the relay at ${url}: ${String(e.message ?? e).replace(/\.$/, "")}. Likely causes: ${HANDSHAKE_CAUSES}`,
+      );
     }
     const control = await transport.createBidirectionalStream();
     this.transport = transport;
@@ -410,9 +450,9 @@ export class Client extends EventTarget {
             const header = decodeLaneHeader(body);
             state = this.rooms.get(header.room) ?? this.joining.get(header.room) ?? null;
             if (!state) state = { room: header.room, members: new Map(), held: [], lastId: 0n, orphan: true };
-            if (state.epoch !== null && state.epoch !== undefined && state.epoch !== header.epoch) {
-              state.lastId = 0n;
-            }
+            // Another epoch: the room was created anew on the relay (its IDs start again at 1).
+            state.restarted = state.epoch != null && state.epoch !== header.epoch;
+            if (state.restarted) state.lastId = 0n;
             state.epoch = header.epoch;
             state.roomNumber = header.roomNumber;
             state.members = new Map();
@@ -473,6 +513,7 @@ export class Client extends EventTarget {
           complete: event.complete,
           missed: event.missed && event.missed.map(Number),
           replayed: Number(event.replayed),
+          restarted: Boolean(state.restarted),
         });
         break;
       case "Closed": {

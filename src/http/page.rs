@@ -120,7 +120,18 @@ struct WebTransportConfig {
     certificate_hashes: Vec<String>,
 }
 
-async fn config(State(state): State<PageState>) -> Result<Json<PageConfig>, ApiError> {
+/// `/config.json` may be read by a page of any origin (`Access-Control-Allow-Origin: *`): it is
+/// public (a port and a certificate hash), and a page served elsewhere needs it. `/dev/token`
+/// never gets that header, or any website could mint development tokens through a visitor.
+async fn config(State(state): State<PageState>) -> Response {
+    let mut response = config_body(&state).into_response();
+    response
+        .headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+fn config_body(state: &PageState) -> Result<Json<PageConfig>, ApiError> {
     let Some(certs) = &state.shared.certs else {
         return Err(ApiError::new(
             ErrorCode::NOT_FOUND,

@@ -76,6 +76,24 @@ pub enum ServerError {
     /// The UDP socket could not be bound.
     #[error("cannot bind the UDP socket")]
     Io(#[from] std::io::Error),
+    /// A TCP listener (server API, page) could not be bound.
+    #[error("cannot listen on TCP {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A TCP listener on `addr` for the runtime the relay runs on.
+fn listen_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    let listen = || {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    };
+    listen().map_err(|source| ServerError::Listen { addr, source })
 }
 
 /// The relay's TLS identity, token key and QUIC endpoint keys.
@@ -249,22 +267,8 @@ impl Server {
             let (hooks, events) = hooks::Hooks::new(config.webhook_queue);
             (hooks, Some(events))
         };
-        let http = match config.http {
-            Some(addr) => {
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                Some(tokio::net::TcpListener::from_std(listener)?)
-            }
-            None => None,
-        };
-        let web = match config.web {
-            Some(addr) => {
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                Some(tokio::net::TcpListener::from_std(listener)?)
-            }
-            None => None,
-        };
+        let http = config.http.map(listen_tcp).transpose()?;
+        let web = config.web.map(listen_tcp).transpose()?;
         let web_on_loopback = config.web.is_some_and(|addr| addr.ip().to_canonical().is_loopback());
         let shared = Arc::new(Shared {
             config,

@@ -134,7 +134,14 @@ impl CertResolver {
         let server = Arc::new(CertifiedKey::new(chain, signing));
         let dev = match web {
             WebTransportCert::ShortLived => {
-                Some(RwLock::new(Arc::new(DevCert::generate(SystemTime::now())?)))
+                let cert = DevCert::generate(SystemTime::now())?;
+                // What a page served elsewhere pins (`serverCertificateHashes`), and until when.
+                tracing::info!(
+                    sha256 = %hex::encode(cert.sha256()),
+                    expires = %humantime::format_rfc3339_seconds(cert.not_after()),
+                    "made the WebTransport development certificate browsers get"
+                );
+                Some(RwLock::new(Arc::new(cert)))
             }
             WebTransportCert::Server => None,
         };

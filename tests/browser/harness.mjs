@@ -189,6 +189,27 @@ export async function pageSees(page, fn, what) {
   }
 }
 
+/**
+ * Barrage is best effort: one datagram may be dropped on the way, or dropped by the receiving
+ * client as older than its 500 ms limit on a busy machine. `send` sends one barrage, `seen`
+ * (a predicate over the page's `seen`, as for `pageSees`) says it arrived; sends again, at
+ * most `tries` times, until one arrives. A relay or page that delivers no barrage at all
+ * still fails.
+ */
+export async function barrageUntilSeen(page, send, seen, what, tries = 10) {
+  for (let i = 0; i < tries; i++) {
+    await send(i);
+    try {
+      await page.waitForFunction(`(${seen})(window.qrelayPage.seen)`, { timeout: 2000, polling: 20 });
+      return;
+    } catch {
+      // Not (yet) arrived: send another.
+    }
+  }
+  const state = await page.evaluate(() => JSON.stringify(window.qrelayPage.seen));
+  throw new Error(`the page never saw ${what} in ${tries} barrages: ${state}`);
+}
+
 /** Types `line` into the page's input and presses Enter. */
 export async function type(page, line) {
   await page.type("#message", line);

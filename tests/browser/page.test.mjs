@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import {
+  barrageUntilSeen,
   cli,
   listen,
   pageSees,
@@ -46,8 +47,12 @@ test("the page receives a broadcast and a barrage sent with qrelay-cli", async (
   const chat = await page.$$eval("#chat li", (items) => items.map((li) => li.textContent));
   assert.ok(chat.some((line) => line === "bobhello from the CLI"), JSON.stringify(chat));
 
-  await cli(relay, "bob", ["barrage", "--room", "cli-to-page", "first!"]);
-  await pageSees(page, (seen) => seen.barrage.some((m) => m.text === "first!" && m.from === "bob"), "the barrage");
+  await barrageUntilSeen(
+    page,
+    () => cli(relay, "bob", ["barrage", "--room", "cli-to-page", "first!"]),
+    (seen) => seen.barrage.some((m) => m.text === "first!" && m.from === "bob"),
+    "the barrage",
+  );
   const flying = await page.$$eval("#stage .comment", (items) => items.map((c) => c.textContent));
   assert.ok(flying.includes("first!"), JSON.stringify(flying));
   await page.close();
@@ -58,8 +63,13 @@ test("received text is shown as text, never as HTML", async () => {
   await pageState(page, "ready");
   const markup = '<img src=x onerror="window.injected=1"><b>bold</b>';
   await cli(relay, "mallory", ["broadcast", "--room", "escape", markup]);
-  await cli(relay, "mallory", ["barrage", "--room", "escape", markup]);
-  await pageSees(page, (seen) => seen.broadcasts.length > 0 && seen.barrage.length > 0, "both messages");
+  await barrageUntilSeen(
+    page,
+    () => cli(relay, "mallory", ["barrage", "--room", "escape", markup]),
+    (seen) => seen.barrage.length > 0,
+    "the barrage",
+  );
+  await pageSees(page, (seen) => seen.broadcasts.length > 0, "the broadcast");
   const result = await page.evaluate(() => ({
     injected: window.injected ?? null,
     images: document.querySelectorAll("#chat img, #stage img").length,
@@ -148,9 +158,13 @@ test("an idle page keeps its connection past the relay's idle timeout, and its b
   const states = await page.evaluate(() => window.qrelayPage.seen.states);
   assert.deepEqual(states, [], "the connection was lost and remade");
   // The keep-alives (datagrams) leave the page's barrage and broadcasts flowing.
-  await cli(relay, "bob", ["barrage", "--room", "idle", "after the keep-alives"]);
+  await barrageUntilSeen(
+    page,
+    () => cli(relay, "bob", ["barrage", "--room", "idle", "after the keep-alives"]),
+    (seen) => seen.barrage.some((m) => m.text === "after the keep-alives"),
+    "barrage after the keep-alives",
+  );
   await cli(relay, "bob", ["broadcast", "--room", "idle", "still here"]);
-  await pageSees(page, (seen) => seen.barrage.some((m) => m.text === "after the keep-alives"), "barrage after the keep-alives");
   await pageSees(page, (seen) => seen.broadcasts.some((m) => m.text === "still here"), "a broadcast after the keep-alives");
   await page.close();
 });

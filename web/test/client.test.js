@@ -14,7 +14,7 @@ import {
   encodeControlFrame,
   frame,
 } from "../codec.js";
-import { CloseCode, ErrorCode, QrelayError, connect } from "../qrelay.js";
+import { CloseCode, ErrorCode, QrelayError, connect, pageConnectOptions } from "../qrelay.js";
 
 const utf8 = (s) => new TextEncoder().encode(s);
 const tick = () => new Promise((r) => setTimeout(r, 5));
@@ -117,6 +117,17 @@ function broadcasts(...messages) {
     w.string(fromId.toUpperCase());
     w.bytes(utf8(text));
   }
+  return w.finish();
+}
+function recovered(complete, missed, replayed) {
+  const w = new Writer();
+  w.varint(5);
+  w.bool(complete);
+  w.option(missed, (w, [first, last]) => {
+    w.varint(first);
+    w.varint(last);
+  });
+  w.varint(replayed);
   return w.finish();
 }
 function barrage(roomNumber, id, sender, text) {
@@ -273,5 +284,83 @@ test("reconnecting gives up after its bound and says so", async () => {
     assert.match(failed.reason, /^gave up reconnecting after/);
   } finally {
     FakeSession.refuse = false;
+  }
+});
+
+test("a malformed certificate hash is refused before any connection is tried", async () => {
+  FakeSession.all = [];
+  for (const hash of ["abc", "z".repeat(64), "ab".repeat(33), new Uint8Array(31)]) {
+    await assert.rejects(
+      connect({ url: "https://relay/qrelay", serverCertificateHashes: [hash], user: { id: "alice" }, WebTransport: FakeSession }),
+      (e) => e instanceof TypeError && /serverCertificateHashes\[0\] is not a SHA-256/.test(e.message),
+    );
+  }
+  assert.equal(FakeSession.all.length, 0);
+  const client = await connect({ url: "https://relay/qrelay", serverCertificateHashes: ["AB".repeat(32)], user: { id: "alice" }, WebTransport: FakeSession });
+  assert.deepEqual(FakeSession.all[0].options.serverCertificateHashes[0].value, new Uint8Array(32).fill(0xab));
+  client.close();
+});
+
+test("a failed handshake names its likely causes", async () => {
+  FakeSession.refuse = true;
+  try {
+    await assert.rejects(
+      connect({ url: "https://relay/qrelay", user: { id: "alice" }, WebTransport: FakeSession }),
+      (e) => e.code === ErrorCode.DISCONNECTED && /not running/.test(e.detail) && /certificate/.test(e.detail) && /console/.test(e.detail),
+    );
+  } finally {
+    FakeSession.refuse = false;
+  }
+});
+
+test("a recovery in a restarted room says so; only missed IDs mean broadcasts were lost", async () => {
+  const { client, session, events } = await loggedIn();
+  const lane = session.openLane("lobby", 1, 9n);
+  lane.send(broadcasts([1, "bob", "one"], [2, "bob", "two"]));
+  await until(() => events.some((e) => e.type === "broadcast"), "the first broadcasts");
+  session.drop();
+  await until(() => FakeSession.all.length === 2, "a new session");
+  const again = FakeSession.all[1];
+  const login = await again.acceptLogin(1, 8);
+  assert.deepEqual(login.body.recover, { epoch: 9n, lastId: 2n });
+  // The room was created anew (epoch 10): its IDs start again at 1, and they are all shown.
+  const replay = again.openLane("lobby", 1, 10n);
+  replay.send(recovered(false, null, 1));
+  replay.send(broadcasts([1, "carol", "new one"]));
+  await until(() => events.filter((e) => e.type === "broadcast").length === 2, "the replay");
+  const r = events.find((e) => e.type === "recovered");
+  assert.deepEqual(r, { type: "recovered", room: "lobby", complete: false, missed: null, replayed: 1, restarted: true });
+  // A relogin in the same epoch that lost some: `missed` names them, and nothing restarted.
+  again.drop();
+  await until(() => FakeSession.all.length === 3, "a third session");
+  const third = FakeSession.all[2];
+  assert.deepEqual((await third.acceptLogin(1, 9)).body.recover, { epoch: 10n, lastId: 1n });
+  third.openLane("lobby", 1, 10n).send(recovered(false, [2n, 5n], 0));
+  await until(() => events.filter((e) => e.type === "recovered").length === 2, "the second recovery");
+  const lost = events.filter((e) => e.type === "recovered")[1];
+  assert.deepEqual([lost.complete, lost.missed, lost.restarted], [false, [2, 5], false]);
+  client.close();
+});
+
+test("pageConnectOptions checks the status before reading config.json", async () => {
+  const realFetch = globalThis.fetch;
+  try {
+    globalThis.fetch = async () => new Response("<h1>Bad Gateway</h1>", { status: 502 });
+    await assert.rejects(pageConnectOptions("http://relay.example:8080/"), /^Error: http:\/\/relay\.example:8080\/config\.json: HTTP 502$/);
+    globalThis.fetch = async () => Response.json({ error: "NOT_FOUND", detail: "WebTransport is off" }, { status: 404 });
+    await assert.rejects(pageConnectOptions("http://relay.example:8080/"), /config\.json: HTTP 404: WebTransport is off/);
+    globalThis.fetch = async () => {
+      throw new TypeError("Failed to fetch");
+    };
+    await assert.rejects(pageConnectOptions("http://relay.example:8080/"), /cannot reach the relay's page listener at http:\/\/relay\.example:8080\/config\.json: Failed to fetch/);
+    globalThis.fetch = async () =>
+      Response.json({ webtransport: { port: 4433, path: "/qrelay", certificate_hashes: ["ab".repeat(32)] }, dev_tokens: true });
+    assert.deepEqual(await pageConnectOptions("http://127.0.0.1:8080/", 5000), {
+      url: "https://127.0.0.1:5000/qrelay",
+      serverCertificateHashes: ["ab".repeat(32)],
+      devTokens: true,
+    });
+  } finally {
+    globalThis.fetch = realFetch;
   }
 });
