@@ -219,11 +219,7 @@ pub fn server_config(
     keys: &EndpointKeys,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let tls = tls13_server()?.with_single_cert(chain, key)?;
     quic_server_config(tls, vec![ALPN.to_vec()], keys, idle_timeout)
 }
 
@@ -236,12 +232,20 @@ pub fn server_config_with_resolver(
     keys: &EndpointKeys,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+    let tls = tls13_server()?.with_cert_resolver(certs);
     quic_server_config(tls, alpn, keys, idle_timeout)
+}
+
+/// A TLS 1.3-only server config (ring, no client certificates), waiting for its certificate.
+#[cfg(feature = "server")]
+fn tls13_server() -> Result<
+    rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    rustls::Error,
+> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth())
 }
 
 #[cfg(feature = "server")]
