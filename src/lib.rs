@@ -29,6 +29,8 @@ pub mod certs;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub mod http;
 pub mod protocol;
 #[cfg(feature = "server")]

@@ -87,6 +87,14 @@ struct ServeArgs {
     /// (for scripts; the same as the banner's last line, `qrelay ready ...`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Join a cluster through these NATS servers (with JetStream; comma-separated URLs, e.g.
+    /// nats://127.0.0.1:4222): relays sharing NATS and the certs directory share their rooms
+    /// (docs/CLUSTER.md). Other settings go in the config file's [cluster] table.
+    #[arg(long)]
+    nats: Option<String>,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, requires = "nats")]
+    node: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -210,6 +218,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.web = None;
     }
     config.webhooks.extend(args.webhooks);
+    if let Some(nats) = args.nats {
+        config.cluster.get_or_insert_with(Default::default).nats = nats;
+    }
+    if let Some(node) = args.node
+        && let Some(cluster) = &mut config.cluster
+    {
+        cluster.node = node;
+    }
     let threads = args.threads.unwrap_or(1);
     // Before any file is created for a relay that will not start.
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -243,6 +259,7 @@ async fn run(
     let http = config.http;
     let webhooks = config.webhooks.clone();
     let web = config.web;
+    let cluster = config.cluster.clone();
     let server = Server::bind(config, identity).with_context(|| {
         let tcp: Vec<String> = [http, web].into_iter().flatten().map(|a| a.to_string()).collect();
         match tcp.is_empty() {
@@ -286,6 +303,12 @@ async fn run(
     if let Some(web) = web {
         banner.push_str(&format!(
             "  page on http://{web}/?room=lobby&user=alice (on by default, loopback only; --no-web turns it off): live comments in a browser, over WebTransport\n"
+        ));
+    }
+    if let Some(cluster) = &cluster {
+        banner.push_str(&format!(
+            "  cluster: node {} through NATS {} (rooms are shared with every relay there; /readyz says when this node has caught up)\n",
+            cluster.node, cluster.nats
         ));
     }
     if !webhooks.is_empty() {

@@ -574,10 +574,11 @@ impl Rooms {
             Some(joined)
                 if self.keep
                     && (code == ErrorCode::SLOW_RECEIVER
+                        || code == ErrorCode::CLUSTER_UNAVAILABLE
                         || code == ErrorCode::SERVER_SHUTTING_DOWN) =>
             {
                 joined.detach();
-                if code == ErrorCode::SLOW_RECEIVER {
+                if code != ErrorCode::SERVER_SHUTTING_DOWN {
                     out.relogin = Some(lane.room);
                 }
             }

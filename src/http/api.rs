@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use super::error::ApiError;
+use crate::cluster::wire::AbsentReason;
 use crate::protocol::{
     ErrorCode, SYSTEM_USER_ID, SYSTEM_USER_NAME, User, check_room_id, check_user_id,
     check_user_name,
 };
-use crate::server::room::{Outside, Room, SERVER_SESSION, Send, check_member_id, check_message};
+use crate::server::room::{
+    Outside, Pending, Room, SERVER_SESSION, Send, check_member_id, check_message, room_unavailable,
+};
 
 /// Longest validity of a token minted by `POST /v1/tokens`.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -158,6 +161,11 @@ async fn broadcast(
     let message = Message::parse(no_targets(body?, "broadcast")?)?;
     let joined = existing_room(&state, &room)?;
     let shared = &state.shared;
+    if let Some(cluster) = &shared.cluster {
+        cluster.check()?;
+        let answer = joined.submit_broadcast(shared, message.send())?;
+        return Ok(Json(Sent { message_id: stored(answer).await? }));
+    }
     let message_id = joined.broadcast(shared, message.send())?;
     joined.flush(shared);
     Ok(Json(Sent { message_id }))
@@ -193,6 +201,11 @@ async fn command(
     let to = std::mem::take(&mut body.to);
     let message = Message::parse(Json(body))?;
     let joined = existing_room(&state, &room)?;
+    if let Some(cluster) = &state.shared.cluster {
+        cluster.check()?;
+        let answer = joined.submit_command(&state.shared, message.send(), to)?;
+        return Ok(Json(Sent { message_id: stored(answer).await? }));
+    }
     let message_id = joined.command(&state.shared, message.send(), to)?;
     Ok(Json(Sent { message_id }))
 }
@@ -207,6 +220,14 @@ async fn kick(
     let joined = existing_room(&state, &room)?;
     let reason = checked_reason(body.reason, "removed by the application")?;
     let shared = &state.shared;
+    if let Some(cluster) = &shared.cluster
+        && let Some(Some(link)) = joined.member_link(&body.user)
+    {
+        // A member of another node: its node closes its lane when the record arrives.
+        cluster.check()?;
+        cluster.member_removed(&room, &body.user, link, AbsentReason::Kicked, &reason);
+        return Ok(Json(serde_json::json!({ "kicked": body.user })));
+    }
     match joined.kick(shared, &body.user, &reason) {
         None => Err(ApiError::new(
             ErrorCode::USER_NOT_FOUND,
@@ -229,6 +250,12 @@ async fn close_room(
     let (Path(room), Query(query)) = (path?, query?);
     check_room(&room)?;
     let reason = checked_reason(query.reason, "closed by the application")?;
+    if let Some(cluster) = &state.shared.cluster {
+        // Every node, this one included, closes it when the log's entry arrives.
+        existing_room(&state, &room)?;
+        cluster.close_room(&room, &reason).await?;
+        return Ok(Json(serde_json::json!({ "closed": room })));
+    }
     if !state.shared.router.close_room(&state.shared, &room, &reason) {
         return Err(no_room(&room));
     }
@@ -348,6 +375,14 @@ fn checked_reason(reason: Option<String>, default: &str) -> Result<String, ApiEr
         Some(reason) => Ok(reason),
         None => Ok(default.to_owned()),
     }
+}
+
+/// The ID the cluster gave a send handed to a room's publisher.
+async fn stored(answer: Pending) -> Result<u64, ApiError> {
+    let stored = answer.await.unwrap_or_else(|_| {
+        Err(room_unavailable("the relay stopped before the cluster stored it"))
+    });
+    Ok(stored?)
 }
 
 fn check_room(room: &str) -> Result<(), ApiError> {

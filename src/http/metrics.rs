@@ -38,7 +38,7 @@ pub(crate) async fn scrape(State(state): State<HttpState>) -> Response {
 struct Relay(Arc<Shared>);
 
 /// Counters: (name without prefix, help, value).
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 29] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 37] {
     [
         (
             "connections_accepted",
@@ -129,11 +129,47 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 29] {
             s.webhooks_dropped,
         ),
         ("api_requests", "HTTP requests answered (any route, any status).", s.api_requests),
+        (
+            "cluster_log_entries",
+            "Entries this node put into room logs (cluster).",
+            s.cluster_log_entries,
+        ),
+        (
+            "cluster_publish_conflicts",
+            "Room-log publishes another node's entry got in before, retried (cluster).",
+            s.cluster_publish_conflicts,
+        ),
+        (
+            "cluster_member_records",
+            "Member records this node published (cluster).",
+            s.cluster_member_records,
+        ),
+        (
+            "cluster_applied",
+            "Room-log entries and member records applied from NATS (cluster).",
+            s.cluster_applied,
+        ),
+        (
+            "cluster_malformed",
+            "Messages from NATS that did not decode or named nothing valid (cluster).",
+            s.cluster_malformed,
+        ),
+        (
+            "cluster_barrage_dropped",
+            "Barrage from other nodes not delivered here (cluster).",
+            s.cluster_barrage_dropped,
+        ),
+        (
+            "cluster_barrage_unsent",
+            "Barrage this node could not hand to NATS (cluster).",
+            s.cluster_barrage_unsent,
+        ),
+        ("cluster_nodes_lost", "Nodes counted as lost (cluster).", s.cluster_nodes_lost),
     ]
 }
 
 /// Gauges: (name without prefix, help, value).
-fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
+fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
     [
         ("connections", "Connections open now (handshakes included).", s.connections_open),
         ("handshakes", "Handshakes in progress now.", s.handshakes_in_progress),
@@ -141,6 +177,11 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
         ("lane_bytes", "Bytes queued in all room lanes now.", s.lane_bytes),
         ("rooms", "Rooms now (rooms kept for their history included).", s.rooms_open),
         ("history_bytes", "Bytes of broadcast history held now.", s.history_bytes),
+        (
+            "cluster_ready",
+            "1 when this node is connected to NATS and caught up with the cluster (cluster).",
+            s.cluster_ready,
+        ),
     ]
 }
 

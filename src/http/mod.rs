@@ -82,10 +82,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `/readyz`: 200 while the relay accepts connections, 503 once it is shutting down.
+/// `/readyz`: 200 while the relay accepts connections, 503 once it is shutting down, and, in
+/// a cluster, while it is not connected to NATS or has not caught up with the cluster.
 async fn readyz(State(state): State<HttpState>) -> Response {
     if *state.stopping.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if let Some(Err((_, detail))) = state.shared.cluster.as_ref().map(|c| c.check()) {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{detail}\n")).into_response()
     } else {
         "ready\n".into_response()
     }

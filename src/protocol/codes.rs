@@ -89,6 +89,12 @@ codes! {
     /// Lane closed: the application's backend closed the room (server API); its history is
     /// gone.
     ROOM_CLOSED = 3010;
+    /// The relay is one node of a cluster and cannot reach the cluster (NATS) now, or is
+    /// still joining it: the request was not carried out; try again (the client library
+    /// does). As a lane's close: the cluster counted this node as lost while it was cut off,
+    /// so its members were told this member left; log in again (the client library does, and
+    /// recovers what it missed).
+    CLUSTER_UNAVAILABLE = 3011;
     /// Too many logins to this room per second.
     LOGIN_RATE_LIMITED = 4001;
     /// This user sends this kind of message too often.

@@ -163,6 +163,121 @@ pub struct ServerConfig {
     pub limits: RateLimits,
     /// Certificate, key and token secret files.
     pub tls: TlsFiles,
+    /// Cluster through NATS (`[cluster]` in TOML, `--nats URL`): `None`, the default, runs a
+    /// single relay with no external service. docs/CLUSTER.md has the design.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a relay joins a cluster: the NATS servers (with JetStream) that every node of the
+/// cluster uses, and this node's name. Relays that share the NATS servers, the stream prefix
+/// and the certificate directory (CA and token secret) form one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs, comma-separated (`nats://127.0.0.1:4222`, `tls://nats.internal:4222`).
+    /// Default `nats://127.0.0.1:4222`.
+    pub nats: String,
+    /// This node's name in logs, metrics and the cluster's liveness messages (1 to 64 of
+    /// `A-Za-z0-9_-`). Default: the host name, else `qrelay`.
+    pub node: String,
+    /// A NATS credentials file (`.creds`: JWT and NKey seed). Default none.
+    pub credentials: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for NATS over TLS (besides the system's).
+    /// Default none.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for NATS servers that require mutual TLS. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS to NATS. Default `false` (a `tls://` URL requires it anyway).
+    pub require_tls: bool,
+    /// Prefix of the JetStream streams and NATS subjects (`QRELAY_ROOMS`, `qrelay.room.…`):
+    /// two clusters on one NATS need different prefixes. Default `qrelay`.
+    pub prefix: String,
+    /// A node not heard from for this long is lost: the others tell its rooms that its
+    /// members left (milliseconds, 500 to 60000). Default 3000.
+    pub node_timeout_ms: u64,
+    /// How long NATS may take to confirm a publish before the request is refused with
+    /// `CLUSTER_UNAVAILABLE` (milliseconds, 100 to 60000). Default 2000.
+    pub publish_timeout_ms: u64,
+    /// JetStream storage of the room logs and member records: `file` (survives a restart of
+    /// NATS) or `memory`. Default `file`.
+    pub storage: ClusterStorage,
+    /// How long a room's log is kept after its last event (seconds): IDs and history of a
+    /// room silent for longer start anew (with a new epoch). Default 86400 (one day).
+    pub log_max_age_secs: u64,
+}
+
+/// Where JetStream keeps the cluster's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterStorage {
+    /// On disk (the NATS server's `-sd` store directory).
+    File,
+    /// In the NATS server's memory.
+    Memory,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats: "nats://127.0.0.1:4222".into(),
+            node: default_node_name(),
+            credentials: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            prefix: "qrelay".into(),
+            node_timeout_ms: 3000,
+            publish_timeout_ms: 2000,
+            storage: ClusterStorage::File,
+            log_max_age_secs: 86_400,
+        }
+    }
+}
+
+/// The host name if it is a valid node name, else `qrelay`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| valid_name(name))
+        .unwrap_or_else(|| "qrelay".into())
+}
+
+/// 1 to 64 of `A-Za-z0-9_-`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl ClusterConfig {
+    /// Checks values that would make the cluster unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.node) {
+            return Err(format!("cluster.node {:?} must be 1 to 64 of A-Za-z0-9_-", self.node));
+        }
+        if !valid_name(&self.prefix) {
+            return Err(format!("cluster.prefix {:?} must be 1 to 64 of A-Za-z0-9_-", self.prefix));
+        }
+        if self.nats.split(',').any(|url| url.trim().is_empty()) {
+            return Err("cluster.nats must list one or more NATS URLs, comma-separated".into());
+        }
+        if !(500..=60_000).contains(&self.node_timeout_ms) {
+            return Err("cluster.node_timeout_ms must be 500 to 60000".into());
+        }
+        if !(100..=60_000).contains(&self.publish_timeout_ms) {
+            return Err("cluster.publish_timeout_ms must be 100 to 60000".into());
+        }
+        if self.log_max_age_secs == 0 {
+            return Err("cluster.log_max_age_secs must be above 0".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("cluster.tls_cert and cluster.tls_key go together".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -206,6 +321,7 @@ impl Default for ServerConfig {
             login_member_page: 100,
             limits: RateLimits::default(),
             tls: TlsFiles::default(),
+            cluster: None,
         }
     }
 }
@@ -285,6 +401,9 @@ impl ServerConfig {
                 "lane_queue ({}) must exceed history_size ({}) plus the member-list frames ({member_frames})",
                 self.lane_queue, self.history_size
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use super::admission::Admitted;
 use super::hooks::LeaveReason;
 use super::lane::{self, ConnLanes, LaneOwner};
 use super::peer::Peer;
-use super::room::{Room, Send, check_member_id, check_message};
+use super::room::{Pending, Room, Send, check_member_id, check_message, room_unavailable};
 use super::router::Login;
 use super::stats::{Counters, RequestKind};
 use crate::auth::{Claims, unix_seconds};
@@ -82,6 +82,8 @@ pub async fn serve(
         roomless_since: Some(Instant::now()),
         unflushed: Vec::new(),
         token_warning: None,
+        request: 0,
+        pending: tokio::task::JoinSet::new(),
     };
     state.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
@@ -131,6 +133,25 @@ struct ConnState {
     unflushed: Vec<Arc<Room>>,
     /// When to send `TokenWillExpire`, and the expiry it announces.
     token_warning: Option<(Instant, u64)>,
+    /// The ID of the request being handled.
+    request: u32,
+    /// Requests answered later: sends the cluster is storing, logins reading a room's epoch.
+    pending: tokio::task::JoinSet<Completion>,
+}
+
+/// A request's answer that came later.
+enum Completion {
+    /// The reply is ready.
+    Reply { request: u32, kind: RequestKind, outcome: Result<Outcome, Refusal> },
+    /// A login's room epoch was read from the cluster: the login goes on.
+    Login {
+        request: u32,
+        room: String,
+        user: User,
+        claims: Option<Claims>,
+        recover: Option<Recover>,
+        epoch: Result<u64, Refusal>,
+    },
 }
 
 impl ConnState {
@@ -172,10 +193,10 @@ impl ConnState {
                         // The requests that came with this one are handled too, then the
                         // broadcasts among them go out together (one flush per receiver,
                         // not one per message), then the replies, in one write.
-                        let mut replies = vec![self.handle_request(frame)];
+                        let mut replies: Vec<ControlFrame> = self.handle_request(frame).into_iter().collect();
                         let more = loop {
                             match reader.next_buffered::<RequestFrame>() {
-                                Ok(Some(frame)) => replies.push(self.handle_request(frame)),
+                                Ok(Some(frame)) => replies.extend(self.handle_request(frame)),
                                 Ok(None) => break Ok(()),
                                 Err(e) => break Err(e),
                             }
@@ -211,6 +232,10 @@ impl ConnState {
                         self.violation(&e);
                         return;
                     }
+                },
+                Some(done) = self.pending.join_next(), if !self.pending.is_empty() => match done {
+                    Ok(completion) => vec![self.complete(completion)],
+                    Err(_) => continue,
                 },
                 datagram = self.peer.read_datagram() => match datagram {
                     Ok(datagram) => self.handle_datagram(datagram).into_iter().collect(),
@@ -317,7 +342,8 @@ impl ConnState {
         self.peer.close(code, &reason.as_bytes()[..reason.len().min(256)]);
     }
 
-    fn handle_request(&mut self, frame: RequestFrame) -> ControlFrame {
+    /// Handles a request; its reply, unless it comes later (see [`ConnState::complete`]).
+    fn handle_request(&mut self, frame: RequestFrame) -> Option<ControlFrame> {
         let kind = match &frame.body {
             Request::Login { .. } => RequestKind::Login,
             Request::Logout { .. } => RequestKind::Logout,
@@ -326,28 +352,67 @@ impl ConnState {
             Request::RenewToken { .. } => RequestKind::RenewToken,
             Request::FetchMembers { .. } => RequestKind::FetchMembers,
         };
+        self.request = frame.request;
         let outcome = match frame.body {
             Request::Login { room, user, token, recover } => {
                 self.login(room, user, &token, recover)
             }
-            Request::Logout { room } => self.logout(&room),
+            Request::Logout { room } => self.logout(&room).map(Some),
             Request::Broadcast { room, payload } => self.broadcast(&room, &payload),
             Request::Command { room, to, payload } => self.command(&room, to, payload),
-            Request::RenewToken { token } => self.renew_token(&token),
+            Request::RenewToken { token } => self.renew_token(&token).map(Some),
             Request::FetchMembers { room, cursor, limit } => {
-                self.fetch_members(&room, cursor, limit)
+                self.fetch_members(&room, cursor, limit).map(Some)
             }
         };
-        self.reply(frame.request, kind, outcome)
+        match outcome {
+            Ok(None) => None,
+            Ok(Some(outcome)) => Some(self.reply(frame.request, kind, Ok(outcome))),
+            Err(refusal) => Some(self.reply(frame.request, kind, Err(refusal))),
+        }
     }
 
-    fn broadcast(&mut self, room: &str, payload: &Bytes) -> Result<Outcome, Refusal> {
+    fn broadcast(&mut self, room: &str, payload: &Bytes) -> Result<Option<Outcome>, Refusal> {
         let (joined, send) = self.sender_room(room, payload)?;
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.check()?;
+            let answer = joined.submit_broadcast(&self.shared, send)?;
+            self.answer_later(RequestKind::Broadcast, answer);
+            return Ok(None);
+        }
         let message_id = joined.broadcast(&self.shared, send)?;
         if !self.unflushed.iter().any(|r| Arc::ptr_eq(r, &joined)) {
             self.unflushed.push(joined);
         }
-        Ok(Outcome::Sent { message_id })
+        Ok(Some(Outcome::Sent { message_id }))
+    }
+
+    /// Replies to the current request when the cluster has stored its send.
+    fn answer_later(&mut self, kind: RequestKind, answer: Pending) {
+        let request = self.request;
+        self.pending.spawn(async move {
+            let stored = answer.await.unwrap_or_else(|_| {
+                Err(room_unavailable("the relay stopped before the cluster stored it"))
+            });
+            Completion::Reply {
+                request,
+                kind,
+                outcome: stored.map(|message_id| Outcome::Sent { message_id }),
+            }
+        });
+    }
+
+    /// Handles a request whose answer came later (the cluster stored a send, or read a
+    /// room's epoch for a login); returns its reply.
+    fn complete(&mut self, completion: Completion) -> ControlFrame {
+        match completion {
+            Completion::Reply { request, kind, outcome } => self.reply(request, kind, outcome),
+            Completion::Login { request, room, user, claims, recover, epoch } => {
+                let outcome = epoch
+                    .and_then(|epoch| self.join_room(room, user, claims, recover, Some(epoch)));
+                self.reply(request, RequestKind::Login, outcome)
+            }
+        }
     }
 
     /// Hands this connection's accepted broadcasts to the receivers' lanes.
@@ -386,7 +451,7 @@ impl ConnState {
         user: User,
         token: &str,
         recover: Option<Recover>,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Option<Outcome>, Refusal> {
         check_room_id(&room).map_err(|c| (c, format!("room ID {room:?} is not valid")))?;
         check_member_id(&user.id)?;
         check_user_name(&user.name).map_err(|c| {
@@ -403,6 +468,25 @@ impl ConnState {
                 format!("the token does not grant room {room:?}"),
             ));
         }
+        self.check_join(&room, &user)?;
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.check()?;
+            if self.shared.router.room(&room).is_none() {
+                // The room's epoch comes from its log (opened now if it has none), so that
+                // every node's lanes carry the same.
+                let (cluster, request) = (cluster.clone(), self.request);
+                self.pending.spawn(async move {
+                    let epoch = cluster.open_room(&room).await;
+                    Completion::Login { request, room, user, claims, recover, epoch }
+                });
+                return Ok(None);
+            }
+        }
+        self.join_room(room, user, claims, recover, None).map(Some)
+    }
+
+    /// The connection's own conditions for a login to `room` as `user`.
+    fn check_join(&mut self, room: &str, user: &User) -> Result<(), Refusal> {
         if let Some(current) = &self.user
             && current.id != user.id
         {
@@ -412,7 +496,7 @@ impl ConnState {
             ));
         }
         self.prune_rooms();
-        if self.rooms.contains_key(&room) {
+        if self.rooms.contains_key(room) {
             return Err((ErrorCode::ALREADY_LOGGED_IN, format!("already logged in to {room:?}")));
         }
         let max = self.shared.config.max_rooms_per_connection;
@@ -432,12 +516,30 @@ impl ConnState {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Joins `room` once every check passed (in a cluster, `epoch` is the room's epoch in its
+    /// log when this relay did not hold the room).
+    fn join_room(
+        &mut self,
+        room: String,
+        user: User,
+        claims: Option<Claims>,
+        recover: Option<Recover>,
+        epoch: Option<u64>,
+    ) -> Result<Outcome, Refusal> {
+        if epoch.is_some() {
+            // Checked again: the connection did other things while the log was read.
+            self.check_join(&room, &user)?;
+        }
         let login = Login {
             session: self.session,
             user: user.clone(),
             peer: &self.peer,
             lanes: &self.lanes,
             recover,
+            epoch,
         };
         let (joined, queue, lane) = self.shared.router.join(&self.shared, &room, login)?;
         let header =
@@ -472,9 +574,20 @@ impl ConnState {
         Ok(Outcome::Done)
     }
 
-    fn command(&mut self, room: &str, to: Vec<String>, payload: Bytes) -> Result<Outcome, Refusal> {
+    fn command(
+        &mut self,
+        room: &str,
+        to: Vec<String>,
+        payload: Bytes,
+    ) -> Result<Option<Outcome>, Refusal> {
         let (joined, send) = self.sender_room(room, &payload)?;
-        joined.command(&self.shared, send, to).map(|message_id| Outcome::Sent { message_id })
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.check()?;
+            let answer = joined.submit_command(&self.shared, send, to)?;
+            self.answer_later(RequestKind::Command, answer);
+            return Ok(None);
+        }
+        joined.command(&self.shared, send, to).map(|message_id| Some(Outcome::Sent { message_id }))
     }
 
     fn fetch_members(&mut self, room: &str, cursor: u64, limit: u32) -> Result<Outcome, Refusal> {

@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use config::{RateLimits, ServerConfig, TlsFiles};
+pub use config::{ClusterConfig, ClusterStorage, RateLimits, ServerConfig, TlsFiles};
 pub use room::now_ms;
 pub use stats::Stats;
 pub use thread::RelayThread;
@@ -174,12 +174,14 @@ pub(crate) struct Shared {
     pub(crate) certs: Option<Arc<CertResolver>>,
     /// Whether the page listener mints development tokens (development secret, loopback).
     pub(crate) dev_tokens: bool,
+    /// The cluster link, with `[cluster]` (`--nats`).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     per_address: admission::PerAddress,
     last_session: AtomicU32,
 }
 
 impl Shared {
-    fn next_session(&self) -> u32 {
+    pub(crate) fn next_session(&self) -> u32 {
         self.last_session.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 }
@@ -270,7 +272,12 @@ impl Server {
         let http = config.http.map(listen_tcp).transpose()?;
         let web = config.web.map(listen_tcp).transpose()?;
         let web_on_loopback = config.web.is_some_and(|addr| addr.ip().to_canonical().is_loopback());
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|cluster| crate::cluster::Cluster::new(cluster, config.history_size));
         let shared = Arc::new(Shared {
+            cluster,
             config,
             tokens: identity.tokens,
             api_key: identity.api_key,
@@ -320,6 +327,10 @@ impl Server {
     pub async fn run(self) {
         info!(addr = ?self.local_addr().ok(), endpoints = self.endpoints.len(), "relay listening");
         tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
+        if let Some(cluster) = &self.shared.cluster {
+            let (shared, cluster) = (self.shared.clone(), cluster.clone());
+            tokio::spawn(crate::cluster::run(shared, cluster, self.shutdown.subscribe()));
+        }
         tokio::spawn(log_summaries(self.shared.clone(), self.shutdown.subscribe()));
         if let Some(listener) = self.http {
             tokio::spawn(crate::http::serve(

@@ -51,11 +51,22 @@ impl TokenBucket {
         self.tokens >= 1.0
     }
 
-    /// Takes a token that [`TokenBucket::ready`] said was there.
+    /// Takes a token that [`TokenBucket::ready`] said was there (or, for an event another
+    /// cluster node let through, one that may not be: the bucket then owes at most one
+    /// burst, and refills from there).
     pub fn take(&mut self) {
         if self.rate > 0.0 {
-            self.tokens -= 1.0;
+            self.tokens = (self.tokens - 1.0).max(-self.capacity);
         }
+    }
+
+    /// How many tokens can be taken now (`usize::MAX` when unlimited).
+    pub fn available(&mut self) -> usize {
+        if self.rate <= 0.0 {
+            return usize::MAX;
+        }
+        self.ready();
+        self.tokens.max(0.0) as usize
     }
 }
 

@@ -38,6 +38,10 @@ use super::lane::{ConnLanes, Lane, LaneItem, LaneQueue, PushError};
 use super::peer::Peer;
 use super::rate::TokenBucket;
 use super::stats::Counters;
+mod linked;
+
+pub(crate) use linked::{Pending, room_unavailable, valid_entry, valid_record};
+
 use crate::protocol::{
     BarrageMessage, BroadcastRef, CommandMessage, ErrorCode, LaneEvent, MAX_BATCH, MAX_MEMBER_PAGE,
     MAX_USERS_PER_UPDATE, MEMBERS_FROM_START, Member, MemberPage, Recover, ServerDatagram, User,
@@ -53,6 +57,8 @@ pub struct Room {
     pub number: u32,
     /// This incarnation's broadcast sequence (see [`crate::protocol::LaneHeader::epoch`]).
     pub epoch: u64,
+    /// Woken when an entry of the room's log has been applied here (cluster).
+    logged: tokio::sync::Notify,
     state: Mutex<RoomState>,
 }
 
@@ -86,6 +92,13 @@ struct RoomState {
     /// reconnects (a fresh allowance per login would multiply them); an entry whose buckets
     /// are full again is forgotten by [`Room::prune`].
     budgets: HashMap<Arc<str>, UserBudget>,
+    /// Cluster: the stream sequence of the newest entry of the room's log this relay knows.
+    log_seq: u64,
+    /// Cluster: the last broadcast and command IDs of the room's log as this relay knows them
+    /// (may run ahead of what it applied: learnt from the log's last entry).
+    known_ids: (u64, u64),
+    /// Cluster: the queue of this relay's room-log publisher for the room, while it runs.
+    publisher: Option<linked::Publisher>,
 }
 
 /// One user's frequency limits in one room.
@@ -124,12 +137,14 @@ impl UserBudget {
 
 #[derive(Debug)]
 struct MemberEntry {
+    /// Its session number on this relay (a remote member's is an alias this relay gave it,
+    /// so that user updates and barrage name it like any member).
     session: u32,
     user: User,
     /// The user ID again, shared with the history entries of this member's broadcasts.
     author: Arc<str>,
-    lane: Lane,
-    conn: Peer,
+    /// Where the member is connected.
+    link: Link,
     /// (flush number, outbox position after its own `Joined`) when the member joined: of that
     /// outbox it gets only the events from there on.
     joined_at: (u64, usize),
@@ -141,6 +156,36 @@ impl MemberEntry {
     fn member(&self) -> Member {
         Member { session: self.session, user: self.user.clone() }
     }
+
+    /// Its lane, if it is connected here.
+    fn lane(&self) -> Option<&Lane> {
+        match &self.link {
+            Link::Local { lane, .. } => Some(lane),
+            Link::Remote { .. } => None,
+        }
+    }
+
+    /// Ends its lane with `code` and `detail`, if it is connected here.
+    fn close(self, code: ErrorCode, detail: &str) {
+        if let Link::Local { lane, .. } = self.link {
+            lane.close(code, detail);
+        }
+    }
+}
+
+/// Where a member is connected: to this relay, or to another node of the cluster.
+#[derive(Debug)]
+enum Link {
+    /// Here: its lane and its connection (for barrage datagrams).
+    Local {
+        lane: Lane,
+        conn: Peer,
+        /// The cluster's record of this membership (unused on a single relay).
+        record: linked::OwnRecord,
+    },
+    /// On another node: the node's incarnation, the member's session there, and the stream
+    /// sequence of the record that said so.
+    Remote { node: u64, session: u32, seq: u64 },
 }
 
 /// Joins and leaves a large room batches before it flushes them anyway: newcomers within one
@@ -200,13 +245,15 @@ pub struct Outside<'a> {
 pub const SERVER_SESSION: u32 = 0;
 
 impl Room {
-    /// An empty room.
-    pub fn new(name: String, number: u32, shared: &Shared) -> Self {
+    /// An empty room of incarnation `epoch` (a random one on a single relay; the room log's
+    /// in a cluster).
+    pub fn new(name: String, number: u32, epoch: u64, shared: &Shared) -> Self {
         let limits = &shared.config.limits;
         Self {
             name,
             number,
-            epoch: rand::random(),
+            epoch,
+            logged: tokio::sync::Notify::new(),
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
                 by_session: BTreeMap::new(),
@@ -227,6 +274,9 @@ impl Room {
                 barrage_bucket: TokenBucket::new(limits.barrage_per_room),
                 login_bucket: TokenBucket::new(limits.login_per_room),
                 budgets: HashMap::new(),
+                log_seq: 0,
+                known_ids: (0, 0),
+                publisher: None,
             }),
         }
     }
@@ -294,11 +344,11 @@ impl Room {
         if let Some(old) = state.members.remove(&user.id) {
             debug!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
             let left = old.member();
-            old.lane.close(
+            state.by_session.remove(&old.session);
+            old.close(
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                 "the same user logged in to this room from another connection",
             );
-            state.by_session.remove(&old.session);
             self.left(shared, &left.user, LeaveReason::Replaced);
             state.member_left(left);
             // On its way now, whatever becomes of this login.
@@ -358,8 +408,7 @@ impl Room {
             session,
             author: Arc::from(user.id.as_str()),
             user: user.clone(),
-            lane,
-            conn,
+            link: Link::Local { lane, conn, record: linked::OwnRecord::default() },
             // Its own join is the last event of the outbox it does not get.
             joined_at: (state.flushes, state.outbox.len() + 1),
             announced: false,
@@ -373,6 +422,9 @@ impl Room {
         // Insert first: should announcing the join remove a slow member, the newcomer (who
         // was just listed that member) hears that it left, too.
         state.by_session.insert(session, entry.author.clone());
+        if let Some(cluster) = &shared.cluster {
+            cluster.member_present(&self.name, self.epoch, &user, session);
+        }
         if state.large {
             state.members.insert(user.id.clone(), entry);
             // It gets the count it is in (an absolute count, so a later join overwriting it
@@ -397,7 +449,7 @@ impl Room {
         let session = {
             let state = self.lock();
             match state.members.get(user_id) {
-                Some(member) if member.lane.id == lane => member.session,
+                Some(member) if member.lane().is_some_and(|l| l.id == lane) => member.session,
                 _ => return,
             }
         };
@@ -426,8 +478,11 @@ impl Room {
             if let Some(entry) = state.members.remove(user_id) {
                 state.by_session.remove(&entry.session);
                 let left = entry.member();
+                if reason != LeaveReason::Replaced {
+                    self.left_cluster(shared, &entry, reason);
+                }
                 if let Some(code) = lane_close_code(reason) {
-                    entry.lane.close(code, detail);
+                    entry.close(code, detail);
                 }
                 self.left(shared, &left.user, reason);
                 state.member_left(left);
@@ -761,31 +816,44 @@ impl Room {
         }
         state.barrage_seq += 1;
         let id = state.barrage_seq;
+        let sent_at_ms = now_ms();
+        if let Some(cluster) = &shared.cluster {
+            let payload = send.payload.clone();
+            cluster.barrage(&self.name, send.session, send.user_id, sent_at_ms, payload);
+        }
         let datagram = ServerDatagram::Barrage(BarrageMessage {
             room_number: self.number,
             id,
-            sent_at_ms: now_ms(),
+            sent_at_ms,
             sender: send.session,
             payload: send.payload,
         });
         let encoded = encode_body(&datagram).map_err(internal)?;
         let counters = &shared.counters;
-        for member in state.members.values().filter(|m| m.session != send.session) {
+        send_barrage(&state, &self.name, send.session, &encoded, counters);
+        Counters::bump(&counters.barrages);
+        Ok(id)
+    }
+}
+
+/// Sends an encoded barrage datagram to every member connected here but the sender.
+fn send_barrage(state: &RoomState, room: &str, sender: u32, encoded: &Bytes, counters: &Counters) {
+    {
+        for member in state.members.values().filter(|m| m.session != sender) {
+            let Link::Local { conn, .. } = &member.link else { continue };
             // quinn makes room by dropping the oldest queued datagram: count that drop.
-            if member.conn.datagram_send_buffer_space() < encoded.len() {
+            if conn.datagram_send_buffer_space() < encoded.len() {
                 Counters::bump(&counters.datagrams_dropped_congested);
             }
-            match member.conn.send_datagram(&encoded) {
+            match conn.send_datagram(encoded) {
                 Ok(()) => Counters::bump(&counters.datagrams_sent),
                 Err(quinn::SendDatagramError::ConnectionLost(_)) => {}
                 Err(e) => {
                     Counters::bump(&counters.datagrams_unsendable);
-                    debug!(room = %self.name, user = %member.user.id, error = %e, "barrage not sendable");
+                    debug!(room, user = %member.user.id, error = %e, "barrage not sendable");
                 }
             }
         }
-        Counters::bump(&counters.barrages);
-        Ok(id)
     }
 }
 
@@ -837,11 +905,12 @@ impl RoomState {
                     }
                 },
             };
+            let Some(lane) = member.lane() else { continue };
             let (frame, broadcasts) = built.clone();
             if frame.is_empty() {
                 continue;
             }
-            match member.lane.push(LaneItem::Frame(frame), now, &shared.counters) {
+            match lane.push(LaneItem::Frame(frame), now, &shared.counters) {
                 Ok(()) => delivered += broadcasts,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -956,7 +1025,8 @@ impl RoomState {
             if id == except || !wanted(id) {
                 continue;
             }
-            match member.lane.push(item.clone(), now, &shared.counters) {
+            let Some(lane) = member.lane() else { continue };
+            match lane.push(item.clone(), now, &shared.counters) {
                 Ok(()) => delivered += 1,
                 Err(why) => failed.push((id.clone(), why)),
             }
@@ -993,7 +1063,10 @@ impl RoomState {
                     at_ms,
                 });
                 left.push(entry.member());
-                entry.lane.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
+                if let Some(cluster) = &shared.cluster {
+                    cluster.member_absent(room, &entry.user.id, entry.session);
+                }
+                entry.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
             }
             let events: Vec<LaneEvent> = match self.large {
                 // A large room tells the new count, once.
@@ -1006,8 +1079,9 @@ impl RoomState {
             for event in &events {
                 let Some(frame) = frame_of(event) else { continue };
                 for (id, member) in &self.members {
+                    let Some(lane) = member.lane() else { continue };
                     if let Err(why) =
-                        member.lane.push(LaneItem::Frame(frame.clone()), now, &shared.counters)
+                        lane.push(LaneItem::Frame(frame.clone()), now, &shared.counters)
                     {
                         failed.push((id.clone(), why));
                     }
@@ -1040,11 +1114,26 @@ impl History {
 
     /// Records an encoded `BroadcastMessage`; the oldest entry goes when the history is full.
     fn push(&mut self, id: u64, encoded: Bytes, author: Arc<str>, counters: &Counters) {
+        self.push_at(id, encoded, author, Instant::now(), counters);
+    }
+
+    /// Records an encoded `BroadcastMessage` accepted at `now` (earlier, for an entry of the
+    /// cluster's log read late); one that has expired already is not kept.
+    fn push_at(
+        &mut self,
+        id: u64,
+        encoded: Bytes,
+        author: Arc<str>,
+        now: Instant,
+        counters: &Counters,
+    ) {
         if self.size == 0 {
             return;
         }
-        let now = Instant::now();
-        self.expire(now, counters);
+        self.expire(Instant::now(), counters);
+        if Instant::now().duration_since(now) > self.ttl {
+            return;
+        }
         if self.entries.len() == self.size {
             self.pop_front(counters);
         }
@@ -1230,6 +1319,7 @@ fn lane_close_code(reason: LeaveReason) -> Option<ErrorCode> {
         LeaveReason::Kicked => Some(ErrorCode::KICKED_BY_SERVER),
         LeaveReason::RoomClosed => Some(ErrorCode::ROOM_CLOSED),
         LeaveReason::Shutdown => Some(ErrorCode::SERVER_SHUTTING_DOWN),
+        LeaveReason::NodeLost => Some(ErrorCode::CLUSTER_UNAVAILABLE),
     }
 }
 

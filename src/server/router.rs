@@ -56,6 +56,9 @@ pub struct Login<'a> {
     pub lanes: &'a Arc<ConnLanes>,
     /// What the client last saw of the room, to recover what it missed.
     pub recover: Option<Recover>,
+    /// The room's epoch in the cluster's log, for a room this relay does not hold yet
+    /// (`None` on a single relay: a new room gets a random one).
+    pub epoch: Option<u64>,
 }
 
 impl Router {
@@ -71,7 +74,7 @@ impl Router {
         login: Login<'_>,
     ) -> Result<Joined, (ErrorCode, String)> {
         loop {
-            let room = self.room_or_create(shared, name, &login.user.id)?;
+            let room = self.room_or_create(shared, name, &login.user.id, login.epoch)?;
             let joined = room.join(
                 shared,
                 login.session,
@@ -188,11 +191,40 @@ impl Router {
         true
     }
 
+    /// The room `name` of incarnation `epoch` for an entry of the cluster's logs: created if
+    /// this relay does not hold it (no limit applies: the room exists in the cluster), and
+    /// created anew if it holds an earlier incarnation (whose members here leave with
+    /// `ROOM_CLOSED`).
+    pub fn room_for_log(
+        &self,
+        shared: &Arc<Shared>,
+        name: &str,
+        epoch: u64,
+        reason: &str,
+    ) -> Arc<Room> {
+        let mut state = self.lock();
+        if let Some(room) = state.rooms.get(name) {
+            if room.epoch == epoch {
+                return room.clone();
+            }
+            let old = room.clone();
+            state.rooms.remove(name);
+            old.close_all(shared, reason);
+            closed(shared, &old);
+        }
+        state.last_number = state.last_number.wrapping_add(1).max(1);
+        let room = Arc::new(Room::new(name.to_owned(), state.last_number, epoch, shared));
+        state.rooms.insert(name.to_owned(), room.clone());
+        Counters::bump(&shared.counters.rooms_open);
+        room
+    }
+
     fn room_or_create(
         &self,
         shared: &Shared,
         name: &str,
         user_id: &str,
+        epoch: Option<u64>,
     ) -> Result<Arc<Room>, (ErrorCode, String)> {
         let mut state = self.lock();
         if let Some(room) = state.rooms.get(name) {
@@ -224,7 +256,8 @@ impl Router {
             allowance.take();
         }
         state.last_number = state.last_number.wrapping_add(1).max(1);
-        let room = Arc::new(Room::new(name.to_owned(), state.last_number, shared));
+        let epoch = epoch.unwrap_or_else(rand::random);
+        let room = Arc::new(Room::new(name.to_owned(), state.last_number, epoch, shared));
         state.rooms.insert(name.to_owned(), room.clone());
         Counters::bump(&shared.counters.rooms_open);
         shared.hooks.emit(&shared.counters, |at_ms| RoomEvent::RoomCreated {

@@ -116,6 +116,28 @@ stats! {
     webhooks_failed,
     /// Server API requests answered (any status).
     api_requests,
+    /// Cluster: entries this node put into room logs (one per batch of broadcasts, one per
+    /// command).
+    cluster_log_entries,
+    /// Cluster: room-log publishes that another node's entry got in before (retried with the
+    /// room's newest state).
+    cluster_publish_conflicts,
+    /// Cluster: member records this node published (`Present` and `Absent`).
+    cluster_member_records,
+    /// Cluster: entries and records applied from the cluster's stream.
+    cluster_applied,
+    /// Cluster: messages from NATS that did not decode or named nothing valid, dropped.
+    cluster_malformed,
+    /// Cluster: barrage from other nodes not delivered here (unknown sender, the room's
+    /// barrage limit, or no such room).
+    cluster_barrage_dropped,
+    /// Cluster: barrage this node could not hand to NATS (not connected, or its queue full).
+    cluster_barrage_unsent,
+    /// Cluster: nodes counted as lost (not heard from for `node_timeout_ms`).
+    cluster_nodes_lost,
+    /// Cluster: whether this node is connected to NATS and caught up with the stream (1) or
+    /// not (0) now.
+    cluster_ready,
 }
 
 /// Lets at most [`Throttle::PER_MINUTE`] log lines of one kind through per minute and counts
