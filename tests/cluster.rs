@@ -338,8 +338,8 @@ async fn a_command_reaches_its_targets_on_any_node_and_an_unknown_target_is_refu
         let sender = ["alice", "bob", "carol", "dave"].into_iter().find(|u| *u == peer.name);
         sent.insert(payload, (sender.unwrap(), id, targets));
     };
-    // From node0 to node1 and node2; from node1 to node0 (the same node as another target
-    // of nobody); from node2 to its sender's node… and to everyone.
+    // alice (node0) to node1 and node2 at once; bob (node1) to node0; carol (node2) to node0;
+    // dave (node0) to node2; alice to everyone, on every node.
     send(alice, "alice to bob and carol", &["bob", "carol"]).await;
     send(bob, "bob to dave", &["dave"]).await;
     send(carol, "carol to alice", &["alice"]).await;
@@ -671,4 +671,20 @@ async fn without_nats_the_cluster_refuses_what_needs_it_and_resumes_when_nats_is
     for peer in peers {
         peer.client.close().await;
     }
+}
+
+/// The harness itself, which needs no cluster: NATS stops, and starts again on its port with
+/// its store (what the test above relies on).
+#[tokio::test]
+async fn harness_nats_server_stops_and_starts_again_on_its_port() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut nats = common::cluster::Nats::start(dir.path()).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nats.port));
+    let connects = || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    assert!(connects() && nats.is_running());
+    nats.stop();
+    assert!(!connects() && !nats.is_running(), "nats-server still answers after stop");
+    nats.resume().await;
+    assert!(connects() && nats.is_running());
+    assert!(nats.url().ends_with(&format!(":{}", addr.port())));
 }

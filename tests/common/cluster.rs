@@ -96,8 +96,16 @@ impl Nats {
     pub async fn start(dir: &Path) -> Nats {
         let store = dir.join("jetstream");
         std::fs::create_dir_all(&store).expect("create the JetStream store directory");
-        let mut nats =
-            Nats { child: None, port: free_tcp_port(), store, log: dir.join("nats-server.log") };
+        let log = dir.join("nats-server.log");
+        let mut nats = Nats { child: None, port: free_tcp_port(), store, log };
+        // A port found free can be taken before the server binds it (by another test): then
+        // another port.
+        for _ in 0..3 {
+            match nats.run().await {
+                Ok(()) => return nats,
+                Err(_) => nats.port = free_tcp_port(),
+            }
+        }
         nats.resume().await;
         nats
     }
@@ -117,6 +125,17 @@ impl Nats {
     /// Starts the server again on the same port with the same store (after [`Nats::stop`]),
     /// and waits until it accepts TCP connections.
     pub async fn resume(&mut self) {
+        if let Err(status) = self.run().await {
+            panic!(
+                "nats-server exited ({status}) before it was ready; its log ends:\n{}",
+                log_tail(&self.log)
+            );
+        }
+    }
+
+    /// Starts the server and waits until it accepts TCP connections; the exit status if it
+    /// exits first.
+    async fn run(&mut self) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "nats-server is already running");
         let (stdout, stderr) = log_file(&self.log);
         let port = self.port.to_string();
@@ -131,9 +150,12 @@ impl Nats {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + START;
         loop {
-            assert_running(&mut child, "nats-server", &self.log);
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Err(status);
+            }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
+                self.child = Some(child);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 kill(&mut child);
@@ -145,7 +167,11 @@ impl Nats {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.child = Some(child);
+    }
+
+    /// Whether the server is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 
