@@ -2,6 +2,9 @@
 //! raw protocol peer for tests that need to speak (or break) the wire format directly.
 #![allow(dead_code)]
 
+/// Relays as processes in a cluster over a real NATS server (tests/cluster.rs).
+pub mod cluster;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
