@@ -522,7 +522,8 @@ export class Client extends EventTarget {
           // The connection ends next; the reconnect logs in again.
           break;
         }
-        if (event.code === ErrorCode.SLOW_RECEIVER && this.options.reconnect && this.rooms.has(room)) {
+        const relogin = event.code === ErrorCode.SLOW_RECEIVER || event.code === ErrorCode.CLUSTER_UNAVAILABLE;
+        if (relogin && this.options.reconnect && this.rooms.has(room)) {
           this._relogin(state);
           break;
         }

@@ -90,10 +90,8 @@ codes! {
     /// gone.
     ROOM_CLOSED = 3010;
     /// The relay is one node of a cluster and cannot reach the cluster (NATS) now, or is
-    /// still joining it: the request was not carried out; try again (the client library
-    /// does). As a lane's close: the cluster counted this node as lost while it was cut off,
-    /// so its members were told this member left; log in again (the client library does, and
-    /// recovers what it missed).
+    /// still catching up with it: the request was not carried out; try again. (Should a lane
+    /// ever close with it, the client library logs in again, as after `SLOW_RECEIVER`.)
     CLUSTER_UNAVAILABLE = 3011;
     /// Too many logins to this room per second.
     LOGIN_RATE_LIMITED = 4001;

@@ -29,9 +29,6 @@ pub enum LeaveReason {
     RoomClosed,
     /// The relay is shutting down.
     Shutdown,
-    /// Cluster: the member's node was counted as lost (not heard from for
-    /// `cluster.node_timeout_ms`).
-    NodeLost,
 }
 
 /// One thing that happened in a room, as the webhook body carries it (JSON, `event` names the

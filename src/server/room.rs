@@ -345,11 +345,15 @@ impl Room {
             debug!(room = %self.name, user = %user.id, old_session = old.session, "login replaces the user's earlier session");
             let left = old.member();
             state.by_session.remove(&old.session);
+            // A session on another node is told by its own node (when this login's record
+            // reaches it), webhook included.
+            if matches!(old.link, Link::Local { .. }) {
+                self.left(shared, &left.user, LeaveReason::Replaced);
+            }
             old.close(
                 ErrorCode::KICKED_LOGGED_IN_ELSEWHERE,
                 "the same user logged in to this room from another connection",
             );
-            self.left(shared, &left.user, LeaveReason::Replaced);
             state.member_left(left);
             // On its way now, whatever becomes of this login.
             self.user_update(state, shared);
@@ -819,7 +823,9 @@ impl Room {
         let sent_at_ms = now_ms();
         if let Some(cluster) = &shared.cluster {
             let payload = send.payload.clone();
-            cluster.barrage(&self.name, send.session, send.user_id, sent_at_ms, payload);
+            if !cluster.barrage(&self.name, send.session, send.user_id, sent_at_ms, payload) {
+                Counters::bump(&shared.counters.cluster_barrage_unsent);
+            }
         }
         let datagram = ServerDatagram::Barrage(BarrageMessage {
             room_number: self.number,
@@ -1319,7 +1325,6 @@ fn lane_close_code(reason: LeaveReason) -> Option<ErrorCode> {
         LeaveReason::Kicked => Some(ErrorCode::KICKED_BY_SERVER),
         LeaveReason::RoomClosed => Some(ErrorCode::ROOM_CLOSED),
         LeaveReason::Shutdown => Some(ErrorCode::SERVER_SHUTTING_DOWN),
-        LeaveReason::NodeLost => Some(ErrorCode::CLUSTER_UNAVAILABLE),
     }
 }
 

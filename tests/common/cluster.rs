@@ -224,6 +224,8 @@ impl Cluster {
         let paths = CertPaths::in_dir(&certs);
         DevPki::generate().expect("development PKI").write(&paths).expect("write certificates");
         let secret = generate_secret(&paths.token_secret).expect("write the token secret");
+        // The server API key too (the nodes' HTTP listeners, for /readyz, would each make one).
+        write_private(&certs.join("api.key"), "cluster-test-api-key");
         let limit_args: Vec<String> = match limits {
             Limits::Unlimited => vec!["--limits".into(), "benchmark".into()],
             Limits::Config(toml) => {
@@ -262,7 +264,8 @@ impl Cluster {
         let log = self.dir.path().join(format!("{name}.log"));
         let (_, stderr) = log_file(&log);
         let child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-http", "--no-web", "--certs-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-web"])
+            .arg("--certs-dir")
             .arg(certs)
             .args(["--nats", &self.nats.url(), "--node", &name, "--ready-file"])
             .arg(&ready)
@@ -326,7 +329,8 @@ impl Cluster {
     }
 }
 
-/// Waits until the node's ready file names its QUIC address, and notes it.
+/// Waits until the node's ready file names its QUIC address, notes it, then until its
+/// `/readyz` says it has caught up with the cluster.
 async fn wait_ready(node: &mut Node, name: &str, ready: &Path) {
     let deadline = Instant::now() + START;
     let child = node.child.as_mut().expect("a running node");
@@ -336,9 +340,21 @@ async fn wait_ready(node: &mut Node, name: &str, ready: &Path) {
         let addr = std::fs::read_to_string(ready)
             .ok()
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|json| json["quic"].as_str()?.parse::<SocketAddr>().ok());
-        if let Some(addr) = addr {
+            .and_then(|json| {
+                let quic = json["quic"].as_str()?.parse::<SocketAddr>().ok()?;
+                Some((quic, json["http"].as_str()?.parse::<SocketAddr>().ok()?))
+            });
+        if let Some((addr, http)) = addr {
             node.addr = addr;
+            while !readyz(http).await {
+                assert_running(node.child.as_mut().expect("a running node"), name, &node.log);
+                assert!(
+                    Instant::now() < deadline,
+                    "relay {name} did not catch up with the cluster within {START:?} (/readyz); its log ends:\n{}",
+                    log_tail(&node.log)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             return;
         }
         assert!(
@@ -365,4 +381,29 @@ impl Drop for Cluster {
             eprintln!("--- nats-server log ends:\n{}", log_tail(&self.nats.log));
         }
     }
+}
+
+/// Whether the node's `/readyz` answers 200 (a plain HTTP/1.0 request over loopback).
+async fn readyz(http: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), asked).await.ok().flatten().unwrap_or(false)
+}
+
+/// Writes a file only its owner may read (as the relay wants its keys).
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("write a private file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write a private file");
 }

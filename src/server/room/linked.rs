@@ -276,7 +276,7 @@ impl Room {
                 state.remote_joined(self, shared, seq, node, session, user);
             }
             MemberRecord::Absent { node, session, reason, detail } => {
-                let Some(entry) = state.members.get(user_id) else { return };
+                let Some(entry) = state.members.get_mut(user_id) else { return };
                 let same = match entry.link {
                     Link::Local { .. } => node == me && entry.session == session,
                     Link::Remote { node: n, session: s, .. } => n == node && s == session,
@@ -284,19 +284,26 @@ impl Room {
                 if !same {
                     return;
                 }
+                if reason != AbsentReason::Kicked
+                    && let Link::Local { record, .. } = &mut entry.link
+                {
+                    // The others counted this node lost while it was cut off from NATS, and
+                    // told the room this member left. It never did (its lane got every entry
+                    // once the stream was read again): say it is here again.
+                    record.seq = None;
+                    if let Some(cluster) = &shared.cluster {
+                        cluster.member_present(&self.name, self.epoch, &entry.user, session);
+                    }
+                    return;
+                }
                 let Some(entry) = state.members.remove(user_id) else { return };
                 state.by_session.remove(&entry.session);
                 let left = entry.member();
                 if matches!(entry.link, Link::Local { .. }) {
-                    // Another node removed this node's member: kicked through it, or counted
-                    // lost while this node was cut off from the cluster.
-                    let (hook, code) = match reason {
-                        AbsentReason::Kicked => (LeaveReason::Kicked, ErrorCode::KICKED_BY_SERVER),
-                        _ => (LeaveReason::NodeLost, ErrorCode::CLUSTER_UNAVAILABLE),
-                    };
-                    debug!(room = %self.name, user = %user_id, ?reason, "member removed by the cluster");
-                    self.left(shared, &left.user, hook);
-                    entry.close(code, &detail);
+                    // The application kicked this node's member through another node.
+                    debug!(room = %self.name, user = %user_id, "member kicked through another node");
+                    self.left(shared, &left.user, LeaveReason::Kicked);
+                    entry.close(ErrorCode::KICKED_BY_SERVER, &detail);
                 }
                 state.member_left(left);
                 self.user_update(state, shared);
