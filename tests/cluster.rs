@@ -26,10 +26,9 @@ const NODE_LOSS_NOTICED: Duration = Duration::from_secs(15);
 /// 10 s).
 const NATS_BACK: Duration = Duration::from_secs(20);
 
-/// Whether `code` is the cluster's new `CLUSTER_UNAVAILABLE` (3011), compared by name and
-/// number so that this compiles before `ErrorCode::CLUSTER_UNAVAILABLE` exists.
+/// Whether `code` is the cluster's `CLUSTER_UNAVAILABLE` (3011).
 fn is_cluster_unavailable(code: ErrorCode) -> bool {
-    code.name() == "CLUSTER_UNAVAILABLE" || code.0 == 3011
+    code == ErrorCode::CLUSTER_UNAVAILABLE
 }
 
 /// The fields of a `Recovered` event: complete, missed, replayed.
@@ -681,4 +680,80 @@ async fn harness_nats_server_stops_and_starts_again_on_its_port() {
     nats.resume().await;
     assert!(connects() && nats.is_running());
     assert!(nats.url().ends_with(&format!(":{}", addr.port())));
+}
+
+#[tokio::test]
+async fn rooms_stay_apart_and_tokens_hold_on_every_node() {
+    let cluster = Cluster::start(2).await;
+    // Room "a" on both nodes, room "b" on both nodes.
+    let (alice, mut alice_events) = cluster.client(0, "alice", &["a"]).await;
+    let (carol, mut carol_events) = cluster.client(1, "carol", &["a"]).await;
+    let (bob, mut bob_events) = cluster.client(1, "bob", &["b"]).await;
+    let (dave, mut dave_events) = cluster.client(0, "dave", &["b"]).await;
+
+    // A token for room "a" alone opens "a" on the other node, and not "b" there.
+    let (erin, _erin_events) =
+        within(Client::connect(cluster.config(&[1], "erin"))).await.expect("connect");
+    let only_a = cluster.token_for("erin", &["a"]);
+    let refused = within(erin.login_room("b", &only_a)).await.expect_err("room b not granted");
+    assert_eq!(refused.code(), ErrorCode::ROOM_NOT_GRANTED, "{refused}");
+    within(erin.login_room("a", &only_a)).await.expect("room a is granted");
+    // A token of another user is refused on every node.
+    let (frank, _frank_events) =
+        within(Client::connect(cluster.config(&[0], "frank"))).await.expect("connect");
+    let stolen = within(frank.login_room("a", &cluster.token("alice"))).await;
+    assert_eq!(stolen.expect_err("another user's token").code(), ErrorCode::TOKEN_USER_MISMATCH);
+
+    // Wait until each room's members see each other across the nodes.
+    for (events, other) in [
+        (&mut alice_events, "carol"),
+        (&mut carol_events, "alice"),
+        (&mut bob_events, "dave"),
+        (&mut dave_events, "bob"),
+    ] {
+        within(async {
+            while let Some(event) = events.next().await {
+                if let Event::UsersJoined { users, .. } = event
+                    && users.iter().any(|u| u.id == other)
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    within(alice.send_broadcast_message("a", "for room a".to_owned())).await.expect("send a");
+    within(bob.send_broadcast_message("b", "for room b".to_owned())).await.expect("send b");
+    // Each message reaches its room on the other node, and only its room.
+    for (events, room, payload) in
+        [(&mut carol_events, "a", "for room a"), (&mut dave_events, "b", "for room b")]
+    {
+        within(async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::Broadcasts { room: got, messages } => {
+                        assert_eq!(got, room, "a broadcast of another room");
+                        assert!(messages.iter().all(|m| text(&m.payload) == payload));
+                        return;
+                    }
+                    Event::Barrages { room: got, .. } | Event::Command { room: got, .. } => {
+                        assert_eq!(got, room, "a message of another room");
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    }
+    // Whatever else is queued by now names no other room.
+    for (events, room) in [(&mut alice_events, "a"), (&mut bob_events, "b")] {
+        while let Some(event) = events.try_next() {
+            if let Event::Broadcasts { room: got, .. } = &event {
+                assert_eq!(got, room, "{event:?}");
+            }
+        }
+    }
+    for client in [alice, carol, bob, dave, erin, frank] {
+        client.close().await;
+    }
 }

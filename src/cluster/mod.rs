@@ -599,49 +599,112 @@ async fn publish_members(
     link: Link,
     mut queue: mpsc::UnboundedReceiver<MemberOp>,
 ) {
-    // This node's stored `Present` records: (room, user) → (session, sequence).
-    let mut own: HashMap<(String, String), (u32, u64)> = HashMap::new();
-    while let Some(op) = queue.recv().await {
+    // This node's stored `Present` records, by (room, user).
+    let mut own: HashMap<(String, String), Stored> = HashMap::new();
+    // A record older than half the stream's `max_age` is written again, so that a member who
+    // stays for days is still in the stream for nodes that start later.
+    let refresh_after = Duration::from_secs(cluster.config.log_max_age_secs / 2);
+    let mut refresh = tokio::time::interval(refresh_after.clamp(RETRY, Duration::from_secs(3600)));
+    refresh.tick().await;
+    loop {
+        let op = tokio::select! {
+            op = queue.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                let old: Vec<(String, String)> = own
+                    .iter()
+                    .filter(|(_, stored)| stored.at.elapsed() >= refresh_after)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in old {
+                    let Some(stored) = own.get(&key) else { continue };
+                    let op = MemberOp::Present {
+                        room: key.0.clone(),
+                        epoch: stored.epoch,
+                        user: stored.user.clone(),
+                        session: stored.session,
+                    };
+                    // Expecting the record it renews: a newer login elsewhere stays.
+                    let expected = Some(stored.seq);
+                    store_member(&shared, &cluster, &link, &mut own, op, expected).await;
+                }
+                continue;
+            }
+        };
+        store_member(&shared, &cluster, &link, &mut own, op, None).await;
+    }
+}
+
+/// A `Present` record this node stored.
+#[derive(Debug)]
+struct Stored {
+    session: u32,
+    seq: u64,
+    epoch: u64,
+    user: User,
+    at: Instant,
+}
+
+/// Stores one member record (a `Present` renewed expecting `renew`), trying again while NATS
+/// is away.
+async fn store_member(
+    shared: &Arc<Shared>,
+    cluster: &Cluster,
+    link: &Link,
+    own: &mut HashMap<(String, String), Stored>,
+    op: MemberOp,
+    renew: Option<u64>,
+) {
+    {
         let (subject, record, expected, key) = match op {
             MemberOp::Present { room, epoch, user, session } => {
                 let key = (room, user.id.clone());
                 let record =
                     MemberRecord::Present { epoch, node: cluster.incarnation, session, user };
-                (cluster.subjects.member(&key.0, &key.1), record, None, key)
+                (cluster.subjects.member(&key.0, &key.1), record, renew, key)
             }
             MemberOp::Absent { room, user_id, node, session, reason, detail, expected } => {
                 let key = (room, user_id);
                 let expected = match expected {
                     Some(seq) => seq,
                     None => match own.get(&key) {
-                        Some(&(own_session, seq)) if own_session == session => {
+                        Some(stored) if stored.session == session => {
+                            let seq = stored.seq;
                             own.remove(&key);
                             seq
                         }
                         // Its `Present` was never stored (or a newer login here replaced
                         // it): there is nothing to end.
-                        _ => continue,
+                        _ => return,
                     },
                 };
                 let record = MemberRecord::Absent { node, session, reason, detail };
                 (cluster.subjects.member(&key.0, &key.1), record, Some(expected), key)
             }
         };
-        let Ok(payload) = encode_body(&record) else { continue };
+        let Ok(payload) = encode_body(&record) else { return };
         loop {
-            match cluster.publish(&link, subject.clone(), payload.clone(), expected).await {
+            match cluster.publish(link, subject.clone(), payload.clone(), expected).await {
                 Ok(seq) => {
                     Counters::bump(&shared.counters.cluster_member_records);
-                    if let MemberRecord::Present { session, .. } = &record {
-                        own.insert(key.clone(), (*session, seq));
+                    if let MemberRecord::Present { session, epoch, user, .. } = record {
                         if let Some(room) = shared.router.room(&key.0) {
-                            room.record_stored(&shared, &key.1, *session, seq);
+                            room.record_stored(shared, &key.1, session, seq);
                         }
+                        let at = Instant::now();
+                        own.insert(key, Stored { session, seq, epoch, user, at });
                     }
                     break;
                 }
                 // A newer record holds: this one has nothing left to say.
-                Err(PublishError::WrongLastSequence) => break,
+                Err(PublishError::WrongLastSequence) => {
+                    if renew.is_some() {
+                        own.remove(&key);
+                    }
+                    break;
+                }
                 Err(PublishError::Unavailable(e)) => {
                     debug!(error = %e, "member record not stored yet: trying again");
                     tokio::time::sleep(RETRY).await;

@@ -294,6 +294,12 @@ impl Cluster {
         }
     }
 
+    /// A one-hour token for `user` that grants only `rooms`, may publish.
+    pub fn token_for(&self, user: &str, rooms: &[&str]) -> String {
+        let rooms = Some(rooms.iter().map(|r| r.to_string()).collect());
+        self.tokens.mint(user, rooms, true, Duration::from_secs(3600)).expect("mint a token")
+    }
+
     /// A one-hour token for `user`, every room, may publish.
     pub fn token(&self, user: &str) -> String {
         self.tokens.mint(user, None, true, Duration::from_secs(3600)).expect("mint a token")

@@ -270,6 +270,13 @@ impl Room {
                             }
                         },
                         Link::Remote { seq: known, .. } if *known > seq => return,
+                        Link::Remote { node: n, session: s, seq: known }
+                            if *n == node && *s == session =>
+                        {
+                            // The same membership's record, written again: nothing changed.
+                            *known = seq;
+                            return;
+                        }
                         Link::Remote { .. } => {}
                     }
                 }
