@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{ErrorCode, User, decode_body, encode_body};
+use crate::server::now_ms;
 use crate::server::config::{ClusterConfig, ClusterStorage};
 use crate::server::room::{room_unavailable, valid_entry, valid_record};
 use crate::server::stats::Counters;
@@ -97,8 +98,9 @@ struct Link {
 /// A member record for this node's member-record publisher.
 #[derive(Debug)]
 enum MemberOp {
-    /// A member of this node joined (or logged in again).
-    Present { room: String, epoch: u64, user: User, session: u32 },
+    /// A member of this node joined (or logged in again). `expected`: the record it must
+    /// follow (a member said present again after its node was counted lost), else none.
+    Present { room: String, epoch: u64, user: User, session: u32, expected: Option<u64> },
     /// A membership ended. `expected`: the sequence of the record it ends (`None`: this
     /// node's own record, which the publisher knows).
     Absent {
@@ -170,8 +172,23 @@ impl Cluster {
 
     /// Records a member of this node (its room's epoch, its session).
     pub fn member_present(&self, room: &str, epoch: u64, user: &User, session: u32) {
-        let op = MemberOp::Present { room: room.to_owned(), epoch, user: user.clone(), session };
-        let _ = self.members.send(op);
+        let (room, user) = (room.to_owned(), user.clone());
+        let _ = self.members.send(MemberOp::Present { room, epoch, user, session, expected: None });
+    }
+
+    /// Records again a member of this node that the others counted gone with its node (the
+    /// record at `absent`), unless a newer record holds.
+    pub fn member_present_again(
+        &self,
+        room: &str,
+        epoch: u64,
+        user: &User,
+        session: u32,
+        absent: u64,
+    ) {
+        let (room, user) = (room.to_owned(), user.clone());
+        let expected = Some(absent);
+        let _ = self.members.send(MemberOp::Present { room, epoch, user, session, expected });
     }
 
     /// Records that a member of this node left.
@@ -490,9 +507,9 @@ async fn read_stream(shared: Arc<Shared>, cluster: Arc<Cluster>, link: Link) {
                 cluster.ready.store(false, Ordering::Relaxed);
                 shared.counters.cluster_ready.store(0, Ordering::Relaxed);
                 warn!(error = %e, next, "reading the cluster's stream stopped: starting again");
-                if !cluster.connected() {
-                    tokio::time::sleep(RETRY).await;
-                }
+                // Never in a tight loop (JetStream may still be starting after a restart).
+                let pause = if cluster.connected() { RETRY / 5 } else { RETRY };
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -504,7 +521,28 @@ async fn read_from(
     link: &Link,
     next: &mut u64,
 ) -> Result<(), String> {
-    let stream = link.js.get_stream(cluster.subjects.stream()).await.map_err(|e| e.to_string())?;
+    let name = cluster.subjects.stream();
+    let stream = match link.js.get_stream(&name).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            // NATS lost it (memory storage, a new server): make it again.
+            debug!(error = %e, "the cluster's stream is missing: creating it");
+            ensure_stream(cluster, &link.js).await?;
+            link.js.get_stream(&name).await.map_err(|e| e.to_string())?
+        }
+    };
+    let last = stream.cached_info().state.last_sequence;
+    if *next > last + 1 {
+        // Its sequence went back: the stream was made anew and holds none of what this node
+        // read. Read it from its start, and record this node's members in it again.
+        warn!(next, last, "the cluster's stream was made anew: reading it again, recording members again");
+        *next = 1;
+        for room in shared.router.rooms() {
+            for (user, session) in room.local_members() {
+                cluster.member_present(&room.name, room.epoch, &user, session);
+            }
+        }
+    }
     let deliver_policy = if *next <= 1 {
         consumer::DeliverPolicy::All
     } else {
@@ -562,12 +600,17 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
         }
         match &record {
             MemberRecord::Present { epoch, .. } => {
-                let room = match shared.router.room(&room) {
-                    Some(held) if held.epoch != *epoch => return,
-                    Some(held) => held,
-                    None => shared.router.room_for_log(shared, &room, *epoch, ""),
-                };
-                room.apply_member(shared, seq, &user, record, cluster.incarnation);
+                // Twice at most: the room may be swept between the lookup and the apply.
+                for _ in 0..2 {
+                    let held = match shared.router.room(&room) {
+                        Some(held) if held.epoch != *epoch => return,
+                        Some(held) => held,
+                        None => shared.router.room_for_log(shared, &room, *epoch, ""),
+                    };
+                    if held.apply_member(shared, seq, &user, record.clone(), cluster.incarnation) {
+                        return;
+                    }
+                }
             }
             MemberRecord::Absent { .. } => {
                 if let Some(room) = shared.router.room(&room) {
@@ -583,11 +626,23 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
         return malformed();
     }
     let reason = match &entry.body {
-        LogBody::Closed { reason } => reason.as_str(),
-        _ => "the room was started anew in the cluster",
+        LogBody::Closed { reason } => reason.to_owned(),
+        _ => "the room was started anew in the cluster".to_owned(),
     };
-    let held = shared.router.room_for_log(shared, &room, entry.epoch, reason);
-    held.apply_log(shared, seq, entry);
+    let starts = matches!(entry.body, LogBody::Opened | LogBody::Closed { .. });
+    for _ in 0..2 {
+        let held = match shared.router.room(&room) {
+            // Only an entry that opens or closes the log starts a new incarnation: an entry
+            // of another (an older one's, written after a close) is dropped.
+            Some(held) if held.epoch != entry.epoch && !starts => return malformed(),
+            Some(held) if held.epoch == entry.epoch => held,
+            _ => shared.router.room_for_log(shared, &room, entry.epoch, &reason),
+        };
+        // Twice at most: the room may be swept between the lookup and the apply.
+        if held.apply_log(shared, seq, entry.clone()) {
+            return;
+        }
+    }
 }
 
 /// Publishes this node's member records in the order they were made, each until NATS takes
@@ -620,20 +675,20 @@ async fn publish_members(
                     .collect();
                 for key in old {
                     let Some(stored) = own.get(&key) else { continue };
+                    // Expecting the record it renews: a newer login elsewhere stays.
                     let op = MemberOp::Present {
                         room: key.0.clone(),
                         epoch: stored.epoch,
                         user: stored.user.clone(),
                         session: stored.session,
+                        expected: Some(stored.seq),
                     };
-                    // Expecting the record it renews: a newer login elsewhere stays.
-                    let expected = Some(stored.seq);
-                    store_member(&shared, &cluster, &link, &mut own, op, expected).await;
+                    store_member(&shared, &cluster, &link, &mut own, op).await;
                 }
                 continue;
             }
         };
-        store_member(&shared, &cluster, &link, &mut own, op, None).await;
+        store_member(&shared, &cluster, &link, &mut own, op).await;
     }
 }
 
@@ -647,23 +702,21 @@ struct Stored {
     at: Instant,
 }
 
-/// Stores one member record (a `Present` renewed expecting `renew`), trying again while NATS
-/// is away.
+/// Stores one member record, trying again while NATS is away.
 async fn store_member(
     shared: &Arc<Shared>,
     cluster: &Cluster,
     link: &Link,
     own: &mut HashMap<(String, String), Stored>,
     op: MemberOp,
-    renew: Option<u64>,
 ) {
     {
         let (subject, record, expected, key) = match op {
-            MemberOp::Present { room, epoch, user, session } => {
+            MemberOp::Present { room, epoch, user, session, expected } => {
                 let key = (room, user.id.clone());
                 let record =
                     MemberRecord::Present { epoch, node: cluster.incarnation, session, user };
-                (cluster.subjects.member(&key.0, &key.1), record, renew, key)
+                (cluster.subjects.member(&key.0, &key.1), record, expected, key)
             }
             MemberOp::Absent { room, user_id, node, session, reason, detail, expected } => {
                 let key = (room, user_id);
@@ -700,8 +753,11 @@ async fn store_member(
                 }
                 // A newer record holds: this one has nothing left to say.
                 Err(PublishError::WrongLastSequence) => {
-                    if renew.is_some() {
+                    if let MemberRecord::Present { session, .. } = record {
                         own.remove(&key);
+                        if let Some(room) = shared.router.room(&key.0) {
+                            room.record_refused(shared, &key.1, session);
+                        }
                     }
                     break;
                 }
@@ -763,20 +819,31 @@ async fn receive_barrage(shared: Arc<Shared>, cluster: Arc<Cluster>, link: Link)
 
 /// Says this node is alive every third of `node_timeout_ms`.
 async fn say_alive(cluster: Arc<Cluster>, link: Link) {
-    let alive = Alive { node: cluster.incarnation, name: cluster.config.node.clone() };
-    let Ok(payload) = encode_body(&alive) else { return };
     let mut every =
         tokio::time::interval(Duration::from_millis(cluster.config.node_timeout_ms / 3));
     loop {
         every.tick().await;
-        let _ = link.client.publish(cluster.subjects.alive(), payload.clone()).await;
+        let alive = Alive {
+            node: cluster.incarnation,
+            name: cluster.config.node.clone(),
+            ready: cluster.available(),
+        };
+        let Ok(payload) = encode_body(&alive) else { return };
+        let _ = link.client.publish(cluster.subjects.alive(), payload).await;
     }
 }
 
-/// Who was heard from, and when.
+/// Who was heard from, when, and whether it was ready then.
 #[derive(Debug, Default)]
 struct Nodes {
-    seen: HashMap<u64, (String, Instant)>,
+    seen: HashMap<u64, Heard>,
+}
+
+#[derive(Debug)]
+struct Heard {
+    name: String,
+    at: Instant,
+    ready: bool,
 }
 
 async fn hear_alive(cluster: Arc<Cluster>, link: Link, nodes: Arc<Mutex<Nodes>>) {
@@ -789,9 +856,8 @@ async fn hear_alive(cluster: Arc<Cluster>, link: Link, nodes: Arc<Mutex<Nodes>>)
     while let Some(message) = subscription.next().await {
         let Ok(alive) = decode_body::<Alive>(&message.payload) else { continue };
         let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if nodes.seen.insert(alive.node, (alive.name.clone(), Instant::now())).is_none()
-            && alive.node != cluster.incarnation
-        {
+        let heard = Heard { name: alive.name.clone(), at: Instant::now(), ready: alive.ready };
+        if nodes.seen.insert(alive.node, heard).is_none() && alive.node != cluster.incarnation {
             info!(node = %alive.name, incarnation = alive.node, "node joined the cluster");
         }
     }
@@ -806,6 +872,7 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
     let mut every = tokio::time::interval(timeout / 3);
     let mut connected_since: Option<Instant> = None;
     let mut requested: HashSet<(String, String, u64)> = HashSet::new();
+    let mut last_renewal = Instant::now();
     loop {
         every.tick().await;
         if !cluster.available() {
@@ -816,21 +883,32 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
         if since.elapsed() < timeout {
             continue;
         }
-        let live: HashSet<u64> = {
+        let (live, judge) = {
             let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
-            nodes.seen.retain(|node, (name, at)| {
-                let alive = at.elapsed() < timeout;
-                if !alive {
+            nodes.seen.retain(|node, heard| {
+                let alive = heard.at.elapsed() < timeout;
+                if !alive && *node != cluster.incarnation {
                     Counters::bump(&shared.counters.cluster_nodes_lost);
-                    warn!(node = %name, incarnation = *node, "node lost: not heard from for node_timeout_ms");
+                    warn!(node = %heard.name, incarnation = *node, "node lost: not heard from for node_timeout_ms");
                 }
                 alive
             });
-            nodes.seen.keys().copied().chain([cluster.incarnation]).collect()
+            let live: HashSet<u64> =
+                nodes.seen.keys().copied().chain([cluster.incarnation]).collect();
+            // The judge: the ready node with the smallest incarnation (this one is ready).
+            let judge = nodes
+                .seen
+                .iter()
+                .filter(|(_, heard)| heard.ready)
+                .map(|(node, _)| *node)
+                .chain([cluster.incarnation])
+                .min();
+            (live, judge)
         };
-        if live.iter().min() != Some(&cluster.incarnation) {
+        if judge != Some(cluster.incarnation) {
             continue;
         }
+        renew_logs(&shared, &cluster, &mut last_renewal).await;
         for room in shared.router.rooms() {
             for (user, session, seq, node) in room.remote_members() {
                 if live.contains(&node) || !requested.insert((room.name.clone(), user.clone(), seq))
@@ -849,6 +927,29 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
         }
         if requested.len() > 100_000 {
             requested.clear();
+        }
+    }
+}
+
+/// Writes again the logs of rooms with members whose last entry is older than half the
+/// stream's `max_age` (looked at most once a minute), so that a quiet room keeps its IDs and
+/// epoch.
+async fn renew_logs(shared: &Arc<Shared>, cluster: &Cluster, last: &mut Instant) {
+    let max_age = Duration::from_secs(cluster.config.log_max_age_secs);
+    if last.elapsed() < (max_age / 4).min(Duration::from_secs(60)) {
+        return;
+    }
+    *last = Instant::now();
+    let old_ms = now_ms().saturating_sub(max_age.as_millis() as u64 / 2);
+    for room in shared.router.rooms() {
+        let (at_ms, members) = room.log_age();
+        if !members || at_ms > old_ms {
+            continue;
+        }
+        let (entry, expected) = room.renewal();
+        // Refused when another entry got in: then the log is fresh anyway.
+        if cluster.publish_log(&room.name, &entry, expected).await.is_ok() {
+            debug!(room = %room.name, "room log written again");
         }
     }
 }

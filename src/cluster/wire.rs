@@ -200,6 +200,9 @@ pub struct Alive {
     pub node: u64,
     /// The node's name.
     pub name: String,
+    /// Whether it is connected and caught up with the stream (only such a node judges which
+    /// nodes are lost).
+    pub ready: bool,
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ impl ApiError {
             ErrorCode::SLOW_RECEIVER => StatusCode::CONFLICT,
             ErrorCode::METHOD_NOT_ALLOWED => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+            // Try again: the node cannot reach the cluster now.
+            ErrorCode::CLUSTER_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ROOM_CLOSED => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -84,6 +84,8 @@ pub async fn serve(
         token_warning: None,
         request: 0,
         pending: tokio::task::JoinSet::new(),
+        pending_logins: 0,
+        claims_changes: 0,
     };
     state.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| state.leave_all(LeaveReason::Disconnected, "the connection ended"));
@@ -137,13 +139,22 @@ struct ConnState {
     request: u32,
     /// Requests answered later: sends the cluster is storing, logins reading a room's epoch.
     pending: tokio::task::JoinSet<Completion>,
+    /// Of `pending`, the logins (they count against `max_rooms_per_connection`).
+    pending_logins: usize,
+    /// How often the claims changed (a login that waited must not undo a renewal).
+    claims_changes: u64,
 }
+
+/// How long a cluster login waits for this node to catch up with what the client saw of the
+/// room on another node.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// A request's answer that came later.
 enum Completion {
     /// The reply is ready.
     Reply { request: u32, kind: RequestKind, outcome: Result<Outcome, Refusal> },
-    /// A login's room epoch was read from the cluster: the login goes on.
+    /// A login's room epoch was read from the cluster (or this node caught up with what the
+    /// client saw): the login goes on.
     Login {
         request: u32,
         room: String,
@@ -151,6 +162,8 @@ enum Completion {
         claims: Option<Claims>,
         recover: Option<Recover>,
         epoch: Result<u64, Refusal>,
+        /// [`ConnState::claims_changes`] when the login was asked for.
+        generation: u64,
     },
 }
 
@@ -407,11 +420,38 @@ impl ConnState {
     fn complete(&mut self, completion: Completion) -> ControlFrame {
         match completion {
             Completion::Reply { request, kind, outcome } => self.reply(request, kind, outcome),
-            Completion::Login { request, room, user, claims, recover, epoch } => {
-                let outcome = epoch
-                    .and_then(|epoch| self.join_room(room, user, claims, recover, Some(epoch)));
+            Completion::Login { request, room, user, claims, recover, epoch, generation } => {
+                self.pending_logins -= 1;
+                let outcome = epoch.and_then(|epoch| {
+                    let claims = self.claims_at_completion(&room, claims, generation)?;
+                    self.join_room(room, user, claims, recover, Some(epoch))
+                });
                 self.reply(request, RequestKind::Login, outcome)
             }
+        }
+    }
+
+    /// The claims a login that waited sets, checked again: its token may have expired
+    /// meanwhile, and a token renewed meanwhile stays (it must grant the room too).
+    fn claims_at_completion(
+        &self,
+        room: &str,
+        claims: Option<Claims>,
+        generation: u64,
+    ) -> Result<Option<Claims>, Refusal> {
+        let Some(claims) = claims else { return Ok(None) };
+        if generation == self.claims_changes {
+            if claims.expired_at(SystemTime::now()) {
+                return Err((ErrorCode::TOKEN_EXPIRED, "the token expired during the login".into()));
+            }
+            return Ok(Some(claims));
+        }
+        match &self.claims {
+            Some(current) if !current.grants_room(room) => Err((
+                ErrorCode::ROOM_NOT_GRANTED,
+                format!("the token renewed during the login does not grant room {room:?}"),
+            )),
+            _ => Ok(None),
         }
     }
 
@@ -469,20 +509,62 @@ impl ConnState {
             ));
         }
         self.check_join(&room, &user)?;
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.check()?;
-            if self.shared.router.room(&room).is_none() {
-                // The room's epoch comes from its log (opened now if it has none), so that
-                // every node's lanes carry the same.
-                let (cluster, request) = (cluster.clone(), self.request);
-                self.pending.spawn(async move {
-                    let epoch = cluster.open_room(&room).await;
-                    Completion::Login { request, room, user, claims, recover, epoch }
-                });
-                return Ok(None);
-            }
+        if let Some(cluster) = self.shared.cluster.clone() {
+            return self.cluster_login(&cluster, room, user, claims, recover);
         }
         self.join_room(room, user, claims, recover, None).map(Some)
+    }
+
+    /// A login on a node of a cluster: the room's epoch is the one of its log, so that every
+    /// node's lanes carry the same (a room this node does not hold has its log read, or
+    /// opened, first); a client that saw more of the room on another node than this node has
+    /// applied waits for it to catch up (at most [`CATCH_UP`]).
+    fn cluster_login(
+        &mut self,
+        cluster: &Arc<crate::cluster::Cluster>,
+        room: String,
+        user: User,
+        claims: Option<Claims>,
+        recover: Option<Recover>,
+    ) -> Result<Option<Outcome>, Refusal> {
+        cluster.check()?;
+        let max = self.shared.config.max_rooms_per_connection;
+        if self.rooms.len() + self.pending_logins >= max {
+            return Err((
+                ErrorCode::TOO_MANY_ROOMS,
+                format!("this connection is in or logging in to {max} rooms, the maximum"),
+            ));
+        }
+        let (request, generation) = (self.request, self.claims_changes);
+        let held = self.shared.router.room(&room);
+        let behind = held.as_ref().is_some_and(|held| {
+            recover.is_some_and(|r| r.epoch == held.epoch && r.last_id > held.broadcast_seq())
+        });
+        match held {
+            Some(held) if !behind => {
+                self.join_room(room, user, claims, recover, Some(held.epoch)).map(Some)
+            }
+            Some(held) => {
+                let last_id = recover.map_or(0, |r| r.last_id);
+                self.pending_logins += 1;
+                self.pending.spawn(async move {
+                    held.wait_broadcast(last_id, CATCH_UP).await;
+                    let epoch = Ok(held.epoch);
+                    Completion::Login { request, room, user, claims, recover, epoch, generation }
+                });
+                Ok(None)
+            }
+            None => {
+                self.shared.router.may_create(&self.shared, &user.id)?;
+                let cluster = cluster.clone();
+                self.pending_logins += 1;
+                self.pending.spawn(async move {
+                    let epoch = cluster.open_room(&room).await;
+                    Completion::Login { request, room, user, claims, recover, epoch, generation }
+                });
+                Ok(None)
+            }
+        }
     }
 
     /// The connection's own conditions for a login to `room` as `user`.
@@ -727,6 +809,7 @@ impl ConnState {
             .checked_add(Duration::from_secs(until_warning))
             .map(|at| (at, claims.exp));
         self.claims = Some(claims);
+        self.claims_changes += 1;
     }
 
     /// Forgets rooms this connection was replaced in (kicked) or dropped from (too slow).

@@ -94,6 +94,9 @@ struct RoomState {
     budgets: HashMap<Arc<str>, UserBudget>,
     /// Cluster: the stream sequence of the newest entry of the room's log this relay knows.
     log_seq: u64,
+    /// Cluster: when the newest log entry this relay applied was written (ms since the Unix
+    /// epoch).
+    log_at_ms: u64,
     /// Cluster: the last broadcast and command IDs of the room's log as this relay knows them
     /// (may run ahead of what it applied: learnt from the log's last entry).
     known_ids: (u64, u64),
@@ -275,6 +278,7 @@ impl Room {
                 login_bucket: TokenBucket::new(limits.login_per_room),
                 budgets: HashMap::new(),
                 log_seq: 0,
+                log_at_ms: 0,
                 known_ids: (0, 0),
                 publisher: None,
             }),
@@ -485,10 +489,14 @@ impl Room {
                 if reason != LeaveReason::Replaced {
                     self.left_cluster(shared, &entry, reason);
                 }
+                let local = matches!(entry.link, Link::Local { .. });
                 if let Some(code) = lane_close_code(reason) {
                     entry.close(code, detail);
                 }
-                self.left(shared, &left.user, reason);
+                // A member of another node is told about by its own node.
+                if local {
+                    self.left(shared, &left.user, reason);
+                }
                 state.member_left(left);
                 self.user_update(&mut state, shared);
                 debug!(room = %self.name, user = %user_id, session, ?reason, "left");

@@ -219,6 +219,33 @@ impl Router {
         room
     }
 
+    /// Whether `user_id` may create a room now (its creation allowance, `max_rooms`), checked
+    /// before a cluster login reads the log of a room this relay does not hold (the login
+    /// takes the allowance when it creates the room).
+    pub fn may_create(&self, shared: &Shared, user_id: &str) -> Result<(), (ErrorCode, String)> {
+        let mut state = self.lock();
+        let limits = &shared.config.limits;
+        if let Some(allowance) = state.creations.get_mut(user_id)
+            && !allowance.ready()
+        {
+            return Err((
+                ErrorCode::LOGIN_RATE_LIMITED,
+                format!(
+                    "this user creates more than {} rooms per second",
+                    limits.room_create_per_user
+                ),
+            ));
+        }
+        let max = shared.config.max_rooms;
+        if state.rooms.len() >= max && state.emptied.is_empty() {
+            return Err((
+                ErrorCode::SERVER_ROOM_LIMIT,
+                format!("the relay holds its maximum of {max} rooms"),
+            ));
+        }
+        Ok(())
+    }
+
     fn room_or_create(
         &self,
         shared: &Shared,

@@ -165,14 +165,33 @@ impl Room {
     /// Applies an entry of the room's log (at stream sequence `seq`): broadcasts go to the
     /// members here and into the history, a command to its targets here, each exactly as on a
     /// single relay.
-    pub(crate) fn apply_log(self: &Arc<Self>, shared: &Arc<Shared>, seq: u64, entry: LogEntry) {
+    /// Returns `false`, applying nothing, when the router removed this room meanwhile (the
+    /// caller applies it to the room's new incarnation).
+    pub(crate) fn apply_log(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        seq: u64,
+        entry: LogEntry,
+    ) -> bool {
         let recent = now_ms().saturating_sub(entry.at_ms) < RECENT_MS;
         {
             let mut guard = self.lock();
             let state = &mut *guard;
+            if state.closed {
+                return false;
+            }
             state.log_seq = state.log_seq.max(seq);
+            state.log_at_ms = entry.at_ms;
+            state.known_ids.0 = state.known_ids.0.max(entry.broadcast_seq);
+            state.known_ids.1 = state.known_ids.1.max(entry.command_seq);
             match entry.body {
-                LogBody::Opened | LogBody::Closed { .. } => {}
+                LogBody::Opened => {
+                    // A log that starts (or is written again) with the room's counters: IDs
+                    // below them are gone from every history.
+                    state.broadcast_seq = state.broadcast_seq.max(entry.broadcast_seq);
+                    state.command_seq = state.command_seq.max(entry.command_seq);
+                }
+                LogBody::Closed { .. } => {}
                 LogBody::Broadcasts(items) => {
                     let count = items.len() as u64;
                     let first = entry.broadcast_seq.saturating_sub(count) + 1;
@@ -232,6 +251,7 @@ impl Room {
         {
             shared.router.trim_history(shared);
         }
+        true
     }
 
     /// Applies a member record of `user_id` (at stream sequence `seq`): a member of another
@@ -245,37 +265,40 @@ impl Room {
         user_id: &str,
         record: MemberRecord,
         me: u64,
-    ) {
+    ) -> bool {
         let mut guard = self.lock();
         let state = &mut *guard;
+        if state.closed {
+            return false;
+        }
         match record {
             MemberRecord::Present { epoch, node, session, user } => {
                 if epoch != self.epoch || user.id != user_id {
-                    return;
+                    return true;
                 }
                 if node == me {
                     // This node's own record: the sequence a later `Absent` must expect.
                     state.own_record(shared, &self.name, user_id, session, seq);
-                    return;
+                    return true;
                 }
                 if let Some(entry) = state.members.get_mut(user_id) {
                     match &mut entry.link {
                         Link::Local { record, .. } => match record.seq {
                             // The login here is the newer.
-                            Some(own) if own > seq => return,
+                            Some(own) if own > seq => return true,
                             Some(_) => {}
                             None => {
                                 record.contested = Some((seq, node, session, user));
-                                return;
+                                return true;
                             }
                         },
-                        Link::Remote { seq: known, .. } if *known > seq => return,
+                        Link::Remote { seq: known, .. } if *known > seq => return true,
                         Link::Remote { node: n, session: s, seq: known }
                             if *n == node && *s == session =>
                         {
                             // The same membership's record, written again: nothing changed.
                             *known = seq;
-                            return;
+                            return true;
                         }
                         Link::Remote { .. } => {}
                     }
@@ -283,13 +306,13 @@ impl Room {
                 state.remote_joined(self, shared, seq, node, session, user);
             }
             MemberRecord::Absent { node, session, reason, detail } => {
-                let Some(entry) = state.members.get_mut(user_id) else { return };
+                let Some(entry) = state.members.get_mut(user_id) else { return true };
                 let same = match entry.link {
                     Link::Local { .. } => node == me && entry.session == session,
                     Link::Remote { node: n, session: s, .. } => n == node && s == session,
                 };
                 if !same {
-                    return;
+                    return true;
                 }
                 if reason != AbsentReason::Kicked
                     && let Link::Local { record, .. } = &mut entry.link
@@ -299,11 +322,12 @@ impl Room {
                     // once the stream was read again): say it is here again.
                     record.seq = None;
                     if let Some(cluster) = &shared.cluster {
-                        cluster.member_present(&self.name, self.epoch, &entry.user, session);
+                        // Expecting the `Absent` it answers: a newer login elsewhere wins.
+                        cluster.member_present_again(&self.name, self.epoch, &entry.user, session, seq);
                     }
-                    return;
+                    return true;
                 }
-                let Some(entry) = state.members.remove(user_id) else { return };
+                let Some(entry) = state.members.remove(user_id) else { return true };
                 state.by_session.remove(&entry.session);
                 let left = entry.member();
                 if matches!(entry.link, Link::Local { .. }) {
@@ -316,6 +340,7 @@ impl Room {
                 self.user_update(state, shared);
             }
         }
+        true
     }
 
     /// A barrage datagram from a member of another node: to the members here, under the
@@ -378,6 +403,77 @@ impl Room {
         if let (Some(cluster), Link::Local { .. }) = (&shared.cluster, &entry.link) {
             cluster.member_absent(&self.name, &entry.user.id, entry.session);
         }
+    }
+
+    /// The cluster refused this node's `Present` record of `user_id` on `session` (written
+    /// again after the node was counted lost): a newer record of another node holds, and
+    /// replaces the member here when it is (or was) read.
+    pub(crate) fn record_refused(self: &Arc<Self>, shared: &Arc<Shared>, user_id: &str, session: u32) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(entry) = state.members.get_mut(user_id) else { return };
+        let Link::Local { record, .. } = &mut entry.link else { return };
+        if entry.session != session {
+            return;
+        }
+        // Older than any record: the next one read replaces it.
+        record.seq = Some(0);
+        if let Some((seq, node, session, user)) = record.contested.take() {
+            state.replace_by_remote(shared, &self.name, seq, node, session, user);
+            self.user_update(state, shared);
+        }
+    }
+
+    /// An entry that writes the room's log again with its epoch and counters (the log of a
+    /// room with members must not expire), and the sequence it must follow.
+    pub(crate) fn renewal(&self) -> (LogEntry, u64) {
+        let state = self.lock();
+        let end = state.log_end();
+        let entry = LogEntry {
+            epoch: self.epoch,
+            broadcast_seq: end.broadcast_seq,
+            command_seq: end.command_seq,
+            at_ms: now_ms(),
+            body: LogBody::Opened,
+        };
+        (entry, end.seq)
+    }
+
+    /// The members connected here: user and session.
+    pub(crate) fn local_members(&self) -> Vec<(User, u32)> {
+        self.lock()
+            .members
+            .values()
+            .filter(|m| matches!(m.link, Link::Local { .. }))
+            .map(|m| (m.user.clone(), m.session))
+            .collect()
+    }
+
+    /// When the room's last log entry was written (ms since the Unix epoch; 0: none read) and
+    /// whether the room has members: a room whose log grows old is written again.
+    pub(crate) fn log_age(&self) -> (u64, bool) {
+        let state = self.lock();
+        (state.log_at_ms, !state.members.is_empty())
+    }
+
+    /// Waits (at most `limit`) until this node has applied the room's broadcast `id`: a
+    /// client that saw it on another node recovers here from there.
+    pub(crate) async fn wait_broadcast(&self, id: u64, limit: Duration) {
+        let caught_up = async {
+            loop {
+                let notified = self.logged.notified();
+                if self.lock().broadcast_seq >= id {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, caught_up).await;
+    }
+
+    /// The room's last broadcast ID applied here.
+    pub(crate) fn broadcast_seq(&self) -> u64 {
+        self.lock().broadcast_seq
     }
 
     /// The cluster stored this node's `Present` record of `user_id` on `session` at `seq`.
@@ -618,10 +714,13 @@ async fn publish_entry(
             }
             Err(PublishError::WrongLastSequence) => {
                 Counters::bump(&shared.counters.cluster_publish_conflicts);
-                match cluster.last_log(&room.name).await {
-                    Ok(Some((seq, last))) => room.learn_end(seq, &last),
-                    Ok(None) => room.learn_end(0, &LogEntry::opened(room.epoch)),
+                let current = match cluster.last_log(&room.name).await {
+                    Ok(Some((seq, last))) => room.learn_end(Some((seq, &last))),
+                    Ok(None) => room.learn_end(None),
                     Err(refusal) => return refuse_all(batch, refusal),
+                };
+                if !current {
+                    return refuse_all(batch, closed_here());
                 }
             }
             Err(PublishError::Unavailable(detail)) => {
@@ -636,6 +735,11 @@ fn refuse_all(batch: Vec<Submission>, refusal: Refusal) {
     for submission in batch {
         let _ = submission.reply.send(Err(refusal.clone()));
     }
+}
+
+/// The refusal of a send to an incarnation of a room that the cluster closed meanwhile.
+fn closed_here() -> Refusal {
+    (ErrorCode::ROOM_CLOSED, "the room was closed or started anew in the cluster meanwhile".into())
 }
 
 /// The refusal of a send the cluster could not take.
@@ -654,6 +758,10 @@ impl Room {
     ) -> Option<(LogEntry, LogEnd, Vec<u64>)> {
         let mut guard = self.lock();
         let state = &mut *guard;
+        if state.closed {
+            refuse_all(std::mem::take(batch), closed_here());
+            return None;
+        }
         let end = state.log_end();
         let at_ms = now_ms();
         let body = match &batch.first()?.what {
@@ -665,10 +773,12 @@ impl Room {
                 }
                 let mut items = Vec::with_capacity(batch.len());
                 let mut kept = Vec::with_capacity(batch.len());
-                for (submission, id) in batch.drain(..).zip(end.broadcast_seq + 1..) {
+                for submission in batch.drain(..) {
                     let Submitted::Broadcast { from, payload } = &submission.what else {
                         continue;
                     };
+                    // Counted from what is kept, so the IDs in the bodies match the counters.
+                    let id = end.broadcast_seq + 1 + items.len() as u64;
                     let message = BroadcastRef { id, sent_at_ms: at_ms, from, payload };
                     match encode_body(&message) {
                         Ok(encoded) => {
@@ -711,14 +821,27 @@ impl Room {
         Some((entry, end, ids))
     }
 
-    /// Learns the end of the room's log from its last entry (read from the stream after
-    /// another node's entry got in first).
-    fn learn_end(&self, seq: u64, last: &LogEntry) {
+    /// Learns the end of the room's log from the stream (after a write was refused): its last
+    /// entry and that entry's sequence, or `None` when the log is empty (it expired, or NATS
+    /// lost it: the next entry starts it again with the counters this node holds). `false`
+    /// when the log belongs to another incarnation of the room (it was closed, or started
+    /// anew): this object must not write to it.
+    fn learn_end(&self, last: Option<(u64, &LogEntry)>) -> bool {
         let mut state = self.lock();
-        state.log_seq = state.log_seq.max(seq);
-        if last.epoch == self.epoch {
-            state.known_ids.0 = state.known_ids.0.max(last.broadcast_seq);
-            state.known_ids.1 = state.known_ids.1.max(last.command_seq);
+        match last {
+            None => {
+                state.log_seq = 0;
+                true
+            }
+            Some((_, last)) if last.epoch != self.epoch => false,
+            Some((seq, last)) => {
+                // The stream's word is the truth, even below what was known (a stream NATS
+                // lost and started again).
+                state.log_seq = seq;
+                state.known_ids.0 = state.known_ids.0.max(last.broadcast_seq);
+                state.known_ids.1 = state.known_ids.1.max(last.command_seq);
+                true
+            }
         }
     }
 
@@ -749,33 +872,55 @@ impl LogEntry {
 pub(crate) fn valid_record(room: &str, user_id: &str, record: &MemberRecord) -> bool {
     let ids = crate::protocol::check_room_id(room).is_ok() && check_member_id(user_id).is_ok();
     match record {
-        MemberRecord::Present { user, .. } => {
-            ids && user.id == user_id && crate::protocol::check_user_name(&user.name).is_ok()
-        }
+        MemberRecord::Present { user, .. } => ids && user.id == user_id && valid_user(user),
         MemberRecord::Absent { detail, .. } => ids && detail.len() <= 1024,
     }
 }
 
+/// The highest counter a log entry may carry (far beyond any room's life, and far from
+/// overflowing).
+const MAX_LOG_COUNTER: u64 = 1 << 53;
+
+/// Whether a user is valid as a client's login would be.
+fn valid_user(user: &User) -> bool {
+    crate::protocol::check_user_id(&user.id).is_ok()
+        && crate::protocol::check_user_name(&user.name).is_ok()
+}
+
+/// Whether a logged broadcast is a valid `BroadcastMessage` with ID `id` from its author.
+fn valid_broadcast(id: u64, item: &LoggedBroadcast) -> bool {
+    let Ok(message) = crate::protocol::decode_body::<crate::protocol::BroadcastMessage>(&item.encoded)
+    else {
+        return false;
+    };
+    message.id == id
+        && message.from.id == item.author
+        && valid_user(&message.from)
+        && crate::protocol::check_payload(&message.payload).is_ok()
+}
+
 /// Whether a room-log entry names a valid room and holds valid messages.
 pub(crate) fn valid_entry(room: &str, entry: &LogEntry) -> bool {
-    if crate::protocol::check_room_id(room).is_err() {
+    if crate::protocol::check_room_id(room).is_err()
+        || entry.broadcast_seq > MAX_LOG_COUNTER
+        || entry.command_seq > MAX_LOG_COUNTER
+    {
         return false;
     }
     match &entry.body {
         LogBody::Opened => true,
         LogBody::Closed { reason } => reason.len() <= 1024,
         LogBody::Broadcasts(items) => {
+            let first = entry.broadcast_seq.wrapping_sub(items.len() as u64) + 1;
             !items.is_empty()
                 && items.len() as u64 <= entry.broadcast_seq
-                && items.iter().all(|item| {
-                    crate::protocol::check_user_id(&item.author).is_ok()
-                        && item.encoded.len() <= crate::protocol::MAX_SERVER_FRAME
-                })
+                && (first..).zip(items).all(|(id, item)| valid_broadcast(id, item))
         }
         LogBody::Command(command) => {
-            crate::protocol::check_user_id(&command.from.id).is_ok()
+            valid_user(&command.from)
                 && crate::protocol::check_payload(&command.payload).is_ok()
                 && command.to.len() <= crate::protocol::MAX_COMMAND_TARGETS
+                && command.to.iter().all(|t| crate::protocol::check_user_id(t).is_ok())
         }
     }
 }
