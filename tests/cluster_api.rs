@@ -290,6 +290,8 @@ async fn the_server_api_of_any_node_sends_to_lists_and_commands_members_of_every
     let apis: Vec<Api> = (0..3).map(|k| Api::of(&cluster, k)).collect();
     for (k, api) in apis.iter().enumerate() {
         assert_eq!(api.members().await, ["alice", "bob", "carol"], "node{k}'s member list");
+        let rooms = api.send(reqwest::Method::GET, "/v1/rooms", None).await;
+        assert_eq!(rooms.body, json!([{"room": ROOM, "members": 3}]), "node{k}'s rooms");
     }
 
     // ID → (sender, payload), in the order sent: the API of node0, bob on node1, the API of
@@ -539,6 +541,17 @@ async fn a_node_cut_off_from_nats_alone_is_lost_then_its_members_come_back_with_
         Err(ClientError::Refused { code, .. }) if is_cluster_unavailable(code) => {}
         other => panic!("a command on the cut node: {other:?}"),
     }
+    // The cut node's server API refuses too, and its /readyz says it is not ready; the other
+    // nodes' API sends.
+    let apis: Vec<Api> = (0..3).map(|k| Api::of(&cluster, k)).collect();
+    let path = format!("/v1/rooms/{ROOM}/broadcast");
+    let refused = apis[2].send(reqwest::Method::POST, &path, Some(json!({"payload": "x"}))).await;
+    assert_eq!(refused.body["code"], json!(3011), "the cut node's API: {refused:?}");
+    assert_eq!(refused.body["error"], json!("CLUSTER_UNAVAILABLE"), "{refused:?}");
+    eprintln!("the cut node's API refuses a broadcast with HTTP {}", refused.status);
+    assert_eq!(apis[2].send(reqwest::Method::GET, "/readyz", None).await.status, 503);
+    let id = apis[1].broadcast(json!({"payload": "api during"})).await;
+    sent.insert(id, ("system".into(), "api during".into()));
 
     proxy.restore();
     // The cut node's members join again, on their old connections.
@@ -563,6 +576,7 @@ async fn a_node_cut_off_from_nats_alone_is_lost_then_its_members_come_back_with_
     .await
     .unwrap_or_else(|_| panic!("no broadcast accepted within {NATS_BACK:?} of the restore"));
     sent.insert(id, ("carol".into(), "carol after".into()));
+    eprintln!("broadcasts whose senders got an ID: {sent:?}; any ambiguous: {ambiguous}");
     let last = *sent.keys().last().unwrap();
     assert_eq!(id, last, "the newest broadcast has the highest ID");
     if !ambiguous {
@@ -600,8 +614,18 @@ async fn a_node_cut_off_from_nats_alone_is_lost_then_its_members_come_back_with_
         assert_eq!(peer.client.stats().reconnects, 0, "{}", peer.name);
         assert_eq!(peer.client.rooms(), [ROOM]);
     }
-    for k in 0..3 {
-        Api::of(&cluster, k).until_members(&["alice", "bob", "carol", "dave"], "after").await;
+    for api in &apis {
+        api.until_members(&["alice", "bob", "carol", "dave"], "after").await;
+        assert_eq!(api.send(reqwest::Method::GET, "/readyz", None).await.status, 200);
+    }
+    // The others saw the cut node's members leave once and join again once.
+    for peer in [&mut *alice, &mut *bob] {
+        peer.drain();
+        for user in ["carol", "dave"] {
+            let joins = peer.seen.joined.iter().filter(|u| *u == user).count();
+            let leaves = peer.seen.left.iter().filter(|u| *u == user).count();
+            assert_eq!((joins, leaves), (2, 1), "{}: {user}'s joins and leaves", peer.name);
+        }
     }
     for peer in peers {
         peer.client.close().await;
