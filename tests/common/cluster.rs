@@ -305,7 +305,8 @@ impl Cluster {
             .args(["--nats", nats, "--node", &name, "--ready-file"])
             .arg(&ready)
             .args(&self.limit_args)
-            .env("RUST_LOG", "info")
+            // CLUSTER_TEST_LOG=qrelay=debug to see more of a failing test.
+            .env("RUST_LOG", std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             // The banner (the ready file says the same).
             .stdout(Stdio::null())
