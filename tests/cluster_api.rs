@@ -403,6 +403,12 @@ async fn a_kick_through_another_node_closes_the_members_lane_and_it_stays_out() 
     // Kicking him again is refused: he is not in the room.
     let again = apis[2].send(reqwest::Method::POST, &path, Some(json!({"user": "bob"}))).await;
     assert_eq!((again.status, &again.body["error"]), (404, &json!("USER_NOT_FOUND")), "{again:?}");
+    // A kick is not a ban: bob logs in again himself, on his node, and is a member everywhere.
+    within(bob.client.login_room(ROOM, &cluster.token("bob"))).await.expect("bob's new login");
+    alice.until("bob's new login", |seen| seen.members == set(&["bob", "carol"])).await;
+    for api in &apis {
+        api.until_members(&["alice", "bob", "carol"], "after bob's new login").await;
+    }
     for peer in peers {
         peer.client.close().await;
     }
