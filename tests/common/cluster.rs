@@ -26,6 +26,8 @@ use super::within;
 const BIN: &str = env!("CARGO_BIN_EXE_qrelay");
 /// How long a process (NATS or a relay) may take to come up.
 const START: Duration = Duration::from_secs(15);
+/// The server API key of every node (`Authorization: Bearer API_KEY`), in `certs/api.key`.
+pub const API_KEY: &str = "cluster-test-api-key";
 /// How many lines of each log a failing test prints.
 const LOG_TAIL: usize = 40;
 
@@ -187,6 +189,10 @@ struct Node {
     child: Option<Child>,
     /// Its QUIC address, from its ready file.
     addr: SocketAddr,
+    /// Its HTTP address (server API, /readyz), from its ready file.
+    http: SocketAddr,
+    /// The NATS URL it was started with (`--nats`).
+    nats: String,
     log: PathBuf,
 }
 
@@ -196,6 +202,9 @@ pub enum Limits {
     Unlimited,
     /// A configuration file with this TOML (`--config`); what it leaves out has its default.
     Config(String),
+    /// A configuration file with this TOML (`--config`, e.g. a `[cluster]` table), and no
+    /// frequency limits at all (`--limits benchmark`, which overrides the file's `[limits]`).
+    UnlimitedWith(String),
 }
 
 /// N relays (`node0`, `node1`, …) sharing one certificate directory and one NATS server.
@@ -205,6 +214,10 @@ pub struct Cluster {
     pub nats: Nats,
     roots: Vec<CertificateDer<'static>>,
     tokens: TokenKey,
+    /// The certificate directory every node shares.
+    certs: PathBuf,
+    /// The nodes' limit arguments (`--limits`, `--config`).
+    limit_args: Vec<String>,
     /// Last: removed after every process is gone.
     dir: TempDir,
 }
@@ -217,6 +230,16 @@ impl Cluster {
 
     /// A NATS server and `n` relays with `limits`, each ready (its ready file written).
     pub async fn start_with(n: usize, limits: Limits) -> Cluster {
+        Self::start_custom(n, limits, |_, nats| nats.url()).await
+    }
+
+    /// A NATS server and `n` relays with `limits`; node `k` connects to the NATS URL
+    /// `nats_url(k, &nats)` (e.g. a proxy in front of it).
+    pub async fn start_custom(
+        n: usize,
+        limits: Limits,
+        nats_url: impl Fn(usize, &Nats) -> String,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         // The certificates and token secret every node shares, made before any node starts
         // (nodes starting together on an empty directory would each make their own).
@@ -225,13 +248,19 @@ impl Cluster {
         DevPki::generate().expect("development PKI").write(&paths).expect("write certificates");
         let secret = generate_secret(&paths.token_secret).expect("write the token secret");
         // The server API key too (the nodes' HTTP listeners, for /readyz, would each make one).
-        write_private(&certs.join("api.key"), "cluster-test-api-key");
+        write_private(&certs.join("api.key"), API_KEY);
+        let write_config = |toml: &str| {
+            let path = dir.path().join("qrelay.toml");
+            std::fs::write(&path, toml).expect("write the relay configuration");
+            vec!["--config".to_owned(), path.display().to_string()]
+        };
         let limit_args: Vec<String> = match limits {
             Limits::Unlimited => vec!["--limits".into(), "benchmark".into()],
-            Limits::Config(toml) => {
-                let path = dir.path().join("qrelay.toml");
-                std::fs::write(&path, toml).expect("write the relay configuration");
-                vec!["--config".into(), path.display().to_string()]
+            Limits::Config(toml) => write_config(&toml),
+            Limits::UnlimitedWith(toml) => {
+                let mut args = write_config(&toml);
+                args.extend(["--limits".into(), "benchmark".into()]);
+                args
             }
         };
         let nats = Nats::start(dir.path()).await;
@@ -240,13 +269,17 @@ impl Cluster {
             nats,
             roots: load_certs(&paths.ca_cert).expect("the development CA"),
             tokens: TokenKey::new(&secret),
+            certs,
+            limit_args,
             dir,
         };
         // Started together, then waited for (a node may wait for the others to come up); each
         // is in `nodes` at once, so that a failure kills those already started.
         let mut ready_files = Vec::new();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
         for k in 0..n {
-            let (node, ready) = cluster.spawn_node(k, &certs, &limit_args);
+            let url = nats_url(k, &cluster.nats);
+            let (node, ready) = cluster.spawn_node(k, &url, any);
             cluster.nodes.push(node);
             ready_files.push(ready);
         }
@@ -256,21 +289,24 @@ impl Cluster {
         cluster
     }
 
-    /// Spawns `qrelay serve` as node `k` (its address not yet known); returns it and its ready
-    /// file.
-    fn spawn_node(&self, k: usize, certs: &Path, limit_args: &[String]) -> (Node, PathBuf) {
+    /// Spawns `qrelay serve` as node `k` on the QUIC address `listen`, connecting to NATS at
+    /// `nats` (its addresses not yet known); returns it and its ready file.
+    fn spawn_node(&self, k: usize, nats: &str, listen: SocketAddr) -> (Node, PathBuf) {
         let name = format!("node{k}");
         let ready = self.dir.path().join(format!("{name}.ready.json"));
+        // A ready file of an earlier process of this node would be read as this one's.
+        let _ = std::fs::remove_file(&ready);
         let log = self.dir.path().join(format!("{name}.log"));
         let (_, stderr) = log_file(&log);
         let child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-web"])
+            .args(["serve", "--listen", &listen.to_string(), "--http", "127.0.0.1:0", "--no-web"])
             .arg("--certs-dir")
-            .arg(certs)
-            .args(["--nats", &self.nats.url(), "--node", &name, "--ready-file"])
+            .arg(&self.certs)
+            .args(["--nats", nats, "--node", &name, "--ready-file"])
             .arg(&ready)
-            .args(limit_args)
-            .env("RUST_LOG", "info")
+            .args(&self.limit_args)
+            // CLUSTER_TEST_LOG=qrelay=debug to see more of a failing test.
+            .env("RUST_LOG", std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             // The banner (the ready file says the same).
             .stdout(Stdio::null())
@@ -278,12 +314,31 @@ impl Cluster {
             .spawn()
             .expect("cannot start qrelay serve");
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
-        (Node { child: Some(child), addr: unknown, log }, ready)
+        let node =
+            Node { child: Some(child), addr: unknown, http: unknown, nats: nats.into(), log };
+        (node, ready)
     }
 
     /// The QUIC address of node `k`.
     pub fn addr(&self, k: usize) -> SocketAddr {
         self.nodes[k].addr
+    }
+
+    /// The HTTP address (server API, /readyz) of node `k`'s current process.
+    pub fn http(&self, k: usize) -> SocketAddr {
+        self.nodes[k].http
+    }
+
+    /// Starts node `k` again after [`Cluster::kill`]: a new process (a new incarnation) with
+    /// the same node name, QUIC address and NATS URL (its HTTP port is a new one), and waits
+    /// until it is ready.
+    pub async fn restart(&mut self, k: usize) {
+        assert!(self.nodes[k].child.is_none(), "node{k} is still running: kill it first");
+        let (addr, nats) = (self.nodes[k].addr, self.nodes[k].nats.clone());
+        let (node, ready) = self.spawn_node(k, &nats, addr);
+        self.nodes[k] = node;
+        wait_ready(&mut self.nodes[k], &format!("node{k}"), &ready).await;
+        assert_eq!(self.nodes[k].addr, addr, "node{k} came back on another QUIC address");
     }
 
     /// Kills node `k` with SIGKILL (as `kill -9`: it closes nothing, tells no one) and reaps
@@ -352,6 +407,7 @@ async fn wait_ready(node: &mut Node, name: &str, ready: &Path) {
             });
         if let Some((addr, http)) = addr {
             node.addr = addr;
+            node.http = http;
             while !readyz(http).await {
                 assert_running(node.child.as_mut().expect("a running node"), name, &node.log);
                 assert!(
@@ -412,4 +468,103 @@ fn write_private(path: &Path, text: &str) {
         .open(path)
         .expect("write a private file");
     std::io::Write::write_all(&mut file, text.as_bytes()).expect("write a private file");
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the NATS server, for one node: cutting it closes
+/// every connection through it and stops accepting (connections are refused), as a network
+/// that fails between that node and NATS alone; restoring it accepts on the same port again.
+pub struct NatsProxy {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Where it forwards to (set by [`NatsProxy::url_to`]).
+    target: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// Whether it passes traffic.
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NatsProxy {
+    /// A proxy on a free port, up, forwarding nowhere until [`NatsProxy::url_to`].
+    pub fn start() -> NatsProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("local address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        let target = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (up, _) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(Self::serve(listener, port, target.clone(), up.subscribe()));
+        NatsProxy { port, target, up, task }
+    }
+
+    /// The URL a node connects to, forwarding to `nats`.
+    pub fn url_to(&self, nats: &Nats) -> String {
+        *self.target.lock().unwrap() = Some(SocketAddr::from(([127, 0, 0, 1], nats.port)));
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Accepts connections again, on the same port.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    async fn serve(
+        mut listener: tokio::net::TcpListener,
+        port: u16,
+        target: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+        mut up: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let pipes = up.clone();
+        loop {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        let Some(to) = *target.lock().unwrap() else { continue };
+                        tokio::spawn(Self::pipe(client, to, pipes.clone()));
+                    }
+                    changed = up.wait_for(|up| !*up) => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            // Cut: no listener, so connecting is refused.
+            drop(listener);
+            if up.wait_for(|up| *up).await.is_err() {
+                return;
+            }
+            listener = loop {
+                match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    Ok(listener) => break listener,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+        }
+    }
+
+    async fn pipe(
+        mut client: tokio::net::TcpStream,
+        to: SocketAddr,
+        mut up: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Ok(mut server) = tokio::net::TcpStream::connect(to).await else { return };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            _ = up.wait_for(|up| !*up) => {}
+        }
+        // Both sockets are closed here.
+    }
+}
+
+impl Drop for NatsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
