@@ -703,9 +703,6 @@ async fn a_node_restarted_under_the_same_name_serves_again_and_its_old_members_a
 /// so once the cut node is back, its old session is the one replaced
 /// (`KICKED_LOGGED_IN_ELSEWHERE`), and the new one stays and keeps receiving.
 #[tokio::test]
-#[ignore = "BUG: after the cut, the cut node records its stale member present again with no \
-            expectation; that record is newer than the login made elsewhere during the cut, so \
-            the newer session is closed (KICKED_LOGGED_IN_ELSEWHERE) and the stale one stays"]
 async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_session() {
     let proxy = NatsProxy::start();
     let cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {

@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{ErrorCode, User, decode_body, encode_body};
-use crate::server::now_ms;
 use crate::server::config::{ClusterConfig, ClusterStorage};
+use crate::server::now_ms;
 use crate::server::room::{room_unavailable, valid_entry, valid_record};
 use crate::server::stats::Counters;
 use crate::server::{Shared, Stats};
@@ -535,7 +535,10 @@ async fn read_from(
     if *next > last + 1 {
         // Its sequence went back: the stream was made anew and holds none of what this node
         // read. Read it from its start, and record this node's members in it again.
-        warn!(next, last, "the cluster's stream was made anew: reading it again, recording members again");
+        warn!(
+            next,
+            last, "the cluster's stream was made anew: reading it again, recording members again"
+        );
         *next = 1;
         for room in shared.router.rooms() {
             for (user, session) in room.local_members() {

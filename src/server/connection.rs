@@ -442,7 +442,10 @@ impl ConnState {
         let Some(claims) = claims else { return Ok(None) };
         if generation == self.claims_changes {
             if claims.expired_at(SystemTime::now()) {
-                return Err((ErrorCode::TOKEN_EXPIRED, "the token expired during the login".into()));
+                return Err((
+                    ErrorCode::TOKEN_EXPIRED,
+                    "the token expired during the login".into(),
+                ));
             }
             return Ok(Some(claims));
         }

@@ -323,7 +323,13 @@ impl Room {
                     record.seq = None;
                     if let Some(cluster) = &shared.cluster {
                         // Expecting the `Absent` it answers: a newer login elsewhere wins.
-                        cluster.member_present_again(&self.name, self.epoch, &entry.user, session, seq);
+                        cluster.member_present_again(
+                            &self.name,
+                            self.epoch,
+                            &entry.user,
+                            session,
+                            seq,
+                        );
                     }
                     return true;
                 }
@@ -408,7 +414,12 @@ impl Room {
     /// The cluster refused this node's `Present` record of `user_id` on `session` (written
     /// again after the node was counted lost): a newer record of another node holds, and
     /// replaces the member here when it is (or was) read.
-    pub(crate) fn record_refused(self: &Arc<Self>, shared: &Arc<Shared>, user_id: &str, session: u32) {
+    pub(crate) fn record_refused(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        user_id: &str,
+        session: u32,
+    ) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(entry) = state.members.get_mut(user_id) else { return };
@@ -889,7 +900,8 @@ fn valid_user(user: &User) -> bool {
 
 /// Whether a logged broadcast is a valid `BroadcastMessage` with ID `id` from its author.
 fn valid_broadcast(id: u64, item: &LoggedBroadcast) -> bool {
-    let Ok(message) = crate::protocol::decode_body::<crate::protocol::BroadcastMessage>(&item.encoded)
+    let Ok(message) =
+        crate::protocol::decode_body::<crate::protocol::BroadcastMessage>(&item.encoded)
     else {
         return false;
     };
