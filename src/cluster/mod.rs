@@ -946,7 +946,8 @@ async fn renew_logs(shared: &Arc<Shared>, cluster: &Cluster, last: &mut Instant)
     let old_ms = now_ms().saturating_sub(max_age.as_millis() as u64 / 2);
     for room in shared.router.rooms() {
         let (at_ms, members) = room.log_age();
-        if !members || at_ms > old_ms {
+        // Only a log this node has read: its counters are known here.
+        if !members || at_ms == 0 || at_ms > old_ms {
             continue;
         }
         let (entry, expected) = room.renewal();
