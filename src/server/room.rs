@@ -746,30 +746,8 @@ impl Room {
             None => state.sender(send.session, send.user_id)?,
             Some(outside) => outside.user.clone(),
         };
-        let missing: Vec<&str> = to
-            .iter()
-            .filter(|t| !state.members.contains_key(t.as_str()))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err((
-                ErrorCode::UNKNOWN_TARGET_USER,
-                format!("not in the room: {}", missing.join(", ")),
-            ));
-        }
-        let limits = &shared.config.limits;
-        let budget = state.budget(send.user_id, &shared.config);
-        let single = to.len() == 1;
-        let (bucket, rate) = if single {
-            (&mut budget.command_one, limits.command_to_one_per_user)
-        } else {
-            (&mut budget.command_many, limits.command_to_many_per_user)
-        };
-        let user_limits = send.outside.is_none_or(|outside| outside.user_limits);
-        if user_limits && !bucket.try_take() {
-            let what = if single { "commands to one user" } else { "commands to several users" };
-            return Err(user_limited(what, rate));
-        }
+        state.check_targets(to)?;
+        state.take_command_budget(shared, &send, to.len())?;
         // Broadcasts accepted before this command reach its targets first.
         state.flush(shared, &self.name);
         state.command_seq += 1;
@@ -1002,6 +980,30 @@ impl RoomState {
             replayed: replay.len() as u64,
         };
         (event, replay)
+    }
+
+    /// Takes a command to `targets` users (0: everyone) from the sender's allowance (a sender
+    /// from outside without user limits takes none).
+    fn take_command_budget(
+        &mut self,
+        shared: &Shared,
+        send: &Send<'_>,
+        targets: usize,
+    ) -> Result<(), (ErrorCode, String)> {
+        let limits = &shared.config.limits;
+        let budget = self.budget(send.user_id, &shared.config);
+        let single = targets == 1;
+        let (bucket, rate) = if single {
+            (&mut budget.command_one, limits.command_to_one_per_user)
+        } else {
+            (&mut budget.command_many, limits.command_to_many_per_user)
+        };
+        let user_limits = send.outside.is_none_or(|outside| outside.user_limits);
+        if user_limits && !bucket.try_take() {
+            let what = if single { "commands to one user" } else { "commands to several users" };
+            return Err(user_limited(what, rate));
+        }
+        Ok(())
     }
 
     /// The frequency limits of `user_id` in this room.

@@ -228,20 +228,11 @@ impl Router {
         if let Some(allowance) = state.creations.get_mut(user_id)
             && !allowance.ready()
         {
-            return Err((
-                ErrorCode::LOGIN_RATE_LIMITED,
-                format!(
-                    "this user creates more than {} rooms per second",
-                    limits.room_create_per_user
-                ),
-            ));
+            return Err(creating_too_fast(limits.room_create_per_user));
         }
         let max = shared.config.max_rooms;
         if state.rooms.len() >= max && state.emptied.is_empty() {
-            return Err((
-                ErrorCode::SERVER_ROOM_LIMIT,
-                format!("the relay holds its maximum of {max} rooms"),
-            ));
+            return Err(room_limit(max));
         }
         Ok(())
     }
@@ -262,21 +253,12 @@ impl Router {
             TokenBucket::with_burst(limits.room_create_per_user, ROOM_CREATE_BURST)
         });
         if !allowance.ready() {
-            return Err((
-                ErrorCode::LOGIN_RATE_LIMITED,
-                format!(
-                    "this user creates more than {} rooms per second",
-                    limits.room_create_per_user
-                ),
-            ));
+            return Err(creating_too_fast(limits.room_create_per_user));
         }
         let max = shared.config.max_rooms;
         while state.rooms.len() >= max {
             if !state.evict_emptied(shared) {
-                return Err((
-                    ErrorCode::SERVER_ROOM_LIMIT,
-                    format!("the relay holds its maximum of {max} rooms"),
-                ));
+                return Err(room_limit(max));
             }
         }
         if let Some(allowance) = state.creations.get_mut(user_id) {
@@ -309,6 +291,14 @@ impl RouterState {
         }
         false
     }
+}
+
+fn creating_too_fast(rate: f64) -> (ErrorCode, String) {
+    (ErrorCode::LOGIN_RATE_LIMITED, format!("this user creates more than {rate} rooms per second"))
+}
+
+fn room_limit(max: usize) -> (ErrorCode, String) {
+    (ErrorCode::SERVER_ROOM_LIMIT, format!("the relay holds its maximum of {max} rooms"))
 }
 
 /// Counts a room the router removed and tells the webhooks.

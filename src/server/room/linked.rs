@@ -116,7 +116,6 @@ impl Room {
         to: Vec<String>,
     ) -> Result<Pending, Refusal> {
         let to = command_targets(to, send.user_id)?;
-        let limits = &shared.config.limits;
         let mut guard = self.lock();
         let state = &mut *guard;
         let from = match send.outside {
@@ -124,18 +123,7 @@ impl Room {
             Some(outside) => outside.user.clone(),
         };
         state.check_targets(&to)?;
-        let budget = state.budget(send.user_id, &shared.config);
-        let single = to.len() == 1;
-        let (bucket, rate) = if single {
-            (&mut budget.command_one, limits.command_to_one_per_user)
-        } else {
-            (&mut budget.command_many, limits.command_to_many_per_user)
-        };
-        let user_limits = send.outside.is_none_or(|outside| outside.user_limits);
-        if user_limits && !bucket.try_take() {
-            let what = if single { "commands to one user" } else { "commands to several users" };
-            return Err(user_limited(what, rate));
-        }
+        state.take_command_budget(shared, &send, to.len())?;
         Ok(self.enqueue(shared, state, Submitted::Command { from, to, payload: send.payload }))
     }
 
@@ -528,7 +516,7 @@ impl Room {
 
 impl RoomState {
     /// Refuses a command whose listed targets are not all in the room.
-    fn check_targets(&self, to: &[String]) -> Result<(), Refusal> {
+    pub(super) fn check_targets(&self, to: &[String]) -> Result<(), Refusal> {
         let missing: Vec<&str> = to
             .iter()
             .filter(|t| !self.members.contains_key(t.as_str()))
