@@ -99,14 +99,14 @@ start_relays() {
     fi
     local count=$((nodes > 0 ? nodes : 1))
     for ((i = 0; i < count; i++)); do
-        ((nodes > 0)) && nats_args=(--nats "nats://127.0.0.1:$NATS_PORT" --node "n$i")
+        if ((nodes > 0)); then nats_args=(--nats "nats://127.0.0.1:$NATS_PORT" --node "n$i"); fi
         "$RELAY" serve --config benches/relay-bench.toml --limits benchmark --certs-dir "$CERTS" \
             --listen "127.0.0.1:$((BASE_PORT + i))" --no-http "${no_web[@]}" "${nats_args[@]}" >"$prefix.relay$i.log" 2>&1 &
         pids+=($!)
     done
     for ((i = 0; i < count; i++)); do
         wait_for "$prefix.relay$i.log" "qrelay ready"
-        ((nodes > 0)) && wait_for "$prefix.relay$i.log" "caught up with the cluster"
+        if ((nodes > 0)); then wait_for "$prefix.relay$i.log" "caught up with the cluster"; fi
     done
 }
 
@@ -121,7 +121,7 @@ for case in "${ORDER[@]}"; do
     servers=() server_pids=()
     for ((i = 0; i < spread; i++)); do servers+=("127.0.0.1:$((BASE_PORT + i))"); server_pids+=("${pids[i]}"); done
     spread_arg=
-    ((spread > 1)) && spread_arg=--spread
+    if ((spread > 1)); then spread_arg=--spread; fi
     args="--server $(IFS=,; echo "${servers[*]}") --ca $CERTS/ca.pem --secret $CERTS/token.secret bench $spread_arg --server-pid $(IFS=,; echo "${server_pids[*]}") --connections $connections --senders $senders --rate $rate --duration $duration --per-endpoint 10 --connect-parallel 20 --timeout 60 --json"
     echo "== $case run $n ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)), nodes $nodes"
     echo "   $TOOL $args"
@@ -139,7 +139,7 @@ for case in "${ORDER[@]}"; do
     whole=
     for ((i = 0; i < ${#all[@]}; i++)); do
         name=relay$i
-        [[ ${all[i]} == "$nats_pid" ]] && name=nats
+        if [[ ${all[i]} == "$nats_pid" ]]; then name=nats; fi
         whole+="$name $(awk -v a="${before[i]}" -v b="${after[i]}" 'BEGIN {printf "%.2f", (b - a) / 1e9}') s; "
     done
     python3 - "$prefix.json" "$v0" "$v1" "$whole" <<'EOF'
