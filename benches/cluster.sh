@@ -74,7 +74,7 @@ trap stop_all EXIT
 
 # CPU time of a process so far, nanoseconds (every thread's schedstat).
 cpu_ns() {
-    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'
 }
 varz() {
     curl -s "http://127.0.0.1:$MON_PORT/varz" |
@@ -152,7 +152,7 @@ l = k["latency"]
 print(f"   broadcast p50 {l['p50_us']/1e3:.2f} ms p99 {l['p99_us']/1e3:.2f} ms, "
       f"{k['delivery']['delivered']}/{k['delivery']['expected']} delivered, "
       f"{k['deliveries_per_sec']:.0f}/s, lost {k['lost']}, accepted {k['accepted']}, "
-      f"late sends {r['late_sends']}, tool cpu {r['client_cpu_seconds']:.2f} s")
+      f"late sends {r['late_sends']}, tool cpu {r['client_cpu_seconds'] or 0:.2f} s")
 for n in r["nodes"]:
     cpu = "n/a" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.2f} s"
     per = "n/a" if n["cpu_per_delivery_us"] is None else f"{n['cpu_per_delivery_us']:.2f} us"
@@ -160,8 +160,8 @@ for n in r["nodes"]:
           f"{n['deliveries']} deliveries, cpu {cpu} ({per} per delivery)")
 s = r["server"]
 if s["cpu_seconds"] is not None:
-    print(f"   relays together (traffic window): cpu {s['cpu_seconds']:.2f} s, "
-          f"{s['cpu_per_delivery_us']:.2f} us per delivery")
+    per = "n/a" if s["cpu_per_delivery_us"] is None else f"{s['cpu_per_delivery_us']:.2f} us"
+    print(f"   relays together (traffic window): cpu {s['cpu_seconds']:.2f} s, {per} per delivery")
 print(f"   whole run (connect + traffic): {sys.argv[4]}")
 if v1[0] or v1[1]:
     d = [b - a for a, b in zip(v0, v1)]
