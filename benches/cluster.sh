@@ -17,6 +17,9 @@
 #   single1000  one relay without --nats: 1 -> 1,000, 100 msg/s, 10 s (as compare.sh fan1000)
 #   idle1000    3-node cluster, 1,001 connections spread, nobody sends, 20 s: the NATS traffic
 #               of logins, member records, liveness and leaves, to subtract from fan10/fan100
+#   entries1 entries3 entries6: a cluster of 1, 3 or 6 nodes, 1 -> 1 on node A, 500 msg/s,
+#               10 s: NATS's CPU per log entry as the number of nodes (consumers) grows (run
+#               them with BASELINE=5 to subtract the idle cluster's CPU)
 #
 # Summary line: the tool's p50/p99, deliveries/s, lost; per node its receivers, CPU seconds
 # and CPU per delivery; NATS CPU; /varz deltas (in_msgs, out_msgs, in_bytes, out_bytes) and
@@ -25,7 +28,8 @@
 # Environment: OUT (/tmp/qrelay-cluster), CERTS (/tmp/qrelay-bench/certs: a relay writes its
 # development certificates there if missing), RELAY and TOOL (./target/release/...), NATS
 # (/usr/sbin/nats-server), BASE_PORT (28433: relays on BASE_PORT..+2, NATS on BASE_PORT+10,
-# its monitoring on BASE_PORT+11).
+# its monitoring on BASE_PORT+11), BASELINE (seconds, 0: with the relays up and before any
+# client, measure every process's idle CPU for this long and print it per second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,8 +63,12 @@ declare -A CASES=(
     [fan100]="3 1001 1 100 20s 3"
     [single1000]="0 1001 1 100 10s 1"
     [idle1000]="3 1001 0 1 20s 3"
+    [entries1]="1 2 1 500 10s 1"
+    [entries3]="3 2 1 500 10s 1"
+    [entries6]="6 2 1 500 10s 1"
 )
 ORDER=(single1 node1 cross1 fan10 fan100 single1000 idle1000)
+BASELINE=${BASELINE:-0}
 (($# > 0)) && ORDER=("$@")
 
 pids=()
@@ -129,6 +137,18 @@ for case in "${ORDER[@]}"; do
     # the tool's own per-node figures cover the traffic window only.
     all=("${pids[@]}" $nats_pid)
     before=() after=()
+    if ((BASELINE > 0)); then
+        for pid in "${all[@]}"; do before+=("$(cpu_ns "$pid")"); done
+        sleep "$BASELINE"
+        idle=
+        for ((i = 0; i < ${#all[@]}; i++)); do
+            name=relay$i
+            if [[ ${all[i]} == "$nats_pid" ]]; then name=nats; fi
+            idle+="$name $(awk -v a="${before[i]}" -v b="$(cpu_ns "${all[i]}")" -v t="$BASELINE" 'BEGIN {printf "%.1f", (b - a) / 1e6 / t}') ms/s; "
+        done
+        echo "   idle CPU before the run: $idle"
+        before=()
+    fi
     for pid in "${all[@]}"; do before+=("$(cpu_ns "$pid")"); done
     v0=$( ((nodes > 0)) && varz || echo "0 0 0 0")
     # shellcheck disable=SC2086 # the arguments are words
