@@ -14,6 +14,7 @@
 #   cross1      3-node cluster, sender on node A, receiver on node B: 1 -> 1, 100 msg/s, 10 s
 #   fan10       3-node cluster, 1 -> 1,000 receivers spread over the 3 nodes, 10 msg/s, 20 s
 #   fan100      the same at 100 msg/s, 20 s
+#   fan3k       3-node cluster, 1 -> 3,000 receivers spread (1,000 per node), 10 msg/s, 20 s
 #   single1000  one relay without --nats: 1 -> 1,000, 100 msg/s, 10 s (as compare.sh fan1000)
 #   idle1000    3-node cluster, 1,001 connections spread, nobody sends, 20 s: the NATS traffic
 #               of logins, member records, liveness and leaves, to subtract from fan10/fan100
@@ -61,6 +62,7 @@ declare -A CASES=(
     [cross1]="3 2 1 100 10s 2"
     [fan10]="3 1001 1 10 20s 3"
     [fan100]="3 1001 1 100 20s 3"
+    [fan3k]="3 3001 1 10 20s 3"
     [single1000]="0 1001 1 100 10s 1"
     [idle1000]="3 1001 0 1 20s 3"
     [entries1]="1 2 1 500 10s 1"
