@@ -41,6 +41,10 @@ TOOL=${TOOL:-./target/release/qrelay-cli}
 NATS=${NATS:-/usr/sbin/nats-server}
 BASE_PORT=${BASE_PORT:-28433}
 NATS_PORT=$((BASE_PORT + 10)) MON_PORT=$((BASE_PORT + 11))
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
 mkdir -p "$OUT"
 for bin in "$RELAY" "$TOOL" "$NATS"; do
     [[ -x $bin ]] || { echo "missing $bin (cargo build --release --workspace --bins)" >&2; exit 1; }
@@ -50,10 +54,6 @@ ulimit -n "$(ulimit -Hn)"
 no_web=()
 "$RELAY" serve --help | grep -q -- --no-web && no_web=(--no-web)
 
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 0
-fi
 # CASE: nodes (0: one relay without NATS), connections, senders, rate, duration, spread over
 # how many nodes (1: every connection on node A).
 declare -A CASES=(
