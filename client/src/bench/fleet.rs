@@ -24,9 +24,11 @@ pub type Minter = Arc<dyn Fn(&str) -> anyhow::Result<String> + Send + Sync>;
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct FleetPlan {
-    /// The relay's address (`client.server`, resolved).
-    pub server: SocketAddr,
-    /// Relay address, TLS name, CA and timeouts; each connection sets its own user.
+    /// The relays' addresses (`client.server`, resolved; one unless `--spread`).
+    pub servers: Vec<SocketAddr>,
+    /// Index in `servers` of each connection's relay.
+    pub server_of: Vec<usize>,
+    /// TLS name, CA and timeouts; each connection sets its own user and relay.
     pub client: ClientConfig,
     /// A login token for a user ID.
     pub token: Minter,
@@ -84,7 +86,8 @@ pub async fn connect(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Fleet> {
     let n = plan.users.len();
-    let bind: SocketAddr = if plan.server.is_ipv6() {
+    // Every relay of a run is of one address family (checked when the plan is made).
+    let bind: SocketAddr = if plan.servers[0].is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -171,6 +174,7 @@ async fn connect_one(
     stop: watch::Receiver<bool>,
 ) -> Result<(Client, JoinHandle<ReceiverTally>, Duration, Duration), String> {
     let mut config = plan.client.clone();
+    config.server = plan.servers[plan.server_of[i]].into();
     config.user = User { id: plan.users[i].clone(), name: plan.users[i].clone() };
     let token = (plan.token)(&plan.users[i]).map_err(|e| format!("token: {e}"))?;
     let started = Instant::now();

@@ -39,8 +39,8 @@ use tokio::sync::watch;
 use fleet::{Fleet, FleetPlan, Minter};
 use procfs::CpuSource;
 use report::{
-    ConnectReport, KindReport, Latency, Ledger, Report, ServerReport, cpu_per_delivery_us,
-    delivery, per_second,
+    ConnectReport, KindReport, Latency, Ledger, NodeReport, Report, ServerReport,
+    cpu_per_delivery_us, delivery, per_second,
 };
 use traffic::{BARRAGE_LATE, CommandTo, Kind, Live, Pacing, STAMP_LEN, SendPlan, run_sender};
 
@@ -103,9 +103,16 @@ pub struct BenchArgs {
     /// runtime, no frequency limits, in-memory certificates) instead of using --server.
     #[arg(long)]
     in_process: bool,
-    /// PID of the external relay, to report its CPU time and memory.
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// PID of the external relay, to report its CPU time and memory; with --spread, one PID
+    /// per --server address, in the same order (comma-separated), for each node's CPU time
+    /// (memory is the first's).
+    #[arg(long, value_delimiter = ',', value_name = "PID[,PID...]")]
+    server_pid: Vec<u32>,
+    /// Spread the connections over every --server address (relays of one cluster): the
+    /// senders connect to the first, receiver i to address i mod the number of addresses.
+    /// Without it every connection uses the first address.
+    #[arg(long)]
+    spread: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -141,8 +148,8 @@ pub enum Target {
         client: Box<ClientConfig>,
         /// Mints (or hands out) a login token for a user ID.
         token: Minter,
-        /// Its process, for CPU time and memory.
-        pid: Option<u32>,
+        /// Its process (one per relay with `--spread`), for CPU time and memory.
+        pids: Vec<u32>,
     },
 }
 
@@ -172,7 +179,7 @@ pub async fn main(common: &super::Common, args: BenchArgs) -> anyhow::Result<Exi
                 Arc::new(move |user: &str| Ok(key.mint(user, None, true, TOKEN_TTL)?))
             }
         };
-        Target::External { client: Box::new(client), token, pid: args.server_pid }
+        Target::External { client: Box::new(client), token, pids: args.server_pid.clone() }
     };
     let json = args.json;
     let report = run(&args, target).await?;
@@ -217,7 +224,19 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         args.settle <= MAX_WAIT && args.drain <= MAX_WAIT,
         "--settle and --drain must be at most 5m"
     );
+    ensure!(!(args.spread && args.in_process), "--spread needs relays given with --server");
+    ensure!(
+        args.spread || args.server_pid.len() <= 1,
+        "several --server-pid PIDs need --spread (one per --server address)"
+    );
     Ok(())
+}
+
+/// Which of `nodes` relays connection `conn` uses: the senders (the first `senders`
+/// connections) the first, receivers round-robin over all, by connection index (so with two
+/// relays, the receiver of a 1 → 1 run is on the second).
+fn node_of(conn: usize, senders: usize, nodes: usize) -> usize {
+    if conn < senders { 0 } else { conn % nodes }
 }
 
 /// Runs one load scenario against `target` and returns its report.
@@ -225,37 +244,58 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     validate(args)?;
     let run_id = rand::random::<u32>();
     let in_process = matches!(target, Target::InProcess);
-    let (relay, mut client, token, pid) = match target {
+    let (relay, client, token, pids) = match target {
         Target::InProcess => {
             let (relay, client, token) = start_relay(args.connections)?;
-            (Some(relay), client, token, None)
+            (Some(relay), client, token, Vec::new())
         }
-        Target::External { client, token, pid } => (None, *client, token, pid),
+        Target::External { client, token, pids } => (None, *client, token, pids),
     };
-    let cpu = match (&relay, pid) {
-        (Some(relay), _) => relay.os_thread_id().map(CpuSource::Thread),
-        (None, Some(pid)) => Some(CpuSource::Process(pid)),
-        (None, None) => None,
+    let pid = pids.first().copied();
+    // One source per relay measured (the first is the relay of the senders).
+    let cpus: Vec<CpuSource> = match &relay {
+        Some(relay) => relay.os_thread_id().map(CpuSource::Thread).into_iter().collect(),
+        None => pids.iter().map(|&pid| CpuSource::Process(pid)).collect(),
     };
-    let measured = match (&relay, pid) {
+    let cpu_times = || cpus.iter().map(CpuSource::cpu_time).collect::<Option<Vec<_>>>();
+    let total = |times: &Option<Vec<Duration>>| times.as_ref().map(|t| t.iter().sum::<Duration>());
+    let measured = match (&relay, pids.as_slice()) {
         (Some(_), _) => "in-process relay thread".to_string(),
-        (None, Some(pid)) => format!("pid {pid}"),
-        (None, None) => report::NOT_MEASURED.to_string(),
+        (None, []) => report::NOT_MEASURED.to_string(),
+        (None, [pid]) => format!("pid {pid}"),
+        (None, pids) => {
+            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            format!("pids {} together", pids.join(", "))
+        }
     };
     // Resolved once for every connection of the run.
-    let server = *client.server.resolve().await?.first().context("--server has no address")?;
-    client.server = server.into();
-    let server_port = server.port();
+    let addrs = client.server.resolve().await?;
+    let servers: Vec<SocketAddr> = match addrs.first() {
+        None => anyhow::bail!("--server has no address"),
+        Some(&first) if !args.spread => vec![first],
+        Some(_) => addrs,
+    };
+    ensure!(
+        servers.iter().all(|s| s.is_ipv6() == servers[0].is_ipv6()),
+        "--spread needs the --server addresses in one address family"
+    );
+    ensure!(
+        pids.len() <= 1 || pids.len() == servers.len(),
+        "--server-pid gave {} PIDs for {} --server addresses",
+        pids.len(),
+        servers.len()
+    );
+    let server_ports: Vec<u16> = servers.iter().map(SocketAddr::port).collect();
     let udp_before = procfs::udp_buffer_errors();
-    let server_drops_before = procfs::udp_socket_drops(&[server_port]);
+    let server_drops_before = procfs::udp_socket_drops(&server_ports);
     let memory_before = pid.and_then(|pid| procfs::memory(Some(pid)));
 
-    let plan = Arc::new(fleet_plan(args, run_id, server, client, token));
+    let plan = Arc::new(fleet_plan(args, run_id, servers, client, token));
     let live = Arc::new(Live::new(args.connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connect_cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let connect_cpu_start = total(&cpu_times());
     let mut fleet = fleet::connect(&plan, live.clone(), stop_rx).await?;
-    if let (Some(a), Some(b)) = (connect_cpu_start, cpu.as_ref().and_then(CpuSource::cpu_time)) {
+    if let (Some(a), Some(b)) = (connect_cpu_start, total(&cpu_times())) {
         let used = b.saturating_sub(a);
         fleet.report.server_cpu_seconds = Some(used.as_secs_f64());
         fleet.report.server_cpu_per_handshake_us = (fleet.report.logged_in > 0)
@@ -267,7 +307,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
 
     // Traffic.
     let own = CpuSource::Process(std::process::id());
-    let cpu_start = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let cpus_start = cpu_times();
     let own_start = own.cpu_time();
     let datagrams_start = fleet.datagrams_received();
     let start_ns = live.now_ns();
@@ -287,7 +327,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     drain(&live, &ledger, &membership, args).await;
     let window = start.elapsed();
     let drain_seconds = window.as_secs_f64() - send_seconds;
-    let cpu_end = cpu.as_ref().and_then(CpuSource::cpu_time);
+    let cpus_end = cpu_times();
     let own_end = own.cpu_time();
     let datagrams_received = fleet.datagrams_received() - datagrams_start;
     progress.abort();
@@ -302,8 +342,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let client_ports: Vec<u16> =
         fleet.endpoints.iter().filter_map(|e| e.local_addr().ok()).map(|a| a.port()).collect();
     let client_socket_drops = procfs::udp_socket_drops(&client_ports);
-    let server_socket_drops = match (server_drops_before, procfs::udp_socket_drops(&[server_port]))
-    {
+    let server_socket_drops = match (server_drops_before, procfs::udp_socket_drops(&server_ports)) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };
@@ -365,10 +404,13 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         disconnected += u64::from(tally.disconnected);
         foreign += tally.foreign;
     }
-    let cpu_used = match (cpu_start, cpu_end) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+    // Per relay measured, then together.
+    let cpus_used: Option<Vec<Duration>> = match (&cpus_start, &cpus_end) {
+        (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(a, b)| b.saturating_sub(*a)).collect()),
         _ => None,
     };
+    let cpu_used = total(&cpus_used);
+    let nodes = node_reports(args, &plan, &membership, &receivers, &pids, cpus_used.as_deref());
     // This process's CPU time over the same window, less the in-process relay's.
     let client_cpu_seconds = match (own_start, own_end) {
         (Some(a), Some(b)) => {
@@ -410,6 +452,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
             .map(|s| s.max_lag.as_secs_f64() * 1e3)
             .fold(0.0, f64::max),
         server,
+        nodes,
         client_memory,
         client_cpu_seconds,
         udp_buffer_drops,
@@ -454,11 +497,50 @@ fn start_relay(connections: usize) -> anyhow::Result<(RelayThread, ClientConfig,
     Ok((relay, client, token))
 }
 
+/// Each relay's share of the run: its connections, the deliveries to them and (with a PID per
+/// relay) its CPU time over the traffic window, `cpus` in the order of `plan.servers`.
+fn node_reports(
+    args: &BenchArgs,
+    plan: &FleetPlan,
+    membership: &report::Membership,
+    receivers: &[(usize, traffic::ReceiverTally)],
+    pids: &[u32],
+    cpus: Option<&[Duration]>,
+) -> Vec<NodeReport> {
+    let mut nodes: Vec<NodeReport> = plan
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| NodeReport {
+            server: server.to_string(),
+            pid: (pids.len() == plan.servers.len()).then(|| pids[i]),
+            cpu_seconds: cpus.filter(|c| c.len() == plan.servers.len()).map(|c| c[i].as_secs_f64()),
+            ..NodeReport::default()
+        })
+        .collect();
+    for (conn, room) in membership.room_of.iter().enumerate() {
+        if room.is_some() {
+            let node = &mut nodes[plan.server_of[conn]];
+            if conn < args.senders { node.senders += 1 } else { node.receivers += 1 }
+        }
+    }
+    for (conn, tally) in receivers {
+        let kinds = args.kind.iter().map(|k| tally.kinds[k.index()].messages);
+        nodes[plan.server_of[*conn]].deliveries += kinds.sum::<u64>();
+    }
+    for node in &mut nodes {
+        node.cpu_per_delivery_us = node
+            .cpu_seconds
+            .and_then(|c| cpu_per_delivery_us(Duration::from_secs_f64(c), node.deliveries));
+    }
+    nodes
+}
+
 /// Users, rooms and sockets of a run.
 fn fleet_plan(
     args: &BenchArgs,
     run_id: u32,
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     mut client: ClientConfig,
     token: Minter,
 ) -> FleetPlan {
@@ -469,7 +551,8 @@ fn fleet_plan(
     let n = args.connections;
     let room_of: Vec<usize> = (0..n).map(|i| i % args.rooms).collect();
     FleetPlan {
-        server,
+        server_of: (0..n).map(|i| node_of(i, args.senders, servers.len())).collect(),
+        servers,
         client,
         token,
         users: (0..n).map(|i| format!("b{run_id:08x}-{i}")).collect(),
@@ -637,6 +720,7 @@ fn scenario(args: &BenchArgs) -> BTreeMap<String, serde_json::Value> {
         "per_endpoint": args.per_endpoint,
         "socket_buffer": args.socket_buffer,
         "connect_parallel": args.connect_parallel,
+        "spread": args.spread,
     });
     match value {
         serde_json::Value::Object(map) => map.into_iter().collect(),

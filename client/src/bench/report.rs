@@ -239,6 +239,25 @@ pub struct ServerReport {
     pub counters: Option<qrelay::server::Stats>,
 }
 
+/// One relay's share of a run (one per `--server` address with `--spread`, else one).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeReport {
+    /// The relay's address.
+    pub server: String,
+    /// Sending connections on it (logged in).
+    pub senders: usize,
+    /// Other connections on it (logged in).
+    pub receivers: usize,
+    /// Deliveries of every kind to its connections.
+    pub deliveries: u64,
+    /// Its PID, when one was given per relay.
+    pub pid: Option<u32>,
+    /// Its CPU time over the traffic window (the same window as `server.cpu_seconds`).
+    pub cpu_seconds: Option<f64>,
+    /// That per delivery to its own connections, microseconds.
+    pub cpu_per_delivery_us: Option<f64>,
+}
+
 /// The whole report of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -262,8 +281,10 @@ pub struct Report {
     pub late_sends: u64,
     /// The largest delay of a send behind its schedule, ms.
     pub max_send_lag_ms: f64,
-    /// The relay's costs.
+    /// The relay's costs (every relay's together when several PIDs were given).
     pub server: ServerReport,
+    /// Each relay's share: connections, deliveries, CPU time.
+    pub nodes: Vec<NodeReport>,
     /// This process's memory at the end.
     pub client_memory: Option<Memory>,
     /// CPU time of the tool itself (the in-process relay's excluded) over the traffic window:
@@ -444,6 +465,19 @@ impl Report {
                 opt(s.cpu_seconds, |v| format!("{v:.2} s")),
                 opt(s.cpu_utilisation, |v| format!("{:.0} %", v * 100.0)),
                 opt(s.cpu_per_delivery_us, |v| format!("{v:.3} µs")),
+            );
+        }
+        for node in &self.nodes {
+            let _ = writeln!(
+                out,
+                "node {}{}: {} senders, {} receivers, {} deliveries, cpu {}, {} per delivery",
+                node.server,
+                node.pid.map_or_else(String::new, |pid| format!(" (pid {pid})")),
+                node.senders,
+                node.receivers,
+                node.deliveries,
+                opt(node.cpu_seconds, |v| format!("{v:.2} s")),
+                opt(node.cpu_per_delivery_us, |v| format!("{v:.3} µs")),
             );
         }
         if let (Some(before), Some(loaded)) = (s.memory_before, s.memory_loaded) {

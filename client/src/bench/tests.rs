@@ -100,3 +100,31 @@ async fn options_out_of_bounds_are_refused() {
         assert!(validate(&args).is_err(), "{bad} was accepted");
     }
 }
+
+#[test]
+fn spread_puts_senders_on_the_first_relay_and_receivers_round_robin() {
+    // 1 -> 1 over two relays: the sender on the first, the receiver on the second.
+    assert_eq!((node_of(0, 1, 2), node_of(1, 1, 2)), (0, 1));
+    // 1 -> 999 over three relays: 333 receivers on each.
+    let mut per_node = [0; 3];
+    for conn in 1..1000 {
+        per_node[node_of(conn, 1, 3)] += 1;
+    }
+    assert_eq!(per_node, [333, 333, 333]);
+    // Several senders all on the first; one relay takes everything.
+    assert!((0..4).all(|conn| node_of(conn, 4, 3) == 0));
+    assert!((0..10).all(|conn| node_of(conn, 1, 1) == 0));
+}
+
+#[tokio::test]
+async fn spread_needs_external_relays_and_a_pid_per_relay() {
+    for bad in ["--spread --in-process", "--server-pid 1,2"] {
+        let argv = std::iter::once("bench").chain(bad.split_whitespace());
+        let args = Cli::try_parse_from(argv).expect("options parse").args;
+        assert!(validate(&args).is_err(), "{bad} was accepted");
+    }
+    let argv = ["bench", "--spread", "--server-pid", "1,2,3"];
+    let args = Cli::try_parse_from(argv).expect("options parse").args;
+    assert_eq!(args.server_pid, [1, 2, 3]);
+    assert!(validate(&args).is_ok());
+}
