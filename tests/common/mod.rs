@@ -4,6 +4,8 @@
 
 /// Relays as processes in a cluster over a real NATS server (tests/cluster.rs).
 pub mod cluster;
+/// Clients of a cluster room and the server API of a node (tests/cluster_api.rs, tests/cluster_recovery.rs).
+pub mod peers;
 
 use std::future::Future;
 use std::net::SocketAddr;
