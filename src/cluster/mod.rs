@@ -660,9 +660,13 @@ async fn publish_members(
     // This node's stored `Present` records, by (room, user).
     let mut own: HashMap<(String, String), Stored> = HashMap::new();
     // A record older than half the stream's `max_age` is written again, so that a member who
-    // stays for days is still in the stream for nodes that start later.
-    let refresh_after = Duration::from_secs(cluster.config.log_max_age_secs / 2);
-    let mut refresh = tokio::time::interval(refresh_after.clamp(RETRY, Duration::from_secs(3600)));
+    // stays for days is still in the stream for nodes that start later. Looked at every
+    // eighth of `max_age`, so a record is written again well before it expires (JetStream
+    // would then refuse the renewal, which expects it).
+    let max_age = Duration::from_secs(cluster.config.log_max_age_secs);
+    let refresh_after = max_age / 2;
+    let mut refresh =
+        tokio::time::interval((max_age / 8).clamp(RETRY / 2, Duration::from_secs(3600)));
     refresh.tick().await;
     loop {
         let op = tokio::select! {
