@@ -159,7 +159,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // down" line without closing its clients.
         .log_internal_errors(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // async-nats logs each retry to reach NATS at info: the relay says it once.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .init();
     let mut config = match &args.config {

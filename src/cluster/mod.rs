@@ -33,11 +33,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{ErrorCode, User, decode_body, encode_body};
+use crate::server::Shared;
 use crate::server::config::{ClusterConfig, ClusterStorage};
 use crate::server::now_ms;
 use crate::server::room::{room_unavailable, valid_entry, valid_record};
 use crate::server::stats::Counters;
-use crate::server::{Shared, Stats};
 use wire::{AbsentReason, Alive, LinkedBarrage, LogBody, LogEntry, MemberRecord, Subjects};
 
 /// A refusal: code and detail.
@@ -392,6 +392,7 @@ pub(crate) async fn run(
     let _ = shutdown.changed().await;
     // Members' `Absent` records were queued by the shutdown's leaves: give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    say(&cluster, &link, true).await;
     for task in tasks {
         task.abort();
     }
@@ -425,21 +426,30 @@ async fn try_connect(cluster: &Cluster) -> Result<Link, String> {
         .map_err(|e| format!("cluster.nats: {e}"))?;
     let node = config.node.clone();
     let connects = cluster.connects.clone();
+    let urls = config.nats.clone();
+    let failing = Arc::new(AtomicBool::new(false));
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("qrelay {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .require_tls(config.require_tls)
         .event_callback(move |event| {
-            let (node, connects) = (node.clone(), connects.clone());
+            let (node, connects, urls) = (node.clone(), connects.clone(), urls.clone());
+            let failing = failing.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         info!(%node, "NATS connected");
+                        failing.store(false, Ordering::Relaxed);
                         connects.notify_one();
                     }
                     async_nats::Event::Disconnected => {
                         warn!(%node, "NATS disconnected: cluster sends are refused until it is back")
+                    }
+                    // The first failure to reach NATS is said with its address; the retries
+                    // that follow (every few hundred ms) only at debug.
+                    async_nats::Event::ClientError(e) if !failing.swap(true, Ordering::Relaxed) => {
+                        warn!(%node, nats = %urls, error = %e, "cannot reach NATS: trying again (RUST_LOG=async_nats=debug says more)")
                     }
                     other => debug!(%node, event = %other, "NATS event"),
                 }
@@ -463,6 +473,10 @@ async fn try_connect(cluster: &Cluster) -> Result<Link, String> {
     loop {
         match ensure_stream(cluster, &js).await {
             Ok(()) => break,
+            Err(e) if client.connection_state() != async_nats::connection::State::Connected => {
+                debug!(error = %e, "NATS not reached yet: the stream is made once it is");
+                tokio::time::sleep(RETRY * 4).await;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot create the cluster's JetStream stream (is JetStream on: nats-server -js?): trying again");
                 tokio::time::sleep(RETRY * 4).await;
@@ -505,7 +519,6 @@ async fn read_stream(shared: Arc<Shared>, cluster: Arc<Cluster>, link: Link) {
             Ok(()) => return,
             Err(e) => {
                 cluster.ready.store(false, Ordering::Relaxed);
-                shared.counters.cluster_ready.store(0, Ordering::Relaxed);
                 warn!(error = %e, next, "reading the cluster's stream stopped: starting again");
                 // Never in a tight loop (JetStream may still be starting after a restart).
                 let pause = if cluster.connected() { RETRY / 5 } else { RETRY };
@@ -557,7 +570,7 @@ async fn read_from(
         .map_err(|e| e.to_string())?;
     let caught_up = consumer.cached_info().num_pending == 0;
     if caught_up {
-        set_ready(shared, cluster);
+        set_ready(cluster);
     }
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     loop {
@@ -577,17 +590,16 @@ async fn read_from(
         *next = seq + 1;
         apply(shared, cluster, &message.subject, seq, &message.payload);
         if pending == 0 && !cluster.ready.load(Ordering::Relaxed) {
-            set_ready(shared, cluster);
+            set_ready(cluster);
         }
     }
     Err("the stream's consumer ended".into())
 }
 
-fn set_ready(shared: &Shared, cluster: &Cluster) {
+fn set_ready(cluster: &Cluster) {
     if !cluster.ready.swap(true, Ordering::Relaxed) {
         info!(node = %cluster.config.node, "caught up with the cluster: serving cluster rooms");
     }
-    shared.counters.cluster_ready.store(1, Ordering::Relaxed);
 }
 
 /// Applies one message of the stream to the rooms.
@@ -628,18 +640,23 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
     if !valid_entry(&room, &entry) {
         return malformed();
     }
-    let reason = match &entry.body {
-        LogBody::Closed { reason } => reason.to_owned(),
-        _ => "the room was started anew in the cluster".to_owned(),
-    };
-    let starts = matches!(entry.body, LogBody::Opened | LogBody::Closed { .. });
+    if let LogBody::Closed { reason } = &entry.body {
+        // Closed everywhere at once, as on a single relay; the next login (or entry) makes the
+        // new incarnation here.
+        if shared.router.room(&room).is_some_and(|held| held.epoch != entry.epoch) {
+            shared.router.close_room(shared, &room, reason);
+        }
+        return;
+    }
+    let reason = "the room was started anew in the cluster";
+    let starts = matches!(entry.body, LogBody::Opened);
     for _ in 0..2 {
         let held = match shared.router.room(&room) {
             // Only an entry that opens or closes the log starts a new incarnation: an entry
             // of another (an older one's, written after a close) is dropped.
             Some(held) if held.epoch != entry.epoch && !starts => return malformed(),
             Some(held) if held.epoch == entry.epoch => held,
-            _ => shared.router.room_for_log(shared, &room, entry.epoch, &reason),
+            _ => shared.router.room_for_log(shared, &room, entry.epoch, reason),
         };
         // Twice at most: the room may be swept between the lookup and the apply.
         if held.apply_log(shared, seq, entry.clone()) {
@@ -830,12 +847,19 @@ async fn say_alive(cluster: Arc<Cluster>, link: Link) {
         tokio::time::interval(Duration::from_millis(cluster.config.node_timeout_ms / 3));
     loop {
         every.tick().await;
-        let alive = Alive {
-            node: cluster.incarnation,
-            name: cluster.config.node.clone(),
-            ready: cluster.available(),
-        };
-        let Ok(payload) = encode_body(&alive) else { return };
+        say(&cluster, &link, false).await;
+    }
+}
+
+/// Publishes this node's liveness message (`leaving` when it shuts down).
+async fn say(cluster: &Cluster, link: &Link, leaving: bool) {
+    let alive = Alive {
+        node: cluster.incarnation,
+        name: cluster.config.node.clone(),
+        ready: cluster.available(),
+        leaving,
+    };
+    if let Ok(payload) = encode_body(&alive) {
         let _ = link.client.publish(cluster.subjects.alive(), payload).await;
     }
 }
@@ -863,9 +887,19 @@ async fn hear_alive(cluster: Arc<Cluster>, link: Link, nodes: Arc<Mutex<Nodes>>)
     while let Some(message) = subscription.next().await {
         let Ok(alive) = decode_body::<Alive>(&message.payload) else { continue };
         let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if alive.leaving {
+            if nodes.seen.remove(&alive.node).is_some() {
+                info!(node = %alive.name, incarnation = alive.node, "node left the cluster (shut down)");
+            }
+            continue;
+        }
         let heard = Heard { name: alive.name.clone(), at: Instant::now(), ready: alive.ready };
         if nodes.seen.insert(alive.node, heard).is_none() && alive.node != cluster.incarnation {
-            info!(node = %alive.name, incarnation = alive.node, "node joined the cluster");
+            if alive.name == cluster.config.node {
+                warn!(node = %alive.name, incarnation = alive.node, "another relay uses this node's name: give each node its own (--node)");
+            } else {
+                info!(node = %alive.name, incarnation = alive.node, "node joined the cluster");
+            }
         }
     }
 }
@@ -960,18 +994,4 @@ async fn renew_logs(shared: &Arc<Shared>, cluster: &Cluster, last: &mut Instant)
             debug!(room = %room.name, "room log written again");
         }
     }
-}
-
-/// The cluster's share of a relay's counters, for logs.
-pub fn summary(stats: &Stats) -> String {
-    format!(
-        "cluster: ready={} entries={} conflicts={} records={} applied={} malformed={} nodes_lost={}",
-        stats.cluster_ready,
-        stats.cluster_log_entries,
-        stats.cluster_publish_conflicts,
-        stats.cluster_member_records,
-        stats.cluster_applied,
-        stats.cluster_malformed,
-        stats.cluster_nodes_lost
-    )
 }

@@ -203,6 +203,8 @@ pub struct Alive {
     /// Whether it is connected and caught up with the stream (only such a node judges which
     /// nodes are lost).
     pub ready: bool,
+    /// It is shutting down (its members' records say they left): not lost, gone.
+    pub leaving: bool,
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 37] {
 }
 
 /// Gauges: (name without prefix, help, value).
-fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
+fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
     [
         ("connections", "Connections open now (handshakes included).", s.connections_open),
         ("handshakes", "Handshakes in progress now.", s.handshakes_in_progress),
@@ -177,11 +177,6 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
         ("lane_bytes", "Bytes queued in all room lanes now.", s.lane_bytes),
         ("rooms", "Rooms now (rooms kept for their history included).", s.rooms_open),
         ("history_bytes", "Bytes of broadcast history held now.", s.history_bytes),
-        (
-            "cluster_ready",
-            "1 when this node is connected to NATS and caught up with the cluster (cluster).",
-            s.cluster_ready,
-        ),
     ]
 }
 
@@ -197,6 +192,15 @@ impl Collector for Relay {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value as i64).encode(metric)?;
         }
+        // Read now, not counted: NATS may have gone since the last event.
+        let ready = shared.cluster.as_ref().is_some_and(|cluster| cluster.available());
+        let metric = encoder.encode_descriptor(
+            "cluster_ready",
+            "1 when this node is connected to NATS and caught up with the cluster (cluster).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(ready)).encode(metric)?;
         let members: usize = shared.router.rooms().iter().map(|room| room.member_count()).sum();
         let metric = encoder.encode_descriptor(
             "members",

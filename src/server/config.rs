@@ -264,6 +264,11 @@ impl ClusterConfig {
         if self.nats.split(',').any(|url| url.trim().is_empty()) {
             return Err("cluster.nats must list one or more NATS URLs, comma-separated".into());
         }
+        for url in self.nats.split(',').map(str::trim) {
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                format!("cluster.nats: {url:?} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT): {e}")
+            })?;
+        }
         if !(500..=60_000).contains(&self.node_timeout_ms) {
             return Err("cluster.node_timeout_ms must be 500 to 60000".into());
         }

@@ -135,9 +135,6 @@ stats! {
     cluster_barrage_unsent,
     /// Cluster: nodes counted as lost (not heard from for `node_timeout_ms`).
     cluster_nodes_lost,
-    /// Cluster: whether this node is connected to NATS and caught up with the stream (1) or
-    /// not (0) now.
-    cluster_ready,
 }
 
 /// Lets at most [`Throttle::PER_MINUTE`] log lines of one kind through per minute and counts

@@ -257,7 +257,9 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         Some(relay) => relay.os_thread_id().map(CpuSource::Thread).into_iter().collect(),
         None => pids.iter().map(|&pid| CpuSource::Process(pid)).collect(),
     };
-    let cpu_times = || cpus.iter().map(CpuSource::cpu_time).collect::<Option<Vec<_>>>();
+    // None when nothing is measured (no --server-pid), not an empty sum of zero.
+    let cpu_times =
+        || (!cpus.is_empty()).then(|| cpus.iter().map(CpuSource::cpu_time).collect()).flatten();
     let total = |times: &Option<Vec<Duration>>| times.as_ref().map(|t| t.iter().sum::<Duration>());
     let measured = match (&relay, pids.as_slice()) {
         (Some(_), _) => "in-process relay thread".to_string(),

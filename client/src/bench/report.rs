@@ -467,7 +467,8 @@ impl Report {
                 opt(s.cpu_per_delivery_us, |v| format!("{v:.3} µs")),
             );
         }
-        for node in &self.nodes {
+        // One line per relay when the run used several (--spread); one relay is said above.
+        for node in self.nodes.iter().filter(|_| self.nodes.len() > 1) {
             let _ = writeln!(
                 out,
                 "node {}{}: {} senders, {} receivers, {} deliveries, cpu {}, {} per delivery",
