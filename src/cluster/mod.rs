@@ -78,6 +78,8 @@ pub struct Cluster {
     publish_timeout: Duration,
     /// The relay's `history_size`: how many entries each room log keeps (plus some).
     history_size: usize,
+    /// This node judges lost nodes now (and so writes quiet rooms' logs again).
+    judge: AtomicBool,
     /// Told each time NATS (re)connects: a restarted NATS server has forgotten this node's
     /// consumer, which is then made anew at once instead of after missed heartbeats.
     connects: Arc<tokio::sync::Notify>,
@@ -131,6 +133,7 @@ impl Cluster {
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             history_size,
             connects: Arc::new(tokio::sync::Notify::new()),
+            judge: AtomicBool::new(false),
             config,
         })
     }
@@ -298,6 +301,22 @@ impl Cluster {
         }
     }
 
+    /// The sequence of the last message on `subject` of the stream, if it has one.
+    async fn last_seq(&self, link: &Link, subject: &str) -> Result<Option<u64>, String> {
+        let asked = async {
+            let stream =
+                link.js.get_stream(self.subjects.stream()).await.map_err(|e| e.to_string())?;
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(message) => Ok(Some(message.sequence)),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        tokio::time::timeout(self.publish_timeout, asked)
+            .await
+            .map_err(|_| "NATS did not answer in time".to_string())?
+    }
+
     /// The last entry of the log of `room` and its sequence, if the log has one.
     pub async fn last_log(&self, room: &str) -> Result<Option<(u64, LogEntry)>, Refusal> {
         let unavailable = |detail: String| {
@@ -385,11 +404,14 @@ pub(crate) async fn run(
         )),
         tokio::spawn(send_barrage(cluster.clone(), link.clone(), queues.barrage)),
         tokio::spawn(receive_barrage(shared.clone(), cluster.clone(), link.clone())),
-        tokio::spawn(say_alive(cluster.clone(), link.clone())),
         tokio::spawn(hear_alive(cluster.clone(), link.clone(), nodes.clone())),
         tokio::spawn(find_lost(shared.clone(), cluster.clone(), nodes)),
+        tokio::spawn(renew_logs(shared.clone(), cluster.clone())),
     ];
+    let alive = tokio::spawn(say_alive(cluster.clone(), link.clone()));
     let _ = shutdown.changed().await;
+    // No liveness message may follow the one that says this node leaves.
+    alive.abort();
     // Members' `Absent` records were queued by the shutdown's leaves: give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     say(&cluster, &link, true).await;
@@ -512,10 +534,12 @@ async fn ensure_stream(cluster: &Cluster, js: &jetstream::Context) -> Result<(),
 /// fails.
 async fn read_stream(shared: Arc<Shared>, cluster: Arc<Cluster>, link: Link) {
     let mut next = 1u64;
+    // When the stream was made: another time means NATS made it anew.
+    let mut created = None;
     // The first connection's notice: this reader starts after it.
     let _ = tokio::time::timeout(Duration::from_millis(10), cluster.connects.notified()).await;
     loop {
-        match read_from(&shared, &cluster, &link, &mut next).await {
+        match read_from(&shared, &cluster, &link, &mut next, &mut created).await {
             Ok(()) => return,
             Err(e) => {
                 cluster.ready.store(false, Ordering::Relaxed);
@@ -533,6 +557,7 @@ async fn read_from(
     cluster: &Arc<Cluster>,
     link: &Link,
     next: &mut u64,
+    created: &mut Option<time::OffsetDateTime>,
 ) -> Result<(), String> {
     let name = cluster.subjects.stream();
     let stream = match link.js.get_stream(&name).await {
@@ -544,16 +569,21 @@ async fn read_from(
             link.js.get_stream(&name).await.map_err(|e| e.to_string())?
         }
     };
-    let last = stream.cached_info().state.last_sequence;
-    if *next > last + 1 {
-        // Its sequence went back: the stream was made anew and holds none of what this node
-        // read. Read it from its start, and record this node's members in it again.
+    let info = stream.cached_info();
+    let last = info.state.last_sequence;
+    let made_anew = created.is_some_and(|at| at != info.created) || *next > last + 1;
+    *created = Some(info.created);
+    if made_anew {
+        // The stream holds none of what this node read: forget the sequences learnt from it,
+        // read it from its start, and record this node's members in it again (the judge
+        // writes the rooms' logs again soon).
         warn!(
             next,
             last, "the cluster's stream was made anew: reading it again, recording members again"
         );
         *next = 1;
         for room in shared.router.rooms() {
+            room.stream_lost();
             for (user, session) in room.local_members() {
                 cluster.member_present(&room.name, room.epoch, &user, session);
             }
@@ -620,7 +650,13 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
                     let held = match shared.router.room(&room) {
                         Some(held) if held.epoch != *epoch => return,
                         Some(held) => held,
-                        None => shared.router.room_for_log(shared, &room, *epoch, ""),
+                        None => {
+                            match shared.router.room_for_log(shared, &room, *epoch, "", false) {
+                                Some(held) => held,
+                                // A record of an incarnation the server API closed since.
+                                None => return,
+                            }
+                        }
                     };
                     if held.apply_member(shared, seq, &user, record.clone(), cluster.incarnation) {
                         return;
@@ -643,9 +679,7 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
     if let LogBody::Closed { reason } = &entry.body {
         // Closed everywhere at once, as on a single relay; the next login (or entry) makes the
         // new incarnation here.
-        if shared.router.room(&room).is_some_and(|held| held.epoch != entry.epoch) {
-            shared.router.close_room(shared, &room, reason);
-        }
+        shared.router.restarted_in_cluster(shared, &room, entry.epoch, reason);
         return;
     }
     let reason = "the room was started anew in the cluster";
@@ -656,7 +690,10 @@ fn apply(shared: &Arc<Shared>, cluster: &Cluster, subject: &str, seq: u64, paylo
             // of another (an older one's, written after a close) is dropped.
             Some(held) if held.epoch != entry.epoch && !starts => return malformed(),
             Some(held) if held.epoch == entry.epoch => held,
-            _ => shared.router.room_for_log(shared, &room, entry.epoch, reason),
+            _ => match shared.router.room_for_log(shared, &room, entry.epoch, reason, starts) {
+                Some(held) => held,
+                None => return malformed(),
+            },
         };
         // Twice at most: the room may be swept between the lookup and the apply.
         if held.apply_log(shared, seq, entry.clone()) {
@@ -762,6 +799,7 @@ async fn store_member(
             }
         };
         let Ok(payload) = encode_body(&record) else { return };
+        let mut expected = expected;
         loop {
             match cluster.publish(link, subject.clone(), payload.clone(), expected).await {
                 Ok(seq) => {
@@ -775,9 +813,22 @@ async fn store_member(
                     }
                     break;
                 }
-                // A newer record holds: this one has nothing left to say.
                 Err(PublishError::WrongLastSequence) => {
-                    if let MemberRecord::Present { session, .. } = record {
+                    let MemberRecord::Present { session, .. } = record else { break };
+                    // A renewal whose record expired meanwhile (NATS was away): the subject
+                    // is empty, and the member is written again.
+                    if expected != Some(0)
+                        && let Ok(None) = cluster.last_seq(link, &subject).await
+                    {
+                        expected = Some(0);
+                        continue;
+                    }
+                    // A newer record holds: this one has nothing left to say, and the
+                    // member here gives way to it (unless a newer login here was stored since).
+                    let newer_here = own.get(&key).is_some_and(|stored| {
+                        stored.session != session || Some(stored.seq) > expected
+                    });
+                    if !newer_here {
                         own.remove(&key);
                         if let Some(room) = shared.router.room(&key.0) {
                             room.record_refused(shared, &key.1, session);
@@ -913,11 +964,11 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
     let mut every = tokio::time::interval(timeout / 3);
     let mut connected_since: Option<Instant> = None;
     let mut requested: HashSet<(String, String, u64)> = HashSet::new();
-    let mut last_renewal = Instant::now();
     loop {
         every.tick().await;
         if !cluster.available() {
             connected_since = None;
+            cluster.judge.store(false, Ordering::Relaxed);
             continue;
         }
         let since = *connected_since.get_or_insert_with(Instant::now);
@@ -946,10 +997,10 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
                 .min();
             (live, judge)
         };
+        cluster.judge.store(judge == Some(cluster.incarnation), Ordering::Relaxed);
         if judge != Some(cluster.incarnation) {
             continue;
         }
-        renew_logs(&shared, &cluster, &mut last_renewal).await;
         for room in shared.router.rooms() {
             for (user, session, seq, node) in room.remote_members() {
                 if live.contains(&node) || !requested.insert((room.name.clone(), user.clone(), seq))
@@ -972,15 +1023,22 @@ async fn find_lost(shared: Arc<Shared>, cluster: Arc<Cluster>, nodes: Arc<Mutex<
     }
 }
 
-/// Writes again the logs of rooms with members whose last entry is older than half the
-/// stream's `max_age` (looked at most once a minute), so that a quiet room keeps its IDs and
-/// epoch.
-async fn renew_logs(shared: &Arc<Shared>, cluster: &Cluster, last: &mut Instant) {
+/// On the judge, writes again the logs of rooms with members whose last entry is older than
+/// half the stream's `max_age` (looked at every eighth of it, at most every minute), so that a
+/// quiet room keeps its IDs and epoch. A task of its own: the judging of lost nodes never
+/// waits for it.
+async fn renew_logs(shared: Arc<Shared>, cluster: Arc<Cluster>) {
     let max_age = Duration::from_secs(cluster.config.log_max_age_secs);
-    if last.elapsed() < (max_age / 4).min(Duration::from_secs(60)) {
-        return;
+    let mut every = tokio::time::interval((max_age / 8).clamp(RETRY / 2, Duration::from_secs(60)));
+    loop {
+        every.tick().await;
+        if cluster.judge.load(Ordering::Relaxed) && cluster.available() {
+            renew_old_logs(&shared, &cluster, max_age).await;
+        }
     }
-    *last = Instant::now();
+}
+
+async fn renew_old_logs(shared: &Shared, cluster: &Cluster, max_age: Duration) {
     let old_ms = now_ms().saturating_sub(max_age.as_millis() as u64 / 2);
     for room in shared.router.rooms() {
         let (at_ms, members) = room.log_age();

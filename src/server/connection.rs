@@ -141,7 +141,7 @@ struct ConnState {
     pending: tokio::task::JoinSet<Completion>,
     /// Of `pending`, the logins (they count against `max_rooms_per_connection`).
     pending_logins: usize,
-    /// How often the claims changed (a login that waited must not undo a renewal).
+    /// How many tokens were renewed (a login that waited must not undo a renewal).
     claims_changes: u64,
 }
 
@@ -701,6 +701,7 @@ impl ConnState {
             ));
         }
         self.set_claims(claims);
+        self.claims_changes += 1;
         Ok(Outcome::Done)
     }
 
@@ -812,7 +813,6 @@ impl ConnState {
             .checked_add(Duration::from_secs(until_warning))
             .map(|at| (at, claims.exp));
         self.claims = Some(claims);
-        self.claims_changes += 1;
     }
 
     /// Forgets rooms this connection was replaced in (kicked) or dropped from (too slow).

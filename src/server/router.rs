@@ -38,7 +38,14 @@ struct RouterState {
     /// Each user's allowance of room creations (`room_create_per_user`); entries that are full
     /// again are forgotten by [`Router::sweep`].
     creations: HashMap<String, TokenBucket>,
+    /// Cluster: the epoch each room closed through the server API started (its log's
+    /// `Closed` entry), and when: a room is never made again under an older epoch (a record
+    /// or a login that read the log before the close). Forgotten after a day.
+    restarted: HashMap<String, (u64, Instant)>,
 }
+
+/// How long the router remembers the epoch a cluster close started.
+const RESTART_MEMORY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// A login that got in: its room, its lane's queue and the lane's ID.
 pub type Joined = (Arc<Room>, LaneQueue, u64);
@@ -122,11 +129,12 @@ impl Router {
             }
             !close
         });
-        let RouterState { rooms, emptied, creations, .. } = &mut *state;
+        let RouterState { rooms, emptied, creations, restarted, .. } = &mut *state;
         emptied.retain(|room| {
             rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) && room.is_empty()
         });
         creations.retain(|_, bucket| !bucket.is_full());
+        restarted.retain(|_, (_, at)| at.elapsed() < RESTART_MEMORY);
     }
 
     /// Drops history until the relay holds at most 7/8 of `max_history_bytes` (so that it
@@ -195,17 +203,25 @@ impl Router {
     /// this relay does not hold it (no limit applies: the room exists in the cluster), and
     /// created anew if it holds an earlier incarnation (whose members here leave with
     /// `ROOM_CLOSED`).
+    /// `None` for an epoch older than the room's last restart through the server API (see
+    /// [`Router::restarted_in_cluster`]) unless `opens` (the log starts again under it).
     pub fn room_for_log(
         &self,
         shared: &Arc<Shared>,
         name: &str,
         epoch: u64,
         reason: &str,
-    ) -> Arc<Room> {
+        opens: bool,
+    ) -> Option<Arc<Room>> {
         let mut state = self.lock();
+        if opens {
+            state.restarted.remove(name);
+        } else {
+            Self::current_epoch(&state, name, epoch)?;
+        }
         if let Some(room) = state.rooms.get(name) {
             if room.epoch == epoch {
-                return room.clone();
+                return Some(room.clone());
             }
             let old = room.clone();
             state.rooms.remove(name);
@@ -216,7 +232,7 @@ impl Router {
         let room = Arc::new(Room::new(name.to_owned(), state.last_number, epoch, shared));
         state.rooms.insert(name.to_owned(), room.clone());
         Counters::bump(&shared.counters.rooms_open);
-        room
+        Some(room)
     }
 
     /// Whether `user_id` may create a room now (its creation allowance, `max_rooms`), checked
@@ -235,6 +251,30 @@ impl Router {
             return Err(room_limit(max));
         }
         Ok(())
+    }
+
+    /// Cluster: the room's log says it was closed and restarted with `epoch`. The room held
+    /// here under another epoch is closed (its members here leave with `ROOM_CLOSED` and
+    /// `reason`), one already made under `epoch` (a login that read the log after the close)
+    /// stays; and no record or login may make the room again under an older epoch.
+    pub fn restarted_in_cluster(&self, shared: &Arc<Shared>, name: &str, epoch: u64, reason: &str) {
+        let mut state = self.lock();
+        state.restarted.insert(name.to_owned(), (epoch, Instant::now()));
+        if state.rooms.get(name).is_some_and(|room| room.epoch != epoch)
+            && let Some(room) = state.rooms.remove(name)
+        {
+            room.close_all(shared, reason);
+            closed(shared, &room);
+        }
+    }
+
+    /// Cluster: the epoch the room must have if the log said it restarted, else `epoch`;
+    /// `None` when `epoch` is older than that restart (a stale record or entry).
+    fn current_epoch(state: &RouterState, name: &str, epoch: u64) -> Option<u64> {
+        match state.restarted.get(name) {
+            Some(&(restarted, _)) if restarted != epoch => None,
+            _ => Some(epoch),
+        }
     }
 
     fn room_or_create(
@@ -265,7 +305,12 @@ impl Router {
             allowance.take();
         }
         state.last_number = state.last_number.wrapping_add(1).max(1);
-        let epoch = epoch.unwrap_or_else(rand::random);
+        // A login that read the room's epoch before a close joins the room the close started.
+        let epoch = match (epoch, state.restarted.get(name)) {
+            (Some(_), Some(&(restarted, _))) => restarted,
+            (Some(epoch), None) => epoch,
+            (None, _) => rand::random(),
+        };
         let room = Arc::new(Room::new(name.to_owned(), state.last_number, epoch, shared));
         state.rooms.insert(name.to_owned(), room.clone());
         Counters::bump(&shared.counters.rooms_open);

@@ -302,9 +302,14 @@ impl Room {
                 if !same {
                     return true;
                 }
-                if reason != AbsentReason::Kicked
-                    && let Link::Local { record, .. } = &mut entry.link
+                if let Link::Local { record, .. } = &mut entry.link
+                    && reason != AbsentReason::Kicked
                 {
+                    if reason != AbsentReason::NodeLost {
+                        // This node's own `Left` of an earlier login on this session (logged
+                        // out and in again before reading it back): the login is newer.
+                        return true;
+                    }
                     // The others counted this node lost while it was cut off from NATS, and
                     // told the room this member left. It never did (its lane got every entry
                     // once the stream was read again): say it is here again.
@@ -436,6 +441,20 @@ impl Room {
             body: LogBody::Opened,
         };
         (entry, end.seq)
+    }
+
+    /// The cluster's stream was made anew (NATS lost it): the sequences learnt from the old
+    /// one mean nothing now. The log counts as old (the judge writes it again soon).
+    pub(crate) fn stream_lost(&self) {
+        let mut state = self.lock();
+        state.log_seq = 0;
+        state.log_at_ms = state.log_at_ms.min(1);
+        for member in state.members.values_mut() {
+            match &mut member.link {
+                Link::Remote { seq, .. } => *seq = 0,
+                Link::Local { record, .. } => *record = OwnRecord::default(),
+            }
+        }
     }
 
     /// The members connected here: user and session.
