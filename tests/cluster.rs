@@ -757,3 +757,19 @@ async fn rooms_stay_apart_and_tokens_hold_on_every_node() {
         client.close().await;
     }
 }
+
+#[tokio::test]
+async fn logins_in_flight_with_different_tokens_each_keep_their_own_grant() {
+    let cluster = Cluster::start(2).await;
+    // Rooms node0 does not hold yet: each login waits for the room's log.
+    let (erin, _events) =
+        within(Client::connect(cluster.config(&[0], "erin"))).await.expect("connect");
+    let (for_x, for_y) = (cluster.token_for("erin", &["x"]), cluster.token_for("erin", &["y"]));
+    let (x, y) = tokio::join!(erin.login_room("x", &for_x), erin.login_room("y", &for_y));
+    x.expect("room x with the token for x");
+    y.expect("room y with the token for y");
+    let mut rooms = erin.rooms();
+    rooms.sort();
+    assert_eq!(rooms, ["x", "y"]);
+    erin.close().await;
+}

@@ -510,3 +510,67 @@ async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_ses
     }
     dave_new.client.close().await;
 }
+
+/// The room is closed through the API while a node that has a member in it is cut off from
+/// NATS (and counted lost). When the node is back, its member's lane closes with
+/// `ROOM_CLOSED` like everyone's, and nothing the node says for that member (it records it
+/// present again after being counted lost) brings the old incarnation back: the new room's
+/// members are never closed, and its IDs go on from 1 on both nodes.
+#[tokio::test]
+async fn a_room_closed_while_a_node_is_cut_off_does_not_come_back_with_that_node() {
+    let proxy = NatsProxy::start();
+    let cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {
+        if k == 1 { proxy.url_to(nats) } else { nats.url() }
+    })
+    .await;
+    let mut peers = Vec::new();
+    for (k, user) in [(0, "alice"), (1, "dave")] {
+        peers.push(Peer::join(&cluster, k, user).await);
+    }
+    all_see_each_other(&mut peers).await;
+    let [alice, dave] = &mut peers[..] else { unreachable!() };
+
+    proxy.cut();
+    alice
+        .until_within(NODE_LOSS_NOTICED, "the cut node's member leaving", |seen| {
+            seen.members.is_empty()
+        })
+        .await;
+    let api = Api::of(&cluster, 0);
+    let closed = api.send(reqwest::Method::DELETE, &format!("/v1/rooms/{ROOM}"), None).await;
+    assert_eq!(closed.status, 200, "{:?}", closed.body);
+    alice.until("the close", |seen| !seen.closed.is_empty()).await;
+    assert_eq!(alice.seen.closed[0].0, ErrorCode::ROOM_CLOSED);
+
+    proxy.restore();
+    // The cut node reads the close: its member's lane closes too.
+    dave.until_within(NATS_BACK, "the close on the cut node", |seen| !seen.closed.is_empty()).await;
+    assert_eq!(dave.seen.closed[0].0, ErrorCode::ROOM_CLOSED, "{:?}", dave.seen.closed);
+    // What the cut node said for dave meanwhile (it records him present again after being
+    // counted lost) gets a moment to reach node0.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new incarnation, on node0: no room was made again there under the old epoch (a
+    // send into one would be refused, the log being the new incarnation's).
+    let mut erin = Peer::join(&cluster, 0, "erin").await;
+    assert_eq!(erin.broadcast("new room 1").await.expect("erin's first"), 1);
+    // A member of the new room on the node that was cut off: the same incarnation.
+    let mut frank = Peer::join(&cluster, 1, "frank").await;
+    erin.until("frank", |seen| seen.members.contains("frank")).await;
+    assert_eq!(frank.broadcast("new room 2").await.expect("frank's"), 2);
+    assert_eq!(erin.broadcast("new room 3").await.expect("erin's second"), 3);
+    frank.until("erin's second", |seen| seen.has_broadcast(3)).await;
+    erin.until("frank's", |seen| seen.has_broadcast(2)).await;
+    // Whatever the cut node said for dave came and went: both nodes list the new room's
+    // members only, and nobody in it was closed.
+    for k in 0..2 {
+        Api::of(&cluster, k).until_members(&["erin", "frank"], "the new room's members").await;
+    }
+    erin.drain();
+    frank.drain();
+    assert!(erin.seen.closed.is_empty(), "the new room was closed: {:?}", erin.seen.closed);
+    assert!(frank.seen.closed.is_empty(), "the new room was closed: {:?}", frank.seen.closed);
+    assert_eq!(erin.seen.broadcast_ids(), [2], "erin gets frank's broadcast only");
+    for peer in peers.into_iter().chain([erin, frank]) {
+        peer.client.close().await;
+    }
+}
