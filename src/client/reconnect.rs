@@ -304,6 +304,16 @@ async fn restore(
         let outcome = tokio::time::timeout(shared.config.request_timeout, exchange)
             .await
             .unwrap_or(Err(ClientError::Timeout));
+        if let Ok(Outcome::Refused { code: ErrorCode::CLUSTER_UNAVAILABLE, detail }) = &outcome {
+            // A relay of a cluster that cannot reach it now: the rooms stay, and the client
+            // moves on (the next relay of its list, or this one again after the backoff).
+            tracing::info!(room, detail, "the relay cannot reach its cluster: reconnecting");
+            connection.quic.close(
+                crate::protocol::close::NORMAL.into(),
+                b"the relay cannot reach its cluster",
+            );
+            continue;
+        }
         relogged(shared, &room, outcome, events).await;
     }
     Restored::Up(readers)

@@ -49,6 +49,9 @@ const BARRAGE_QUEUE: usize = 4096;
 /// How long to wait before trying NATS again after a failed setup step.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Why the stream's reader starts again after NATS came back (not a fault).
+const RECONNECTED: &str = "NATS connected again";
+
 /// Entries each room log keeps beyond `history_size` (opens, closes, commands).
 const LOG_SLACK: usize = 64;
 
@@ -543,7 +546,14 @@ async fn read_stream(shared: Arc<Shared>, cluster: Arc<Cluster>, link: Link) {
             Ok(()) => return,
             Err(e) => {
                 cluster.ready.store(false, Ordering::Relaxed);
-                warn!(error = %e, next, "reading the cluster's stream stopped: starting again");
+                if cluster.connected() && e.starts_with(RECONNECTED) {
+                    info!(
+                        next,
+                        "NATS is back: reading the cluster's stream on from where this node was"
+                    );
+                } else {
+                    warn!(error = %e, next, "reading the cluster's stream stopped: starting again");
+                }
                 // Never in a tight loop (JetStream may still be starting after a restart).
                 let pause = if cluster.connected() { RETRY / 5 } else { RETRY };
                 tokio::time::sleep(pause).await;
@@ -607,7 +617,7 @@ async fn read_from(
         let message = tokio::select! {
             message = messages.next() => message,
             _ = cluster.connects.notified() => {
-                return Err("NATS connected again: reading on with a new consumer".into());
+                return Err(RECONNECTED.into());
             }
         };
         let Some(message) = message else { break };

@@ -327,10 +327,10 @@ impl Server {
     pub async fn run(self) {
         info!(addr = ?self.local_addr().ok(), endpoints = self.endpoints.len(), "relay listening");
         tokio::spawn(sweep_rooms(self.shared.clone(), self.shutdown.subscribe()));
-        if let Some(cluster) = &self.shared.cluster {
-            let (shared, cluster) = (self.shared.clone(), cluster.clone());
-            tokio::spawn(crate::cluster::run(shared, cluster, self.shutdown.subscribe()));
-        }
+        let cluster = self.shared.cluster.clone().map(|cluster| {
+            let shared = self.shared.clone();
+            tokio::spawn(crate::cluster::run(shared, cluster, self.shutdown.subscribe()))
+        });
         tokio::spawn(log_summaries(self.shared.clone(), self.shutdown.subscribe()));
         if let Some(listener) = self.http {
             tokio::spawn(crate::http::serve(
@@ -359,6 +359,10 @@ impl Server {
         info!("relay stopped accepting");
         for done in threads {
             let _ = done.await;
+        }
+        // The cluster link stores the members' last records and says this node leaves.
+        if let Some(cluster) = cluster {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, cluster).await;
         }
     }
 }
