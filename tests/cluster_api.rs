@@ -574,3 +574,48 @@ async fn a_room_closed_while_a_node_is_cut_off_does_not_come_back_with_that_node
         peer.client.close().await;
     }
 }
+
+/// A client whose relay dies reconnects to the next relay of its list, which is cut off from
+/// NATS and refuses its login with `CLUSTER_UNAVAILABLE`: the client keeps its room and moves
+/// on until a relay logs it in again (here the same one, once NATS is back), instead of
+/// giving the room up.
+#[tokio::test]
+async fn a_client_moves_on_from_a_relay_that_cannot_reach_the_cluster() {
+    let proxy = NatsProxy::start();
+    let mut cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {
+        if k == 1 { proxy.url_to(nats) } else { nats.url() }
+    })
+    .await;
+    let mut config = cluster.config(&[0, 1], "bob");
+    // Notices the killed relay within seconds, not the default 30 s.
+    config.idle_timeout = Duration::from_secs(2);
+    let mut bob = Peer::join_with(&cluster, config).await;
+    let mut alice = Peer::join(&cluster, 1, "alice").await;
+    bob.until("alice", |seen| seen.members.contains("alice")).await;
+    alice.until("bob", |seen| seen.members.contains("bob")).await;
+
+    proxy.cut();
+    cluster.kill(0);
+    // bob's relay is gone; the other one cannot reach NATS: every login there is refused for
+    // a while (its reconnects go back and forth between the two).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bob.drain();
+    assert!(bob.seen.closed.is_empty(), "bob gave up the room: {:?}", bob.seen.closed);
+    proxy.restore();
+    // Logged in again on node1 once it is back with the cluster: alice's broadcast reaches him.
+    let id = tokio::time::timeout(NATS_BACK, async {
+        loop {
+            match alice.broadcast("after the move").await {
+                Ok(id) => return id,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("alice's broadcast accepted once node1 is back");
+    bob.until_within(NATS_BACK, "alice's broadcast", |seen| seen.has_broadcast(id)).await;
+    assert!(bob.seen.closed.is_empty(), "bob gave up the room: {:?}", bob.seen.closed);
+    assert_eq!(bob.client.rooms(), [ROOM]);
+    bob.client.close().await;
+    alice.client.close().await;
+}
