@@ -12,183 +12,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::cluster::{Cluster, Limits};
-use common::{STEP, within};
-use qrelay::client::{Client, ClientError, ConnectionState, Event, Events, ReceivedBarrage};
-use qrelay::protocol::{BroadcastMessage, CommandMessage, ErrorCode, MEMBERS_FROM_START};
-
-const ROOM: &str = "lobby";
-/// The bound of the spec for noticing a lost node (its default `cluster.node_timeout_ms` is
-/// 3 s).
-const NODE_LOSS_NOTICED: Duration = Duration::from_secs(15);
-/// How long service may take to come back after NATS is started again (the spec says about
-/// 10 s).
-const NATS_BACK: Duration = Duration::from_secs(20);
-
-/// Whether `code` is the cluster's `CLUSTER_UNAVAILABLE` (3011).
-fn is_cluster_unavailable(code: ErrorCode) -> bool {
-    code == ErrorCode::CLUSTER_UNAVAILABLE
-}
-
-/// The fields of a `Recovered` event: complete, missed, replayed.
-type Recovery = (bool, Option<(u64, u64)>, u64);
-
-/// Everything one client has received in [`ROOM`], in arrival order.
-#[derive(Debug, Default)]
-struct Seen {
-    /// The room's other members, as the user updates tell.
-    members: BTreeSet<String>,
-    /// Every user ID a `UsersLeft` named.
-    left: Vec<String>,
-    broadcasts: Vec<BroadcastMessage>,
-    commands: Vec<CommandMessage>,
-    barrages: Vec<ReceivedBarrage>,
-    /// Room closures (lane closed by the relay).
-    closed: Vec<ErrorCode>,
-    states: Vec<ConnectionState>,
-    recovered: Vec<Recovery>,
-}
-
-impl Seen {
-    fn add(&mut self, event: Event) {
-        match event {
-            Event::UsersJoined { room, users } => {
-                assert_eq!(room, ROOM);
-                self.members.extend(users.into_iter().map(|u| u.id));
-            }
-            Event::UsersLeft { room, users } => {
-                assert_eq!(room, ROOM);
-                for user in users {
-                    self.members.remove(&user.id);
-                    self.left.push(user.id);
-                }
-            }
-            Event::Broadcasts { room, messages } => {
-                assert_eq!(room, ROOM);
-                self.broadcasts.extend(messages);
-            }
-            Event::Command { room, message } => {
-                assert_eq!(room, ROOM);
-                self.commands.push(message);
-            }
-            Event::Barrages { room, messages } => {
-                assert_eq!(room, ROOM);
-                self.barrages.extend(messages);
-            }
-            Event::RoomClosed { room, code, .. } => {
-                assert_eq!(room, ROOM);
-                self.closed.push(code);
-            }
-            Event::ConnectionState(state) => self.states.push(state),
-            Event::Recovered { room, complete, missed, replayed } => {
-                assert_eq!(room, ROOM);
-                self.recovered.push((complete, missed, replayed));
-            }
-            Event::TokenWillExpire { .. } => {}
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-
-    /// The IDs of the broadcasts received, in arrival order.
-    fn broadcast_ids(&self) -> Vec<u64> {
-        self.broadcasts.iter().map(|m| m.id).collect()
-    }
-
-    /// The broadcasts received as (ID, sender, payload), in arrival order.
-    fn broadcast_list(&self) -> Vec<(u64, String, String)> {
-        self.broadcasts.iter().map(|m| (m.id, m.from.id.clone(), text(&m.payload))).collect()
-    }
-}
-
-fn text(payload: &Bytes) -> String {
-    String::from_utf8_lossy(payload).into_owned()
-}
-
-/// A client in [`ROOM`] and what it has received.
-struct Peer {
-    name: String,
-    client: Client,
-    events: Events,
-    seen: Seen,
-}
-
-impl Peer {
-    /// `user` on node `k` alone.
-    async fn join(cluster: &Cluster, k: usize, user: &str) -> Peer {
-        let (client, events) = cluster.client(k, user, &[ROOM]).await;
-        Peer { name: user.into(), client, events, seen: Seen::default() }
-    }
-
-    /// `user` with the client configuration `config`.
-    async fn join_with(cluster: &Cluster, config: qrelay::client::ClientConfig) -> Peer {
-        let name = config.user.id.clone();
-        let (client, events) = cluster.connect(config, &[ROOM]).await;
-        Peer { name, client, events, seen: Seen::default() }
-    }
-
-    /// Takes events until `done` holds for what was received, failing after `limit`.
-    async fn until_within(&mut self, limit: Duration, what: &str, done: impl Fn(&Seen) -> bool) {
-        let Peer { name, events, seen, .. } = self;
-        let waited = tokio::time::timeout(limit, async {
-            while !done(seen) {
-                match events.next().await {
-                    Some(event) => seen.add(event),
-                    None => panic!("{name}: the client ended while waiting for {what}"),
-                }
-            }
-        })
-        .await;
-        if waited.is_err() {
-            panic!("{name}: no {what} within {limit:?}; received so far: {seen:#?}");
-        }
-    }
-
-    /// [`Peer::until_within`] one test step.
-    async fn until(&mut self, what: &str, done: impl Fn(&Seen) -> bool) {
-        self.until_within(STEP, what, done).await;
-    }
-
-    /// Takes the events already queued, without waiting.
-    fn drain(&mut self) {
-        while let Some(event) = self.events.try_next() {
-            self.seen.add(event);
-        }
-    }
-
-    async fn broadcast(&self, payload: &str) -> Result<u64, ClientError> {
-        within(self.client.send_broadcast_message(ROOM, payload.to_owned())).await
-    }
-
-    async fn command(&self, payload: &str, to: &[&str]) -> Result<u64, ClientError> {
-        within(self.client.send_custom_command(ROOM, payload.to_owned(), to)).await
-    }
-
-    /// The user IDs of the room's member list as this client's node gives it (all pages).
-    async fn fetch_member_ids(&self) -> (u32, BTreeSet<String>) {
-        let mut ids = BTreeSet::new();
-        let mut cursor = MEMBERS_FROM_START;
-        loop {
-            let page = within(self.client.fetch_members(ROOM, cursor, 0)).await.expect("members");
-            ids.extend(page.members.into_iter().map(|m| m.user.id));
-            if page.next == MEMBERS_FROM_START {
-                return (page.count, ids);
-            }
-            cursor = page.next;
-        }
-    }
-}
-
-/// Waits until every peer lists every other peer as a member: from then on, what one sends
-/// reaches all the others.
-async fn all_see_each_other(peers: &mut [Peer]) {
-    let names: BTreeSet<String> = peers.iter().map(|p| p.name.clone()).collect();
-    for peer in peers.iter_mut() {
-        let mut others = names.clone();
-        others.remove(&peer.name);
-        peer.until("the other members", |seen| seen.members == others).await;
-    }
-}
+use common::peers::{
+    NODE_LOSS_NOTICED, Peer, ROOM, all_see_each_other, is_cluster_unavailable, text,
+};
+use common::within;
+use qrelay::client::{Client, ClientError, ConnectionState, Event};
+use qrelay::protocol::ErrorCode;
 
 /// What `peer` must have received of `sent` (ID → sender, payload): everything it did not
 /// send itself, in ID order.
@@ -412,7 +242,8 @@ async fn member_lists_are_room_wide_and_a_login_on_another_node_replaces_the_ses
     // bob logs in again on node0: his session on node1 is replaced.
     let mut bob_again = Peer::join(&cluster, 0, "bob").await;
     bob.until("his room closed", |seen| !seen.closed.is_empty()).await;
-    assert_eq!(bob.seen.closed, [ErrorCode::KICKED_LOGGED_IN_ELSEWHERE]);
+    let codes: Vec<ErrorCode> = bob.seen.closed.iter().map(|(code, _)| *code).collect();
+    assert_eq!(codes, [ErrorCode::KICKED_LOGGED_IN_ELSEWHERE]);
     assert!(bob.client.rooms().is_empty(), "{:?}", bob.client.rooms());
     bob_again.until("alice", |seen| seen.members == only(&["alice"])).await;
     // What bob sends now comes after his new session's join in the room's order: alice then
@@ -624,19 +455,8 @@ async fn without_nats_the_cluster_refuses_what_needs_it_and_resumes_when_nats_is
 
     cluster.nats.resume().await;
     // Service resumes by itself: the same clients, on the same connections.
-    let id = tokio::time::timeout(NATS_BACK, async {
-        loop {
-            match alice.broadcast("NATS is back").await {
-                Ok(id) => return id,
-                Err(ClientError::Refused { code, .. }) if is_cluster_unavailable(code) => {}
-                Err(ClientError::Timeout) => ambiguous = true,
-                Err(other) => panic!("the broadcast failed otherwise: {other}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no broadcast accepted within {NATS_BACK:?} of NATS' return"));
+    let (id, unsure) = alice.broadcast_when_back("NATS is back", "NATS' return").await;
+    ambiguous |= unsure;
     bob.until("the broadcast after NATS' return", |seen| {
         seen.broadcasts.iter().any(|m| m.id == id)
     })

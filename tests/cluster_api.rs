@@ -315,19 +315,8 @@ async fn a_node_cut_off_from_nats_alone_is_lost_then_its_members_come_back_with_
         .await;
     }
     // Its sends go through again.
-    let id = tokio::time::timeout(NATS_BACK, async {
-        loop {
-            match carol.broadcast("carol after").await {
-                Ok(id) => return id,
-                Err(ClientError::Refused { code, .. }) if is_cluster_unavailable(code) => {}
-                Err(ClientError::Timeout) => ambiguous = true,
-                Err(other) => panic!("the broadcast failed otherwise: {other}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no broadcast accepted within {NATS_BACK:?} of the restore"));
+    let (id, unsure) = carol.broadcast_when_back("carol after", "the restore").await;
+    ambiguous |= unsure;
     sent.insert(id, ("carol".into(), "carol after".into()));
     eprintln!("broadcasts whose senders got an ID: {sent:?}; any ambiguous: {ambiguous}");
     let last = *sent.keys().last().unwrap();
@@ -452,10 +441,7 @@ async fn a_node_restarted_under_the_same_name_serves_again_and_its_old_members_a
 #[tokio::test]
 async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_session() {
     let proxy = NatsProxy::start();
-    let cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {
-        if k == 1 { proxy.url_to(nats) } else { nats.url() }
-    })
-    .await;
+    let cluster = second_node_behind(&proxy).await;
     let mut peers = Vec::new();
     for (k, user) in [(0, "alice"), (1, "dave")] {
         peers.push(Peer::join(&cluster, k, user).await);
@@ -519,10 +505,7 @@ async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_ses
 #[tokio::test]
 async fn a_room_closed_while_a_node_is_cut_off_does_not_come_back_with_that_node() {
     let proxy = NatsProxy::start();
-    let cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {
-        if k == 1 { proxy.url_to(nats) } else { nats.url() }
-    })
-    .await;
+    let cluster = second_node_behind(&proxy).await;
     let mut peers = Vec::new();
     for (k, user) in [(0, "alice"), (1, "dave")] {
         peers.push(Peer::join(&cluster, k, user).await);
@@ -582,10 +565,7 @@ async fn a_room_closed_while_a_node_is_cut_off_does_not_come_back_with_that_node
 #[tokio::test]
 async fn a_client_moves_on_from_a_relay_that_cannot_reach_the_cluster() {
     let proxy = NatsProxy::start();
-    let mut cluster = Cluster::start_custom(2, short_node_timeout(), |k, nats| {
-        if k == 1 { proxy.url_to(nats) } else { nats.url() }
-    })
-    .await;
+    let mut cluster = second_node_behind(&proxy).await;
     let mut config = cluster.config(&[0, 1], "bob");
     // Notices the killed relay within seconds, not the default 30 s.
     config.idle_timeout = Duration::from_secs(2);
@@ -618,4 +598,13 @@ async fn a_client_moves_on_from_a_relay_that_cannot_reach_the_cluster() {
     assert_eq!(bob.client.rooms(), [ROOM]);
     bob.client.close().await;
     alice.client.close().await;
+}
+
+/// Two nodes with a short node timeout, the second reaching NATS through `proxy` (to be cut
+/// off alone).
+async fn second_node_behind(proxy: &NatsProxy) -> Cluster {
+    Cluster::start_custom(2, short_node_timeout(), |k, nats| {
+        if k == 1 { proxy.url_to(nats) } else { nats.url() }
+    })
+    .await
 }

@@ -352,19 +352,8 @@ async fn with_memory_storage_a_restarted_nats_loses_the_stream_and_service_resum
 
     // A new server on the same port, with memory storage: no stream.
     cluster.nats.resume().await;
-    let id = tokio::time::timeout(NATS_BACK, async {
-        loop {
-            match alice.broadcast("NATS is back").await {
-                Ok(id) => return id,
-                Err(ClientError::Refused { code, .. }) if is_cluster_unavailable(code) => {}
-                Err(ClientError::Timeout) => ambiguous = true,
-                Err(other) => panic!("the broadcast failed otherwise: {other}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no broadcast accepted within {NATS_BACK:?} of NATS' return"));
+    let (id, unsure) = alice.broadcast_when_back("NATS is back", "NATS' return").await;
+    ambiguous |= unsure;
     let highest = *used.iter().max().unwrap();
     assert!(id > highest, "ID {id} after NATS' return, but {used:?} were already given out");
     if !ambiguous {

@@ -1,5 +1,5 @@
 //! Clients of a cluster's room and its server API, as the cluster tests use them
-//! (tests/cluster_api.rs, tests/cluster_recovery.rs): what each client received, waits bounded
+//! (tests/cluster.rs, tests/cluster_api.rs, tests/cluster_recovery.rs): what each client received, waits bounded
 //! by [`STEP`] or a given limit, and the server API of one node.
 
 use std::collections::BTreeSet;
@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use qrelay::client::{Client, ClientError, ConnectionState, Event, Events};
-use qrelay::protocol::{BroadcastMessage, CommandMessage, ErrorCode};
+use qrelay::client::{Client, ClientError, ConnectionState, Event, Events, ReceivedBarrage};
+use qrelay::protocol::{BroadcastMessage, CommandMessage, ErrorCode, MEMBERS_FROM_START};
 use serde_json::Value;
 
 use super::cluster::{API_KEY, Cluster, Limits};
@@ -45,6 +45,7 @@ pub struct Seen {
     pub left: Vec<String>,
     pub broadcasts: Vec<BroadcastMessage>,
     pub commands: Vec<CommandMessage>,
+    pub barrages: Vec<ReceivedBarrage>,
     /// Room closures (lane closed by the relay): code and detail.
     pub closed: Vec<(ErrorCode, String)>,
     pub states: Vec<ConnectionState>,
@@ -85,7 +86,11 @@ impl Seen {
                 assert_eq!(room, ROOM);
                 self.recovered.push((complete, missed, replayed));
             }
-            Event::TokenWillExpire { .. } | Event::Barrages { .. } => {}
+            Event::Barrages { room, messages } => {
+                assert_eq!(room, ROOM);
+                self.barrages.extend(messages);
+            }
+            Event::TokenWillExpire { .. } => {}
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -173,6 +178,42 @@ impl Peer {
 
     pub async fn command(&self, payload: &str, to: &[&str]) -> Result<u64, ClientError> {
         within(self.client.send_custom_command(ROOM, payload.to_owned(), to)).await
+    }
+
+    /// Sends a broadcast again every 200 ms while its node refuses it with
+    /// `CLUSTER_UNAVAILABLE` (NATS away), for at most [`NATS_BACK`] after `after`. Returns its
+    /// ID, and whether a try timed out (that one may have been stored too).
+    pub async fn broadcast_when_back(&self, payload: &str, after: &str) -> (u64, bool) {
+        let mut timed_out = false;
+        let accepted = tokio::time::timeout(NATS_BACK, async {
+            loop {
+                match self.broadcast(payload).await {
+                    Ok(id) => return id,
+                    Err(ClientError::Refused { code, .. }) if is_cluster_unavailable(code) => {}
+                    Err(ClientError::Timeout) => timed_out = true,
+                    Err(other) => panic!("the broadcast failed otherwise: {other}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        let id = accepted
+            .unwrap_or_else(|_| panic!("no broadcast accepted within {NATS_BACK:?} of {after}"));
+        (id, timed_out)
+    }
+
+    /// The user IDs of the room's member list as this client's node gives it (all pages).
+    pub async fn fetch_member_ids(&self) -> (u32, BTreeSet<String>) {
+        let mut ids = BTreeSet::new();
+        let mut cursor = MEMBERS_FROM_START;
+        loop {
+            let page = within(self.client.fetch_members(ROOM, cursor, 0)).await.expect("members");
+            ids.extend(page.members.into_iter().map(|m| m.user.id));
+            if page.next == MEMBERS_FROM_START {
+                return (page.count, ids);
+            }
+            cursor = page.next;
+        }
     }
 }
 
