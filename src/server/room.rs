@@ -487,7 +487,7 @@ impl Room {
                 state.by_session.remove(&entry.session);
                 let left = entry.member();
                 if reason != LeaveReason::Replaced {
-                    self.left_cluster(shared, &entry, reason);
+                    linked::left_cluster(shared, &self.name, &entry);
                 }
                 let local = matches!(entry.link, Link::Local { .. });
                 if let Some(code) = lane_close_code(reason) {
@@ -1079,9 +1079,7 @@ impl RoomState {
                     at_ms,
                 });
                 left.push(entry.member());
-                if let Some(cluster) = &shared.cluster {
-                    cluster.member_absent(room, &entry.user.id, entry.session);
-                }
+                linked::left_cluster(shared, room, &entry);
                 entry.close(ErrorCode::SLOW_RECEIVER, "the receiver fell too far behind");
             }
             let events: Vec<LaneEvent> = match self.large {

@@ -63,14 +63,6 @@ enum Submitted {
     Command { from: User, to: Vec<String>, payload: Bytes },
 }
 
-impl Submitted {
-    fn from(&self) -> &User {
-        match self {
-            Submitted::Broadcast { from, .. } | Submitted::Command { from, .. } => from,
-        }
-    }
-}
-
 /// The answer to a send handed to the room's publisher.
 pub(crate) type Pending = oneshot::Receiver<Result<u64, Refusal>>;
 
@@ -397,13 +389,6 @@ impl Room {
         }
     }
 
-    /// Tells the cluster that a member of this relay left (a single relay has nothing to tell).
-    pub(super) fn left_cluster(&self, shared: &Shared, entry: &MemberEntry, _reason: LeaveReason) {
-        if let (Some(cluster), Link::Local { .. }) = (&shared.cluster, &entry.link) {
-            cluster.member_absent(&self.name, &entry.user.id, entry.session);
-        }
-    }
-
     /// The cluster refused this node's `Present` record of `user_id` on `session` (written
     /// again after the node was counted lost): a newer record of another node holds, and
     /// replaces the member here when it is (or was) read.
@@ -643,6 +628,14 @@ impl RoomState {
     }
 }
 
+/// Tells the cluster that a member of this relay left `room` (a single relay has nothing to
+/// tell).
+pub(super) fn left_cluster(shared: &Shared, room: &str, entry: &MemberEntry) {
+    if let (Some(cluster), Link::Local { .. }) = (&shared.cluster, &entry.link) {
+        cluster.member_absent(room, &entry.user.id, entry.session);
+    }
+}
+
 /// The `Instant` of a time in ms since the Unix epoch (now, if it lies ahead).
 fn instant_of(at_ms: u64) -> Instant {
     let age = Duration::from_millis(now_ms().saturating_sub(at_ms));
@@ -834,7 +827,6 @@ impl Room {
             }
             _ => (end.broadcast_seq, end.command_seq + 1, vec![end.command_seq + 1]),
         };
-        debug_assert!(batch.iter().all(|s| !s.what.from().id.is_empty()));
         let entry = LogEntry { epoch: self.epoch, broadcast_seq, command_seq, at_ms, body };
         Some((entry, end, ids))
     }
