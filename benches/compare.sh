@@ -18,7 +18,9 @@
 #
 # Environment: OUT (reports, /tmp/qrelay-compare), CERTS (the relay's development certificates,
 # /tmp/qrelay-bench/certs), SYSTEMS ("qrelay redis nats"), PACING (even or tick), RELAY and
-# TOOL (other binaries, e.g. a before/after pair of relays with the same tool), QRELAY_PORT,
+# TOOL (other binaries, e.g. a before/after pair of relays with the same tool), RELAY_CONFIG
+# (the relay's config file, benches/relay-bench.toml: a copy with one setting changed compares
+# settings with the same binary), QRELAY_PORT,
 # REDIS_PORT, NATS_PORT (27433, 26379, 24222: below Linux's ephemeral range, so an outgoing
 # connection never holds them).
 # Needs a release build (cargo build --release --workspace); installs redis-server and
@@ -32,6 +34,7 @@ SYSTEMS=${SYSTEMS:-"qrelay redis nats"}
 PACING=${PACING:-even}
 RELAY=${RELAY:-./target/release/qrelay}
 TOOL=${TOOL:-./target/release/qrelay-cli}
+RELAY_CONFIG=${RELAY_CONFIG:-benches/relay-bench.toml}
 QRELAY_PORT=${QRELAY_PORT:-27433} REDIS_PORT=${REDIS_PORT:-26379} NATS_PORT=${NATS_PORT:-24222}
 mkdir -p "$OUT"
 for bin in "$RELAY" "$TOOL"; do
@@ -81,7 +84,7 @@ trap stop_server EXIT
 start() {
     case $1 in
         qrelay)
-            "$RELAY" serve --config benches/relay-bench.toml --certs-dir "$CERTS" \
+            "$RELAY" serve --config "$RELAY_CONFIG" --certs-dir "$CERTS" \
                 --listen "127.0.0.1:$QRELAY_PORT" --no-http >"$2" 2>&1 &
             server_pid=$!
             for _ in $(seq 100); do grep -q "qrelay ready" "$2" && return; sleep 0.1; done ;;

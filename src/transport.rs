@@ -17,10 +17,11 @@ use serde::de::DeserializeOwned;
 
 use crate::protocol::{ALPN, CodecError, decode_frame, decode_frame_in};
 
-/// Packets a client may receive before it must acknowledge (see `transport_config`).
+/// Packets a client may receive before it must acknowledge (see [`ask_for_fewer_acks`]).
 const ACK_ELICITING_THRESHOLD: u32 = 8;
-/// Longest a client may delay an acknowledgement (see `transport_config`).
-const MAX_ACK_DELAY: Duration = Duration::from_millis(20);
+/// Longest the relay lets a client delay an acknowledgement by default (see
+/// [`ask_for_fewer_acks`]; the relay's `ack_delay_ms`).
+pub const SERVER_ACK_DELAY: Duration = Duration::from_millis(200);
 
 /// Unacknowledged data the relay lets one connection have in flight (see `transport_config`):
 /// 64 KiB. Data beyond it waits at the relay, where later messages join it in fuller packets
@@ -81,13 +82,7 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
             // a slow receiver can pin in the server, and the data queued on the way to a
             // receiver that is behind (the relay's `send_window_bytes` overrides it).
             config.send_window(SERVER_SEND_WINDOW);
-            // Ask clients (QUIC ACK-frequency extension; quinn supports it) to acknowledge every
-            // 8th packet or after 20 ms instead of every other packet: in a fan-out to thousands
-            // of receivers their ACKs, not the messages, flood the relay's socket and CPU.
-            let mut ack = quinn::AckFrequencyConfig::default();
-            ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
-                .max_ack_delay(Some(MAX_ACK_DELAY));
-            config.ack_frequency_config(Some(ack));
+            ask_for_fewer_acks(&mut config, SERVER_ACK_DELAY);
         }
         Side::Client => {
             // One lane per joined room, plus room for lanes still closing.
@@ -110,6 +105,22 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
     // dropped (quinn drops the oldest) instead of delivered seconds late.
     config.datagram_send_buffer_size(64 * 1024);
     config
+}
+
+/// Asks clients (the QUIC ACK-frequency extension, which the reference client supports) to
+/// acknowledge every 8th packet, or `max_delay` after the first unacknowledged one, instead of
+/// every other packet or after 25 ms. A room sends each receiver a packet every 100 ms or so;
+/// at 25 ms every such packet cost an ACK packet back, which the relay received, decrypted and
+/// processed (a third of its CPU per delivery; BENCHMARKS.md). The price: a lost packet with
+/// nothing sent after it is resent up to `max_delay` later, since the relay waits that much
+/// longer for its ACK; a loss followed by another packet is still acknowledged at once
+/// (reordering threshold 2). quinn-proto caps the delay it asks for at the path RTT (25 ms
+/// on a LAN); vendor/quinn-proto lifts the cap for a configured value (vendor/README.md).
+pub fn ask_for_fewer_acks(config: &mut TransportConfig, max_delay: Duration) {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(max_delay));
+    config.ack_frequency_config(Some(ack));
 }
 
 /// Binds the relay's UDP socket: the one place for socket options. `buffer_bytes` (0 keeps

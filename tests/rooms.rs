@@ -633,3 +633,40 @@ async fn command_to_bob(relay: &TestRelay) -> Outcome {
     })
     .await
 }
+
+/// ACK frames `receiver` sent while `sender` broadcast `n` messages to it one every 40 ms: each
+/// message goes out in a packet of its own, longer apart than quinn's usual 25 ms ACK delay.
+async fn acks_for_paced_broadcasts(config: ServerConfig, n: usize) -> u64 {
+    let relay = TestRelay::start(config).await;
+    let (bob, mut bob_lane) = relay.raw_member("bob", "acks").await;
+    let (mut alice, _alice_lane) = relay.raw_member("alice", "acks").await;
+    // Let the handshake's and the logins' acknowledgements go out first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = bob.conn.stats().frame_tx.acks;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(sent_id(alice.broadcast("acks", b"paced").await));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let got = collect_broadcasts(&mut bob_lane, n).await;
+    assert_eq!(got.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), ids, "all, once, in order");
+    // The last message's acknowledgement is due at most `ack_delay_ms` after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.conn.stats().frame_tx.acks - before
+}
+
+/// The relay asks its clients to acknowledge every 8th packet or after `ack_delay_ms` (200 ms),
+/// not after 25 ms: a receiver of a room's paced messages sends a fraction of the ACK packets
+/// (which the relay would otherwise receive, decrypt and process, one per message), and with
+/// `ack_delay_ms = 20` it acknowledges nearly every message as before. Fails with quinn-proto's
+/// cap of the requested delay at the RTT (vendor/README.md).
+#[tokio::test]
+async fn receivers_of_paced_messages_acknowledge_them_in_groups() {
+    const N: usize = 20;
+    let grouped = acks_for_paced_broadcasts(test_config(), N).await;
+    let each =
+        acks_for_paced_broadcasts(ServerConfig { ack_delay_ms: 20, ..test_config() }, N).await;
+    // 20 messages over 0.8 s: about 5 ACKs at 200 ms; about 20 at 20 ms.
+    assert!(grouped <= 10, "{grouped} ACKs for {N} messages with the default ack_delay_ms");
+    assert!(each >= 12, "{each} ACKs for {N} messages with ack_delay_ms = 20");
+}

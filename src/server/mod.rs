@@ -42,7 +42,7 @@ pub use thread::RelayThread;
 use crate::auth::TokenKey;
 use crate::protocol::close;
 use crate::transport::EndpointKeys;
-use crate::transport::SERVER_SEND_WINDOW;
+use crate::transport::{SERVER_ACK_DELAY, SERVER_SEND_WINDOW};
 use crate::webtransport::{CertResolver, WebTransportCert};
 use stats::Counters;
 
@@ -246,6 +246,7 @@ impl Server {
         if !config.segmentation_offload
             || config.webtransport
             || config.send_window_bytes != SERVER_SEND_WINDOW
+            || config.ack_delay() != SERVER_ACK_DELAY
         {
             let mut transport = crate::transport::transport_config(
                 crate::transport::Side::Server,
@@ -253,6 +254,7 @@ impl Server {
             );
             transport.enable_segmentation_offload(config.segmentation_offload);
             transport.send_window(config.send_window_bytes);
+            crate::transport::ask_for_fewer_acks(&mut transport, config.ack_delay());
             if config.webtransport {
                 crate::webtransport::session::allow_browser_streams(&mut transport);
             }
