@@ -20,8 +20,9 @@ use crate::protocol::{ALPN, CodecError, decode_frame, decode_frame_in};
 /// Packets a client may receive before it must acknowledge (see [`ask_for_fewer_acks`]).
 const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Longest the relay lets a client delay an acknowledgement by default (see
-/// [`ask_for_fewer_acks`]; the relay's `ack_delay_ms`).
-pub const SERVER_ACK_DELAY: Duration = Duration::from_millis(200);
+/// [`ask_for_fewer_acks`]; the relay's `ack_delay_ms`): short, so that a lost packet is resent
+/// soon even when nothing follows it.
+pub const SERVER_ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// Unacknowledged data the relay lets one connection have in flight (see `transport_config`):
 /// 64 KiB. Data beyond it waits at the relay, where later messages join it in fuller packets
@@ -109,13 +110,14 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
 
 /// Asks clients (the QUIC ACK-frequency extension, which the reference client supports) to
 /// acknowledge every 8th packet, or `max_delay` after the first unacknowledged one, instead of
-/// every other packet or after 25 ms. A room sends each receiver a packet every 100 ms or so;
-/// at 25 ms every such packet cost an ACK packet back, which the relay received, decrypted and
-/// processed (a third of its CPU per delivery; BENCHMARKS.md). The price: a lost packet with
-/// nothing sent after it is resent up to `max_delay` later, since the relay waits that much
-/// longer for its ACK; a loss followed by another packet is still acknowledged at once
-/// (reordering threshold 2). quinn-proto caps the delay it asks for at the path RTT (25 ms
-/// on a LAN); vendor/quinn-proto lifts the cap for a configured value (vendor/README.md).
+/// every other packet or after 25 ms. A room sends each receiver a packet every 100 ms or so:
+/// with a delay shorter than that, every such packet costs an ACK packet back, which the relay
+/// receives, decrypts and processes. 200 ms instead of 20 ms cut relay CPU per delivery by a
+/// third in rooms at 10 messages/s, but a lost packet then waits for the next message (or up
+/// to `max_delay`) to be noticed: p99 at 1 % loss went from 30 to 108 ms (BENCHMARKS.md).
+/// A gap is acknowledged at once either way (reordering threshold 2). quinn-proto caps the
+/// delay it asks for at the path RTT (25 ms on a LAN); the vendored copy lifts the cap for a
+/// configured value (vendor/README.md).
 pub fn ask_for_fewer_acks(config: &mut TransportConfig, max_delay: Duration) {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))

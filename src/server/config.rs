@@ -116,10 +116,11 @@ pub struct ServerConfig {
     pub send_window_bytes: u64,
     /// Longest a client may wait before acknowledging what the relay sent it (asked with
     /// QUIC's ACK-frequency extension; clients also acknowledge every 8th packet at once).
-    /// Longer means fewer ACK packets for the relay to process and the client to send (at a
-    /// room's 10 messages/s, 200 ms instead of 20 ms cut relay CPU per delivery by a third:
-    /// BENCHMARKS.md), but a lost packet that nothing follows is resent up to this much later.
-    /// Default 200; 1 to 1000.
+    /// Longer means fewer ACK packets for the relay to process and the client to send: at a
+    /// room's 10 messages/s, 200 instead of 20 cut relay CPU per delivery by a third. But the
+    /// relay then notices a lost packet only when a later one is acknowledged, or after this
+    /// long: at 1 % loss, p99 latency went from 30 to 108 ms (BENCHMARKS.md). Default 20,
+    /// for latency; 200 for big rooms where the relay's CPU is the limit. 1 to 1000.
     pub ack_delay_ms: u64,
     /// Let the room write an event straight into the receiver's QUIC stream when its lane has
     /// nothing queued (the usual case), instead of waking the lane's writer task: one task
