@@ -4,15 +4,20 @@ measuring how the relay recovers from loss (BENCHMARKS.md, "ACK delay").
 
     python3 benches/lossy-proxy.py LISTEN_PORT RELAY_PORT LOSS [SEED]
 
-Clients connect to 127.0.0.1:LISTEN_PORT; each client address gets its own socket towards the
-relay at 127.0.0.1:RELAY_PORT, so the relay sees one address per client. Packets from the
-clients all pass; each packet from the relay is dropped with probability LOSS (0.01 = 1 %),
-from a seeded generator. Every 5 s it prints how many packets came down and how many it
-dropped. Stop it with Ctrl-C or kill. Loopback only: it never binds or sends elsewhere.
+Clients connect to 127.0.0.1:LISTEN_PORT; each client socket (address and port) gets a socket
+of its own towards the relay at 127.0.0.1:RELAY_PORT, so the relay tells them apart as before.
+Packets from the clients all pass; each packet from the relay is dropped with probability LOSS
+(0.01 = 1 %), drawn from one generator seeded with SEED (default 7): the share is repeatable,
+the exact packets depend on arrival order. A socket towards the relay that carried nothing for
+60 s is closed. Every 5 s it prints how many packets came down and how many it dropped. Stop it
+with Ctrl-C or kill. Loopback only: it never binds or sends elsewhere.
 """
 import asyncio
 import random
 import sys
+import time
+
+IDLE_SECONDS = 60
 
 
 class ToRelay(asyncio.DatagramProtocol):
@@ -20,8 +25,10 @@ class ToRelay(asyncio.DatagramProtocol):
 
     def __init__(self, front, client, stats, rng, loss):
         self.front, self.client, self.stats, self.rng, self.loss = front, client, stats, rng, loss
+        self.last = time.monotonic()
 
     def datagram_received(self, data, addr):
+        self.last = time.monotonic()
         self.stats["down"] += 1
         if self.rng.random() < self.loss:
             self.stats["dropped"] += 1
@@ -41,7 +48,9 @@ class FromClients(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr):
         if addr in self.sockets:
-            self.sockets[addr].sendto(data)
+            transport, protocol = self.sockets[addr]
+            protocol.last = time.monotonic()
+            transport.sendto(data)
         elif addr in self.waiting:
             self.waiting[addr].append(data)
         else:
@@ -50,13 +59,26 @@ class FromClients(asyncio.DatagramProtocol):
 
     async def open(self, addr):
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: ToRelay(self.transport, addr, self.stats, self.rng, self.loss),
-            remote_addr=self.relay,
-        )
-        self.sockets[addr] = transport
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: ToRelay(self.transport, addr, self.stats, self.rng, self.loss),
+                remote_addr=self.relay,
+            )
+        except OSError as error:
+            # Out of descriptors, say: this client's packets are dropped; it may try again.
+            print(f"cannot open a socket for {addr}: {error}", file=sys.stderr, flush=True)
+            del self.waiting[addr]
+            return
+        self.sockets[addr] = (transport, protocol)
         for data in self.waiting.pop(addr):
             transport.sendto(data)
+
+    def close_idle(self):
+        now = time.monotonic()
+        for addr, (transport, protocol) in list(self.sockets.items()):
+            if now - protocol.last > IDLE_SECONDS:
+                transport.close()
+                del self.sockets[addr]
 
 
 async def main():
@@ -66,12 +88,13 @@ async def main():
     rng = random.Random(int(sys.argv[4]) if len(sys.argv) == 5 else 7)
     stats = {"down": 0, "dropped": 0}
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(
+    _, front = await loop.create_datagram_endpoint(
         lambda: FromClients(("127.0.0.1", relay), stats, rng, loss),
         local_addr=("127.0.0.1", listen),
     )
     while True:
         await asyncio.sleep(5)
+        front.close_idle()
         print(stats, flush=True)
 
 

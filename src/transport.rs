@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::protocol::{ALPN, CodecError, decode_frame, decode_frame_in};
 
-/// Packets a client may receive before it must acknowledge (see [`ask_for_fewer_acks`]).
+/// Unacknowledged packets above which a client must acknowledge (see [`ask_for_fewer_acks`]).
 const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Longest the relay lets a client delay an acknowledgement by default (see
 /// [`ask_for_fewer_acks`]; the relay's `ack_delay_ms`): short, so that a lost packet is resent
@@ -109,19 +109,22 @@ pub fn transport_config(side: Side, idle_timeout: Duration) -> TransportConfig {
 }
 
 /// Asks clients (the QUIC ACK-frequency extension, which the reference client supports) to
-/// acknowledge every 8th packet, or `max_delay` after the first unacknowledged one, instead of
-/// every other packet or after 25 ms. A room sends each receiver a packet every 100 ms or so:
-/// with a delay shorter than that, every such packet costs an ACK packet back, which the relay
-/// receives, decrypts and processes. 200 ms instead of 20 ms cut relay CPU per delivery by a
-/// third in rooms at 10 messages/s, but a lost packet then waits for the next message (or up
-/// to `max_delay`) to be noticed: p99 at 1 % loss went from 30 to 108 ms (BENCHMARKS.md).
-/// A gap is acknowledged at once either way (reordering threshold 2). quinn-proto caps the
-/// delay it asks for at the path RTT (25 ms on a LAN); the vendored copy lifts the cap for a
-/// configured value (vendor/README.md).
+/// acknowledge once more than 8 packets are unacknowledged, or `max_delay` after the first
+/// unacknowledged one, and at once when a packet arrives out of order (a gap: reordering
+/// threshold 1, as RFC 9000 does without the extension; quinn's default of 2 waits for the
+/// second packet after a loss). Without it clients acknowledge every other packet, or after 25
+/// ms. A room sends each receiver a packet every 100 ms or so: with a delay shorter than that,
+/// every such packet costs an ACK packet back, which the relay receives, decrypts and processes.
+/// 200 ms instead of 20 ms cut relay CPU per delivery by a third in rooms at 10 messages/s, but
+/// the relay then learns of a lost packet only when the next one shows the gap, or after
+/// `max_delay`: p99 at 1 % loss went from 31-33 to 104-105 ms (BENCHMARKS.md). quinn-proto caps
+/// the delay it asks for at the path RTT (25 ms on a LAN); the vendored copy lifts the cap for
+/// a configured value (vendor/README.md).
 pub fn ask_for_fewer_acks(config: &mut TransportConfig, max_delay: Duration) {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
-        .max_ack_delay(Some(max_delay));
+        .max_ack_delay(Some(max_delay))
+        .reordering_threshold(VarInt::from_u32(1));
     config.ack_frequency_config(Some(ack));
 }
 

@@ -115,12 +115,13 @@ pub struct ServerConfig {
     /// 256 KiB); at least 16384.
     pub send_window_bytes: u64,
     /// Longest a client may wait before acknowledging what the relay sent it (asked with
-    /// QUIC's ACK-frequency extension; clients also acknowledge every 8th packet at once).
+    /// QUIC's ACK-frequency extension, of clients that support it; they also acknowledge at
+    /// once when more than 8 packets are unacknowledged or a packet arrives out of order).
     /// Longer means fewer ACK packets for the relay to process and the client to send: at a
     /// room's 10 messages/s, 200 instead of 20 cut relay CPU per delivery by a third. But the
-    /// relay then notices a lost packet only when a later one is acknowledged, or after this
-    /// long: at 1 % loss, p99 latency went from 30 to 108 ms (BENCHMARKS.md). Default 20,
-    /// for latency; 200 for big rooms where the relay's CPU is the limit. 1 to 1000.
+    /// relay then learns of a lost packet only when the next one shows the gap, or after this
+    /// long: at 1 % loss, p99 latency went from 31-33 to 104-105 ms (BENCHMARKS.md). Default
+    /// 20, for latency; 200 for big rooms where the relay's CPU is the limit. 1 to 1000.
     pub ack_delay_ms: u64,
     /// Let the room write an event straight into the receiver's QUIC stream when its lane has
     /// nothing queued (the usual case), instead of waking the lane's writer task: one task
