@@ -42,7 +42,6 @@ pub use thread::RelayThread;
 use crate::auth::TokenKey;
 use crate::protocol::close;
 use crate::transport::EndpointKeys;
-use crate::transport::{SERVER_ACK_DELAY, SERVER_SEND_WINDOW};
 use crate::webtransport::{CertResolver, WebTransportCert};
 use stats::Counters;
 
@@ -243,23 +242,18 @@ impl Server {
                 config.idle_timeout(),
             )?,
         };
-        if !config.segmentation_offload
-            || config.webtransport
-            || config.send_window_bytes != SERVER_SEND_WINDOW
-            || config.ack_delay() != SERVER_ACK_DELAY
-        {
-            let mut transport = crate::transport::transport_config(
-                crate::transport::Side::Server,
-                config.idle_timeout(),
-            );
-            transport.enable_segmentation_offload(config.segmentation_offload);
-            transport.send_window(config.send_window_bytes);
-            crate::transport::ask_for_fewer_acks(&mut transport, config.ack_delay());
-            if config.webtransport {
-                crate::webtransport::session::allow_browser_streams(&mut transport);
-            }
-            quic.transport_config(Arc::new(transport));
+        // The transport parameters with this relay's settings (in place of the defaults).
+        let mut transport = crate::transport::transport_config(
+            crate::transport::Side::Server,
+            config.idle_timeout(),
+        );
+        transport.enable_segmentation_offload(config.segmentation_offload);
+        transport.send_window(config.send_window_bytes);
+        crate::transport::ask_for_fewer_acks(&mut transport, config.ack_delay());
+        if config.webtransport {
+            crate::webtransport::session::allow_browser_streams(&mut transport);
         }
+        quic.transport_config(Arc::new(transport));
         if config.insecure_dev_auth {
             warn!(
                 "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
