@@ -7,6 +7,8 @@
 #
 #   benches/compare.sh [CASE ...]     # no CASE: every case
 #   SYSTEMS="qrelay redis" benches/compare.sh size10 size100
+#   SYSTEMS="qrelay qrelay-ack200 redis nats" benches/compare.sh size100   # qrelay-ackN: the
+#             relay with `ack_delay_ms = N` put in front of its config, reported as its own system
 #
 # Cases (one sender, 64-byte messages, 10 s):
 #   fan100    1 -> 100 receivers, 5,000 msg/s (500,000 deliveries/s)
@@ -83,8 +85,13 @@ trap stop_server EXIT
 # stops it) if it does not.
 start() {
     case $1 in
-        qrelay)
-            "$RELAY" serve --config "$RELAY_CONFIG" --certs-dir "$CERTS" \
+        qrelay | qrelay-ack*)
+            local config=$RELAY_CONFIG
+            if [[ $1 == qrelay-ack* ]]; then
+                config=$OUT/relay-$1.toml
+                { echo "ack_delay_ms = ${1#qrelay-ack}"; cat "$RELAY_CONFIG"; } >"$config"
+            fi
+            "$RELAY" serve --config "$config" --certs-dir "$CERTS" \
                 --listen "127.0.0.1:$QRELAY_PORT" --no-http >"$2" 2>&1 &
             server_pid=$!
             for _ in $(seq 100); do grep -q "qrelay ready" "$2" && return; sleep 0.1; done ;;
@@ -114,7 +121,7 @@ for case in "${ORDER[@]}"; do
         start "$system" "$log" || continue
         echo "== $case $system ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg))"
         case $system in
-            qrelay)
+            qrelay | qrelay-ack*)
                 args="--server 127.0.0.1:$QRELAY_PORT --ca $CERTS/ca.pem --secret $CERTS/token.secret bench --server-pid $server_pid $common --per-endpoint 10 --connect-parallel 20 --timeout 60 --json" ;;
             redis) args="peer-bench --system redis --url redis://127.0.0.1:$REDIS_PORT --server-pid $server_pid $common --json" ;;
             nats) args="peer-bench --system nats --url nats://127.0.0.1:$NATS_PORT --server-pid $server_pid $common --json" ;;
