@@ -20,22 +20,27 @@
 #
 # Environment: OUT (reports, /tmp/qrelay-compare), CERTS (the relay's development certificates,
 # /tmp/qrelay-bench/certs), SYSTEMS ("qrelay redis nats"), PACING (even or tick), RELAY and
-# TOOL (other binaries, e.g. a before/after pair of relays with the same tool), RELAY_CONFIG
+# TOOL (other binaries, e.g. a before/after pair of relays with the same tool; by default those
+# of $CARGO_TARGET_DIR, else ./target), RELAY_CONFIG
 # (the relay's config file, benches/relay-bench.toml: a copy with one setting changed compares
 # settings with the same binary), QRELAY_PORT,
 # REDIS_PORT, NATS_PORT (27433, 26379, 24222: below Linux's ephemeral range, so an outgoing
 # connection never holds them).
 # Needs a release build (cargo build --release --workspace); installs redis-server and
-# nats-server with apt-get when they are missing.
+# nats-server with apt-get when SYSTEMS names them and they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
 
 OUT=${OUT:-/tmp/qrelay-compare}
 CERTS=${CERTS:-/tmp/qrelay-bench/certs}
 SYSTEMS=${SYSTEMS:-"qrelay redis nats"}
 PACING=${PACING:-even}
-RELAY=${RELAY:-./target/release/qrelay}
-TOOL=${TOOL:-./target/release/qrelay-cli}
+RELAY=${RELAY:-${CARGO_TARGET_DIR:-./target}/release/qrelay}
+TOOL=${TOOL:-${CARGO_TARGET_DIR:-./target}/release/qrelay-cli}
 RELAY_CONFIG=${RELAY_CONFIG:-benches/relay-bench.toml}
 QRELAY_PORT=${QRELAY_PORT:-27433} REDIS_PORT=${REDIS_PORT:-26379} NATS_PORT=${NATS_PORT:-24222}
 mkdir -p "$OUT"
@@ -43,8 +48,8 @@ for bin in "$RELAY" "$TOOL"; do
     [[ -x $bin ]] || { echo "missing $bin: run cargo build --release --workspace" >&2; exit 1; }
 done
 missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v nats-server >/dev/null || missing+=(nats-server)
+[[ " $SYSTEMS " == *" redis "* ]] && ! command -v redis-server >/dev/null && missing+=(redis-server)
+[[ " $SYSTEMS " == *" nats "* ]] && ! command -v nats-server >/dev/null && missing+=(nats-server)
 if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -65,10 +70,6 @@ declare -A CASES=(
     [1to1]="2 5000"
 )
 ORDER=(1to1 fan100 fan1000 fan10000 size10 size100 size1000 size10000)
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 0
-fi
 (($# > 0)) && ORDER=("$@")
 
 server_pid=

@@ -254,6 +254,12 @@ impl Server {
             crate::webtransport::session::allow_browser_streams(&mut transport);
         }
         quic.transport_config(Arc::new(transport));
+        info!(
+            ack_delay_ms = config.ack_delay_ms,
+            send_window_bytes = config.send_window_bytes,
+            segmentation_offload = config.segmentation_offload,
+            "QUIC transport"
+        );
         if config.insecure_dev_auth {
             warn!(
                 "INSECURE DEV AUTH: tokens are not checked; anyone can log in as anyone. Never use this in production."
