@@ -140,11 +140,8 @@ async fn barrage_crosses_nodes() {
 #[tokio::test]
 async fn a_command_reaches_its_targets_on_any_node_and_an_unknown_target_is_refused() {
     let cluster = Cluster::start(3).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob"), (2, "carol"), (0, "dave")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers =
+        Peer::join_all(&cluster, &[(0, "alice"), (1, "bob"), (2, "carol"), (0, "dave")]).await;
     let [alice, bob, carol, dave] = &mut peers[..] else { unreachable!() };
 
     // payload → (sender, ID, targets).
@@ -357,12 +354,9 @@ async fn a_client_whose_node_dies_recovers_what_it_missed_on_another_node() {
 #[tokio::test]
 async fn a_killed_nodes_members_leave_and_the_others_keep_broadcasting_without_a_gap() {
     let mut cluster = Cluster::start(3).await;
-    let mut peers = Vec::new();
     // The node to die holds the room's first members (it created the room).
-    for (k, user) in [(0, "carol"), (0, "dave"), (1, "alice"), (2, "bob")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers =
+        Peer::join_all(&cluster, &[(0, "carol"), (0, "dave"), (1, "alice"), (2, "bob")]).await;
     assert_eq!(peers[2].broadcast("alice 1").await, Ok(1));
     assert_eq!(peers[3].broadcast("bob 2").await, Ok(2));
     assert_eq!(peers[0].broadcast("carol 3").await, Ok(3));
@@ -407,11 +401,7 @@ async fn a_killed_nodes_members_leave_and_the_others_keep_broadcasting_without_a
 #[tokio::test]
 async fn without_nats_the_cluster_refuses_what_needs_it_and_resumes_when_nats_is_back() {
     let mut cluster = Cluster::start(2).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers = Peer::join_all(&cluster, &[(0, "alice"), (1, "bob")]).await;
     assert_eq!(peers[0].broadcast("before").await, Ok(1));
     peers[1].until("the first broadcast", |seen| seen.broadcasts.len() == 1).await;
 

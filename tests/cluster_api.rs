@@ -29,11 +29,7 @@ use serde_json::json;
 #[tokio::test]
 async fn the_server_api_of_any_node_sends_to_lists_and_commands_members_of_every_node() {
     let cluster = Cluster::start(3).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob"), (2, "carol")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers = Peer::join_all(&cluster, &[(0, "alice"), (1, "bob"), (2, "carol")]).await;
     let apis: Vec<Api> = (0..3).map(|k| Api::of(&cluster, k)).collect();
     for (k, api) in apis.iter().enumerate() {
         assert_eq!(api.members().await, ["alice", "bob", "carol"], "node{k}'s member list");
@@ -99,11 +95,7 @@ async fn the_server_api_of_any_node_sends_to_lists_and_commands_members_of_every
 #[tokio::test]
 async fn a_kick_through_another_node_closes_the_members_lane_and_it_stays_out() {
     let cluster = Cluster::start(3).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob"), (2, "carol")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers = Peer::join_all(&cluster, &[(0, "alice"), (1, "bob"), (2, "carol")]).await;
     let apis: Vec<Api> = (0..3).map(|k| Api::of(&cluster, k)).collect();
     let id = peers[0].broadcast("before the kick").await.expect("sent");
     peers[1].until("the first broadcast", |seen| seen.has_broadcast(id)).await;
@@ -166,11 +158,7 @@ async fn a_kick_through_another_node_closes_the_members_lane_and_it_stays_out() 
 #[tokio::test]
 async fn closing_a_room_through_one_node_closes_it_everywhere_and_it_starts_anew() {
     let cluster = Cluster::start(3).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob"), (2, "carol")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers = Peer::join_all(&cluster, &[(0, "alice"), (1, "bob"), (2, "carol")]).await;
     let apis: Vec<Api> = (0..3).map(|k| Api::of(&cluster, k)).collect();
     assert_eq!(peers[1].broadcast("bob 1").await, Ok(1));
     assert_eq!(peers[2].broadcast("carol 2").await, Ok(2));
@@ -231,11 +219,8 @@ async fn a_node_cut_off_from_nats_alone_is_lost_then_its_members_come_back_with_
         if k == 2 { proxy.url_to(nats) } else { nats.url() }
     })
     .await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "bob"), (2, "carol"), (2, "dave")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let mut peers =
+        Peer::join_all(&cluster, &[(0, "alice"), (1, "bob"), (2, "carol"), (2, "dave")]).await;
     // ID → (sender, payload) of every broadcast whose sender got its ID.
     let mut sent: BTreeMap<u64, (String, String)> = BTreeMap::new();
     for k in [0, 2] {
@@ -440,21 +425,8 @@ async fn a_node_restarted_under_the_same_name_serves_again_and_its_old_members_a
 /// (`KICKED_LOGGED_IN_ELSEWHERE`), and the new one stays and keeps receiving.
 #[tokio::test]
 async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_session() {
-    let proxy = NatsProxy::start();
-    let cluster = second_node_behind(&proxy).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "dave")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let (proxy, cluster, mut peers) = dave_cut_off_from_alice().await;
     let [alice, dave_old] = &mut peers[..] else { unreachable!() };
-
-    proxy.cut();
-    alice
-        .until_within(NODE_LOSS_NOTICED, "the cut node's member leaving", |seen| {
-            seen.members.is_empty()
-        })
-        .await;
     // dave again, on node0, which has NATS: the newer session.
     let mut dave_new = Peer::join(&cluster, 0, "dave").await;
     alice.until("dave's new session", |seen| seen.members == set(&["dave"])).await;
@@ -504,21 +476,8 @@ async fn a_login_elsewhere_during_a_cut_is_not_replaced_by_the_cut_nodes_old_ses
 /// members are never closed, and its IDs go on from 1 on both nodes.
 #[tokio::test]
 async fn a_room_closed_while_a_node_is_cut_off_does_not_come_back_with_that_node() {
-    let proxy = NatsProxy::start();
-    let cluster = second_node_behind(&proxy).await;
-    let mut peers = Vec::new();
-    for (k, user) in [(0, "alice"), (1, "dave")] {
-        peers.push(Peer::join(&cluster, k, user).await);
-    }
-    all_see_each_other(&mut peers).await;
+    let (proxy, cluster, mut peers) = dave_cut_off_from_alice().await;
     let [alice, dave] = &mut peers[..] else { unreachable!() };
-
-    proxy.cut();
-    alice
-        .until_within(NODE_LOSS_NOTICED, "the cut node's member leaving", |seen| {
-            seen.members.is_empty()
-        })
-        .await;
     let api = Api::of(&cluster, 0);
     let closed = api.send(reqwest::Method::DELETE, &format!("/v1/rooms/{ROOM}"), None).await;
     assert_eq!(closed.status, 200, "{:?}", closed.body);
@@ -598,6 +557,21 @@ async fn a_client_moves_on_from_a_relay_that_cannot_reach_the_cluster() {
     assert_eq!(bob.client.rooms(), [ROOM]);
     bob.client.close().await;
     alice.client.close().await;
+}
+
+/// alice on node0 and dave on node1, node1 reaching NATS through a proxy that is then cut: by
+/// the return, node0 has counted node1 lost and alice lists nobody.
+async fn dave_cut_off_from_alice() -> (NatsProxy, Cluster, Vec<Peer>) {
+    let proxy = NatsProxy::start();
+    let cluster = second_node_behind(&proxy).await;
+    let mut peers = Peer::join_all(&cluster, &[(0, "alice"), (1, "dave")]).await;
+    proxy.cut();
+    peers[0]
+        .until_within(NODE_LOSS_NOTICED, "the cut node's member leaving", |seen| {
+            seen.members.is_empty()
+        })
+        .await;
+    (proxy, cluster, peers)
 }
 
 /// Two nodes with a short node timeout, the second reaching NATS through `proxy` (to be cut

@@ -132,6 +132,17 @@ impl Peer {
         Peer { name: user.into(), client, events, seen: Seen::default() }
     }
 
+    /// Each `(node, user)` logged in to the room, one after the other, once every one of them
+    /// lists all the others as members.
+    pub async fn join_all(cluster: &Cluster, users: &[(usize, &str)]) -> Vec<Peer> {
+        let mut peers = Vec::new();
+        for &(k, user) in users {
+            peers.push(Peer::join(cluster, k, user).await);
+        }
+        all_see_each_other(&mut peers).await;
+        peers
+    }
+
     /// `user` with the client configuration `config`.
     pub async fn join_with(cluster: &Cluster, config: qrelay::client::ClientConfig) -> Peer {
         let name = config.user.id.clone();
